@@ -1,0 +1,126 @@
+// Input validation shared by the CPU and CUDA implementations, so that both backends refuse the same
+// inputs with the same message. Every message names the argument, what it was and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+
+namespace hopscotch {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+inline void check_float_dtype(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(is_supported_float(t.scalar_type()), op, ": ", name, " has dtype ", t.scalar_type(),
+              "; expected float32, float16 or bfloat16");
+}
+
+inline void check_same_device(const at::Tensor& ref, const at::Tensor& t, const char* op, const char* ref_name,
+                              const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+              ref.device(), "; expected both on the same device");
+}
+
+inline void check_same_dtype(const at::Tensor& ref, const at::Tensor& t, const char* op, const char* ref_name,
+                             const char* name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
+              ref_name, " has dtype ", ref.scalar_type(), "; expected the same dtype");
+}
+
+// weight: [hidden], same dtype and device as x.
+inline void check_norm_weight(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  check_float_dtype(x, op, "x");
+  check_same_device(x, weight, op, "x", "weight");
+  check_same_dtype(x, weight, op, "x", "weight");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (the hidden size); got a 0-d tensor");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), op, ": weight has shape ", weight.sizes(),
+              "; expected [", x.size(-1), "] (the last dimension of x)");
+}
+
+// b and s: the Hopscotch scalars, 0-d (or one-element) floating tensors on x's device.
+inline void check_scalar_param(const at::Tensor& x, const at::Tensor& p, const char* op, const char* name) {
+  TORCH_CHECK(p.numel() == 1 && p.dim() <= 1, op, ": ", name, " has shape ", p.sizes(),
+              "; expected a 0-d tensor (one learned scalar)");
+  TORCH_CHECK(is_supported_float(p.scalar_type()), op, ": ", name, " has dtype ", p.scalar_type(),
+              "; expected a floating dtype");
+  check_same_device(x, p, op, "x", name);
+}
+
+inline void check_scaled_add_inputs(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                                    const at::Tensor& b, const at::Tensor& s, const char* op) {
+  check_norm_weight(x, weight, op);
+  check_same_device(x, residual, op, "x", "residual");
+  check_same_dtype(x, residual, op, "x", "residual");
+  TORCH_CHECK(residual.sizes() == x.sizes(), op, ": residual has shape ", residual.sizes(), " but x has shape ",
+              x.sizes(), "; expected the same shape");
+  check_scalar_param(x, b, op, "b");
+  check_scalar_param(x, s, op, "s");
+}
+
+inline void check_silu_and_mul_input(const at::Tensor& gate_up, const char* op) {
+  check_float_dtype(gate_up, op, "gate_up");
+  TORCH_CHECK(gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0, op, ": gate_up has shape ", gate_up.sizes(),
+              "; expected an even last dimension holding [gate | up]");
+}
+
+// query: [*P, q_heads, head_size]; key: [*P, kv_heads, head_size]; positions: [*P] integer;
+// cos_sin_cache: [max_position, rot_dim], rot_dim even and <= head_size.
+inline void check_rotary_inputs(const at::Tensor& positions, const at::Tensor& query,
+                                const std::optional<at::Tensor>& key, const at::Tensor& cos_sin_cache,
+                                const char* op) {
+  check_float_dtype(query, op, "query");
+  TORCH_CHECK(positions.scalar_type() == at::kLong || positions.scalar_type() == at::kInt, op,
+              ": positions has dtype ", positions.scalar_type(), "; expected int64 or int32");
+  check_same_device(query, positions, op, "query", "positions");
+  check_same_device(query, cos_sin_cache, op, "query", "cos_sin_cache");
+  TORCH_CHECK(query.dim() == positions.dim() + 2, op, ": query has shape ", query.sizes(), " and positions ",
+              positions.sizes(), "; expected query to be [*positions.shape, num_heads, head_size]");
+  for (int64_t d = 0; d < positions.dim(); ++d) {
+    TORCH_CHECK(query.size(d) == positions.size(d), op, ": query has shape ", query.sizes(), " and positions ",
+                positions.sizes(), "; expected query to be [*positions.shape, num_heads, head_size]");
+  }
+  const int64_t head_size = query.size(-1);
+  TORCH_CHECK(cos_sin_cache.dim() == 2, op, ": cos_sin_cache has shape ", cos_sin_cache.sizes(),
+              "; expected [max_position, rot_dim]");
+  const int64_t rot_dim = cos_sin_cache.size(1);
+  TORCH_CHECK(rot_dim % 2 == 0 && rot_dim > 0 && rot_dim <= head_size, op, ": cos_sin_cache has rot_dim ",
+              rot_dim, "; expected an even number between 2 and head_size (", head_size, ")");
+  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat || cos_sin_cache.scalar_type() == query.scalar_type(), op,
+              ": cos_sin_cache has dtype ", cos_sin_cache.scalar_type(), "; expected float32 or query's dtype (",
+              query.scalar_type(), ")");
+  TORCH_CHECK(query.stride(-1) == 1, op, ": query's last dimension has stride ", query.stride(-1),
+              "; expected 1 (head features contiguous)");
+  if (key.has_value()) {
+    const at::Tensor& k = *key;
+    check_same_device(query, k, op, "query", "key");
+    check_same_dtype(query, k, op, "query", "key");
+    TORCH_CHECK(k.dim() == query.dim() && k.size(-1) == head_size, op, ": key has shape ", k.sizes(),
+                "; expected [*positions.shape, num_kv_heads, ", head_size, "]");
+    for (int64_t d = 0; d < positions.dim(); ++d) {
+      TORCH_CHECK(k.size(d) == positions.size(d), op, ": key has shape ", k.sizes(), " and positions ",
+                  positions.sizes(), "; expected key to be [*positions.shape, num_kv_heads, head_size]");
+    }
+    TORCH_CHECK(k.stride(-1) == 1, op, ": key's last dimension has stride ", k.stride(-1),
+                "; expected 1 (head features contiguous)");
+  }
+}
+
+// A [tokens, heads, head_size] view of q or k that shares its storage (the op writes in place).
+inline at::Tensor rotary_token_view(const at::Tensor& t, const char* op, const char* name) {
+  const int64_t tokens = t.numel() == 0 ? 0 : t.numel() / (t.size(-1) * t.size(-2));
+  std::optional<at::Tensor> v;
+  try {
+    v = t.view({tokens, t.size(-2), t.size(-1)});
+  } catch (const c10::Error&) {
+    TORCH_CHECK(false, op, ": ", name, " has shape ", t.sizes(), " and strides ", t.strides(),
+                "; its leading dimensions cannot be viewed as one token dimension, which an in-place op needs. "
+                "Pass a tensor whose leading dimensions are contiguous with each other (e.g. .contiguous()).");
+  }
+  return *v;
+}
+
+}  // namespace hopscotch

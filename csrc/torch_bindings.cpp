@@ -1,0 +1,22 @@
+// Every hopscotch_ext op schema, in one library. Implementations register per backend with
+// TORCH_LIBRARY_IMPL next to their kernels: csrc/cpu/*.cpp (CPU) and csrc/*_kernels.cu (CUDA).
+#include <torch/library.h>
+
+TORCH_LIBRARY(hopscotch_ext, m) {
+  // y = x / sqrt(mean(x^2) + eps) * weight over the last dim; float32 accumulation.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // new_residual = s * residual + b * x (rounded to x's dtype); normed = rms_norm(new_residual, weight, eps).
+  // Returns (normed, new_residual). b, s: 0-d tensors (Hopscotch's learned scalars).
+  m.def(
+      "scaled_add_rms_norm(Tensor x, Tensor residual, Tensor weight, Tensor b, Tensor s, float eps)"
+      " -> (Tensor, Tensor)");
+  // In-place inference form of scaled_add_rms_norm: residual <- new_residual, x <- normed.
+  m.def(
+      "scaled_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor weight, Tensor b, Tensor s, float eps)"
+      " -> ()");
+  // out = silu(gate) * up for gate_up = [gate | up] on the last dim.
+  m.def("silu_and_mul(Tensor gate_up) -> Tensor");
+  // In place, half rotation (Llama / NeoX layout) of query [*P, q_heads, head_size] and optional key
+  // [*P, kv_heads, head_size] at positions [*P]; cos_sin_cache [max_position, rot_dim] = [cos | sin].
+  m.def("rotary_embedding(Tensor positions, Tensor(a!) query, Tensor(b!)? key, Tensor cos_sin_cache) -> ()");
+}

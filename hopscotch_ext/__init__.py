@@ -1,0 +1,76 @@
+"""hopscotch_ext: the kernels as Python functions.
+
+Loads the compiled ``_C`` module (which registers the ops in ``torch.ops.hopscotch_ext``). If it cannot load
+(not built, or built against another torch), the package still imports, the pure-torch references in
+``hopscotch_ext.reference`` serve instead, and one warning says why and how to rebuild.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import torch
+
+_REBUILD_HINT = ("rebuild with `pip install --no-build-isolation -e .` in the repository "
+                 "(see README.md); until then the slower pure-torch references are used")
+
+_load_error: str | None = None
+
+try:
+    # Importing _C registers torch.ops.hopscotch_ext.* as a side effect.
+    _C: Any = importlib.import_module(f"{__name__}._C")
+
+    _built_torch = _C.build_info().get("torch_version", "unknown")
+    if _built_torch != torch.__version__:
+        # The ops did register, but an extension built against another torch may crash: do not use it.
+        _load_error = (f"hopscotch_ext._C was built against torch {_built_torch} but torch "
+                       f"{torch.__version__} is installed")
+        _C = None
+except (ImportError, OSError) as exc:  # not built, or undefined symbols from another torch
+    _C = None
+    _load_error = f"hopscotch_ext._C could not be loaded ({exc})"
+
+if _load_error is not None:
+    warnings.warn(f"{_load_error}; {_REBUILD_HINT}", RuntimeWarning, stacklevel=2)
+
+EXTENSION_LOADED: bool = _C is not None
+
+from . import ops, reference  # noqa: E402
+from .ops import rms_norm, rotary_embedding, scaled_add_rms_norm, scaled_add_rms_norm_, silu_and_mul  # noqa: E402
+
+
+def info() -> dict[str, Any]:
+    """What was built and what loaded: torch version built against, compiled backends, CUDA archs."""
+    d: dict[str, Any] = {
+        "loaded": EXTENSION_LOADED,
+        "load_error": _load_error,
+        "torch_version_runtime": torch.__version__,
+        "cuda_available_runtime": torch.cuda.is_available(),
+    }
+    if _C is not None:
+        built = dict(_C.build_info())
+        d.update({
+            "torch_version_built": built["torch_version"],
+            "backends": list(built["backends"]),
+            "cuda_archs": [a for a in built["cuda_archs"].replace(" ", ";").split(";") if a],
+            "cuda_version_built": built["cuda_version"] or None,
+            "compiler": built.get("compiler"),
+        })
+    else:
+        d.update({"torch_version_built": None, "backends": [], "cuda_archs": [], "cuda_version_built": None})
+    return d
+
+
+__all__ = [
+    "EXTENSION_LOADED",
+    "info",
+    "ops",
+    "reference",
+    "rms_norm",
+    "rotary_embedding",
+    "scaled_add_rms_norm",
+    "scaled_add_rms_norm_",
+    "silu_and_mul",
+]

@@ -1,0 +1,114 @@
+"""silu_and_mul and rotary_embedding against their references, in every dtype and on odd shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hopscotch_ext
+from hopscotch_ext import reference as R
+from op_testing import DEVICES, DTYPES, HIDDEN, TOKENS, assert_close_to_oracle, needs_cuda_kernels, strided
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", HIDDEN)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_silu_and_mul_matches_reference(tokens, d, dtype, device):
+    needs_cuda_kernels(device)
+    g = torch.Generator().manual_seed(tokens * 31 + d)
+    gate_up = (torch.randn(tokens, 2 * d, generator=g) * 3).to(dtype).to(device)
+    out = hopscotch_ext.silu_and_mul(gate_up)
+    assert out.shape == (tokens, d)
+    assert_close_to_oracle(out, R.silu_and_mul_ref(gate_up), R.silu_and_mul_ref(gate_up.double()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul_shapes_strides_extremes(dtype, device):
+    needs_cuda_kernels(device)
+    for shape in [(0, 10), (2, 3, 0), (2, 5, 2 * 83)]:
+        x = torch.randn(shape, device=device).to(dtype)
+        torch.testing.assert_close(hopscotch_ext.silu_and_mul(x), R.silu_and_mul_ref(x))
+    x = torch.randn(7, 2 * 769, device=device).to(dtype)
+    torch.testing.assert_close(hopscotch_ext.silu_and_mul(strided(x)), hopscotch_ext.silu_and_mul(x), rtol=0, atol=0)
+    big = torch.tensor([[-1e4, -80.0, 0.0, 80.0, 1.0, 1.0, 1.0, 1.0]], device=device).to(dtype)
+    out = hopscotch_ext.silu_and_mul(big)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, R.silu_and_mul_ref(big))
+
+
+def _cos_sin_cache(max_pos, rot_dim, dtype, device, base=10000.0):
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float64) / rot_dim))
+    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype).to(device)
+
+
+ROTARY_CASES = [  # (q_heads, kv_heads, head_size, rot_dim)
+    (9, 3, 64, 64),  # SmolLM2 (GQA)
+    (32, 8, 128, 128),  # Llama-3-8B
+    (4, 4, 128, 64),  # MHA, partial rotary
+    (3, 1, 80, 80),  # head size that is not a power of two
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ROTARY_CASES)
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("cache_dtype", ["float32", "same"])
+def test_rotary_matches_reference(tokens, case, dtype, device, cache_dtype):
+    needs_cuda_kernels(device)
+    qh, kh, hs, rot = case
+    g = torch.Generator().manual_seed(tokens + qh + hs)
+    max_pos = 4096
+    cache = _cos_sin_cache(max_pos, rot, torch.float32 if cache_dtype == "float32" else dtype, device)
+    pos = torch.randint(0, max_pos, (tokens,), generator=g).to(device)
+    q = torch.randn(tokens, qh, hs, generator=g).to(dtype).to(device)
+    k = torch.randn(tokens, kh, hs, generator=g).to(dtype).to(device)
+    q_out, k_out = q.clone(), k.clone()
+    assert hopscotch_ext.rotary_embedding(pos, q_out, k_out, cache) is None
+    for before, after in ((q, q_out), (k, k_out)):
+        assert_close_to_oracle(after, R.apply_rotary_ref(before, pos, cache),
+                               R.apply_rotary_ref(before.double(), pos, cache.double()))
+        torch.testing.assert_close(after[..., rot:], before[..., rot:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_batched_strided_and_query_only(dtype, device):
+    needs_cuda_kernels(device)
+    batch, seq, qh, kh, hs = 3, 17, 9, 3, 64
+    cache = _cos_sin_cache(128, hs, torch.float32, device)
+    pos = torch.arange(seq, device=device).repeat(batch, 1) + torch.tensor([[0], [5], [40]], device=device)
+    # q and k as strided views into one fused qkv projection output, as a fused attention produces them.
+    qkv = torch.randn(batch, seq, (qh + 2 * kh) * hs, device=device).to(dtype)
+    q = qkv[..., : qh * hs].view(batch, seq, qh, hs)
+    k = qkv[..., qh * hs: (qh + kh) * hs].view(batch, seq, kh, hs)
+    v_before = qkv[..., (qh + kh) * hs:].clone()
+    q_before, k_before = q.clone(), k.clone()
+    hopscotch_ext.rotary_embedding(pos.int(), q, k, cache)
+    for before, after in ((q_before, q), (k_before, k)):
+        assert_close_to_oracle(after, R.apply_rotary_ref(before, pos, cache),
+                               R.apply_rotary_ref(before.double(), pos, cache.double()))
+    torch.testing.assert_close(qkv[..., (qh + kh) * hs:], v_before, rtol=0, atol=0)  # v untouched
+    q2 = torch.randn(5, qh, hs, device=device).to(dtype)
+    q2_before = q2.clone()
+    hopscotch_ext.rotary_embedding(torch.arange(5, device=device), q2, None, cache)
+    assert_close_to_oracle(q2, R.apply_rotary_ref(q2_before, torch.arange(5, device=device), cache),
+                           R.apply_rotary_ref(q2_before.double(), torch.arange(5, device=device), cache.double()))
+    empty = torch.empty(0, qh, hs, device=device, dtype=dtype)
+    hopscotch_ext.rotary_embedding(torch.empty(0, dtype=torch.long, device=device), empty, None, cache)
+
+
+def test_apply_rotary_out_of_place_and_differentiable():
+    cache = _cos_sin_cache(64, 64, torch.float32, "cpu")
+    pos = torch.arange(10)
+    x = torch.randn(10, 3, 64)
+    out = hopscotch_ext.ops.apply_rotary(x, pos, cache)
+    torch.testing.assert_close(out, R.apply_rotary_ref(x, pos, cache))
+    xg = x.double().requires_grad_()
+    y = hopscotch_ext.ops.apply_rotary(xg, pos, cache.double())
+    # A rotation preserves norms, so the gradient of ||y||^2 / 2 is x itself.
+    y.pow(2).sum().div(2).backward()
+    torch.testing.assert_close(xg.grad, xg.detach())
