@@ -49,6 +49,7 @@ ROTARY_CASES = [  # (q_heads, kv_heads, head_size, rot_dim)
     (32, 8, 128, 128),  # Llama-3-8B
     (4, 4, 128, 64),  # MHA, partial rotary
     (3, 1, 80, 80),  # head size that is not a power of two
+    (5, 1, 48, 20),  # half = 10: not whole 16-byte chunks (the CUDA kernel's scalar path)
 ]
 
 

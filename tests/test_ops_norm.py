@@ -88,6 +88,26 @@ def test_non_contiguous_inputs(dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [8200, 20000, 20001])
+def test_long_rows(hidden, dtype, device):
+    """Rows longer than the CUDA kernel keeps in shared memory (32 KB) are re-read in its second pass."""
+    needs_cuda_kernels(device)
+    x, res, w, b, s = _inputs(3, hidden, dtype, device, seed=hidden)
+    normed, new_res = hopscotch_ext.scaled_add_rms_norm(x, res, w, b, s, EPS)
+    ref_normed, ref_res = R.scaled_add_rms_norm_ref(x, res, w, b, s, EPS)
+    _, o_res = R.scaled_add_rms_norm_ref(*_f64(x, res, w, b, s), EPS)
+    assert_close_to_oracle(new_res, ref_res, o_res)
+    assert_close_to_oracle(normed, ref_normed, R.rms_norm_ref(ref_res.double(), w.double(), EPS))
+    assert_close_to_oracle(hopscotch_ext.rms_norm(x, w, EPS), R.rms_norm_ref(x, w, EPS),
+                           R.rms_norm_ref(x.double(), w.double(), EPS))
+    x2, res2 = x.clone(), res.clone()
+    hopscotch_ext.scaled_add_rms_norm_(x2, res2, w, b, s, EPS)
+    torch.testing.assert_close(res2, new_res, rtol=0, atol=0)
+    torch.testing.assert_close(x2, normed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(0, 576), (2, 0, 576), (3, 5, 7, 64)])
 def test_any_leading_shape_and_empty(shape, device):
     needs_cuda_kernels(device)
