@@ -84,6 +84,9 @@ def _extension():
                                                    *sorted((CSRC / "cpu").glob("*.cpp"))]]
     macros = [("HOPSCOTCH_TORCH_VERSION", f'"{torch.__version__}"')]
     cxx_flags = (["-O3", "-fopenmp"] if sys.platform != "darwin" else ["-O3"]) + _cpu_isa_flags()
+    # ATen's CPU vector headers carry `#pragma unroll` (a CUDA pragma), which g++ reports under -Wall for
+    # every file that includes them: ~100 lines of noise that hide real warnings.
+    cxx_flags.append("-Wno-unknown-pragmas")
     extra = {"cxx": cxx_flags}
     if not with_cuda:
         _say(f"CPU-only build ({why}); CUDA kernels not compiled")
