@@ -2,4 +2,17 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .patch import apply_plan, current_plan, is_patched, patch_model, set_skips, unpatch_model  # noqa: E402
+from .plan import PlanError, SkipPlan  # noqa: E402
+
+__all__ = [
+    "PlanError",
+    "SkipPlan",
+    "__version__",
+    "apply_plan",
+    "current_plan",
+    "is_patched",
+    "patch_model",
+    "set_skips",
+    "unpatch_model",
+]

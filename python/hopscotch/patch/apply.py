@@ -1,0 +1,42 @@
+"""apply_plan: put a SkipPlan on a loaded model (patching it if needed), all or nothing."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..plan import PlanError, SkipPlan
+from .patcher import get_scalars, is_patched, patch_model, patched_layers, set_scalars, set_skips
+
+__all__ = ["apply_plan", "current_plan"]
+
+
+def apply_plan(model: nn.Module, plan: SkipPlan, *, free_skipped: bool = False) -> nn.Module:
+    """Apply ``plan`` to ``model`` and return it.
+
+    The plan is validated against the model first (architecture, layer count, indices, scalars); a plan that does
+    not fit raises ``PlanError`` and leaves the model exactly as it was. Applying another plan later needs no
+    reload (DESIGN.md invariant 5). ``free_skipped=True`` releases the weights of the skipped attention blocks
+    (they can then never be kept again without reloading the model).
+    """
+    plan.validate(model)
+    if is_patched(model):
+        freed = [layer.layer_idx for layer in patched_layers(model)
+                 if layer.attn_freed and layer.layer_idx not in plan.skipped_attention]
+        if freed:
+            raise PlanError(f"the plan keeps attention blocks {freed}, whose weights an earlier "
+                            "apply_plan(..., free_skipped=True) released; reload the model")
+    patch_model(model)
+    set_skips(model, plan.skipped_attention, plan.skipped_mlp)
+    set_scalars(model, plan.scalar_tensor())
+    if free_skipped:
+        for layer in patched_layers(model):
+            if layer.attn_skipped and not layer.attn_freed:
+                layer.free_attention()
+    return model
+
+
+def current_plan(model: nn.Module, **provenance) -> SkipPlan:
+    """The plan a patched model runs now (its skips and scalars), with the given provenance."""
+    layers = patched_layers(model)
+    return SkipPlan.for_model(model, [lay.layer_idx for lay in layers if lay.attn_skipped],
+                              [lay.layer_idx for lay in layers if lay.mlp_skipped], get_scalars(model), **provenance)

@@ -1,0 +1,148 @@
+"""The skip-aware decoder layer: Hopscotch's four scalars and the attention / MLP blocks on the fused ops.
+
+    h1  = b_att * Attn(Norm(h))  + s_att * h        (h1 = h exactly when the attention block is skipped)
+    out = b_mlp * MLP(Norm(h1))  + s_mlp * h1       (out = h1 exactly when the MLP block is skipped)
+
+A layer does not add its own residuals: it returns each block's output (the "delta") and the decoder stack
+(``stack.py``) fuses "residual = s * residual + b * delta" with the *next* RMSNorm in one
+``scaled_add_rms_norm``, across the layer boundary (the last one with the model's final norm).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hopscotch_ext
+
+from .fuse import FusedLinear, can_fuse
+
+__all__ = ["HopscotchDecoderLayer", "SCALAR_NAMES", "FreedAttention"]
+
+# Parameter names of the four scalars, in the paper's order (b_att, s_att, b_mlp, s_mlp).
+SCALAR_NAMES = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
+
+
+class FreedAttention(nn.Module):
+    """Stands in for an attention block whose weights ``apply_plan(..., free_skipped=True)`` released."""
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"attention block {self.layer_idx} was freed by apply_plan(..., free_skipped=True); "
+                           "reload the model to run it again")
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}, weights freed"
+
+
+class HopscotchDecoderLayer(nn.Module):
+    """Replaces one HF decoder layer; shares (not copies) its attention, MLP and norm modules."""
+
+    _hopscotch_layer = True
+
+    def __init__(self, original: nn.Module, layer_idx: int, attention_type: str, fuse_silu: bool):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attention_type = attention_type
+        self.self_attn = original.self_attn
+        self.mlp = original.mlp
+        self.input_layernorm = original.input_layernorm
+        self.post_attention_layernorm = original.post_attention_layernorm
+        device = original.input_layernorm.weight.device
+        for name in SCALAR_NAMES:  # float32 whatever the model dtype: they are trained
+            setattr(self, name, nn.Parameter(torch.ones((), dtype=torch.float32, device=device)))
+        self.attn_skipped = False
+        self.mlp_skipped = False
+        self.attn_freed = False
+        self.cache_index: int | None = layer_idx
+        self._fuse_silu = fuse_silu
+        # Kept outside the module tree: unpatch_model puts it back; fused projections own no parameters.
+        self.__dict__["_original"] = original
+        self.__dict__["_qkv"] = None
+        self.__dict__["_gate_up"] = None
+        self.fuse_projections()
+
+    # ---- fused projections ---------------------------------------------------------------------------
+
+    def fuse_projections(self) -> None:
+        """(Re)build the q|k|v and gate|up concatenations where the projections allow it."""
+        if not self.attn_freed:
+            attn = self.self_attn
+            mods = [attn.q_proj, attn.k_proj, attn.v_proj]
+            self.__dict__["_qkv"] = FusedLinear(mods) if can_fuse(mods) else None
+        mods = [self.mlp.gate_proj, self.mlp.up_proj]
+        self.__dict__["_gate_up"] = FusedLinear(mods) if self._fuse_silu and can_fuse(mods) else None
+
+    def fusion_broken(self) -> bool:
+        """True when something rebound a fused weight (e.g. ``model.to``) and the fusion must be rebuilt."""
+        return any(f is not None and not f.intact() for f in (self._qkv, self._gate_up))
+
+    def unfuse_projections(self) -> None:
+        for f in (self._qkv, self._gate_up):
+            if f is not None and f.intact():
+                f.unfuse()
+        self.__dict__["_qkv"] = None
+        self.__dict__["_gate_up"] = None
+
+    def free_attention(self) -> None:
+        """Release the attention weights of this (skipped) block."""
+        self.__dict__["_qkv"] = None
+        self.self_attn = FreedAttention(self.layer_idx)
+        self._original.self_attn = self.self_attn
+        self.attn_freed = True
+
+    # ---- blocks ----------------------------------------------------------------------------------------
+
+    def _use_fused(self, fused: FusedLinear | None) -> bool:
+        return fused is not None and not (torch.is_grad_enabled() and fused.trainable())
+
+    def attention(self, x: torch.Tensor, rope, cache, mask) -> torch.Tensor:
+        """Attn(x) for normed input x [B, T, hidden]: projections, rotary, cache update, SDPA, o_proj."""
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        attn = self.self_attn
+        bsz, seq = x.shape[:2]
+        hd = attn.head_dim
+        if self._use_fused(self._qkv):
+            q, k, v = self._qkv(x).split(self._qkv.splits, dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q, k, v = q.view(bsz, seq, -1, hd), k.view(bsz, seq, -1, hd), v.view(bsz, seq, -1, hd)
+        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary
+            q = hopscotch_ext.rms_norm(q, attn.q_norm.weight, attn.q_norm.variance_epsilon)
+            k = hopscotch_ext.rms_norm(k, attn.k_norm.weight, attn.k_norm.variance_epsilon)
+        q, k = rope.apply(q, k, x.device)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v, self.cache_index)
+        out, _ = sdpa_attention_forward(attn, q, k, v, mask,
+                                        dropout=attn.attention_dropout if self.training else 0.0,
+                                        scaling=attn.scaling)
+        return attn.o_proj(out.reshape(bsz, seq, -1))
+
+    def mlp_block(self, x: torch.Tensor) -> torch.Tensor:
+        """MLP(x) for normed input x: gate|up in one matmul + silu_and_mul where possible."""
+        mlp = self.mlp
+        if self._use_fused(self._gate_up):
+            h = hopscotch_ext.silu_and_mul(self._gate_up(x))
+        elif self._fuse_silu:
+            g, u = mlp.gate_proj(x), mlp.up_proj(x)
+            h = F.silu(g) * u
+        else:
+            h = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+        return mlp.down_proj(h)
+
+    def scalars(self) -> torch.Tensor:
+        """The four scalars as a float32 CPU tensor [4] (b_att, s_att, b_mlp, s_mlp)."""
+        return torch.stack([getattr(self, n).detach().float().cpu() for n in SCALAR_NAMES])
+
+    def extra_repr(self) -> str:
+        vals = ", ".join(f"{n}={getattr(self, n).item():.4g}" for n in SCALAR_NAMES)
+        attn = "FREED" if self.attn_freed else ("SKIPPED" if self.attn_skipped else f"kept (cache {self.cache_index})")
+        fused = [n for n, f in (("qkv", self._qkv), ("gate_up", self._gate_up)) if f is not None]
+        return (f"hopscotch layer {self.layer_idx}: attention {attn}, mlp {'SKIPPED' if self.mlp_skipped else 'kept'}, "
+                f"{self.attention_type}, fused [{', '.join(fused) or 'none'}], {vals}")

@@ -1,0 +1,162 @@
+"""patch_model / unpatch_model: swap a loaded HF model's decoder layers for skip-aware ones, and back.
+
+Patching works per instance on a model that is already loaded (any device, any dtype, dispatched by accelerate
+or wrapped by PEFT): each decoder layer is replaced in its ModuleList by a ``HopscotchDecoderLayer`` that shares
+the original's submodules (so state-dict keys and weights are unchanged), and the decoder stack's ``forward`` is
+overridden on the instance by ``stack.patched_forward``. ``unpatch_model`` puts the original layers and forward
+back and gives every fused projection its own weights again.
+"""
+
+from __future__ import annotations
+
+import operator
+import types
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..arch import base_model, check_supported, layer_attention_type
+from .layer import SCALAR_NAMES, HopscotchDecoderLayer
+from .stack import patched_forward
+
+__all__ = ["PatchState", "patch_model", "unpatch_model", "is_patched", "patched_layers", "set_skips",
+           "reset_scalars", "get_scalars", "set_scalars"]
+
+_SILU = ("silu", "swish")
+
+
+class PatchState:
+    """What a patched decoder stack needs at run time; lives at ``base_model._hopscotch_state``."""
+
+    def __init__(self, model_type: str, layers: list[HopscotchDecoderLayer], originals: list[nn.Module],
+                 saved_forward):
+        self.model_type = model_type
+        self.layers = layers
+        self.originals = originals
+        self.saved_forward = saved_forward
+
+    def kept_attention(self) -> tuple[int, ...]:
+        return tuple(layer.layer_idx for layer in self.layers if not layer.attn_skipped)
+
+    def kept_attention_types(self) -> set[str]:
+        return {layer.attention_type for layer in self.layers if not layer.attn_skipped}
+
+    @torch.compiler.disable
+    def ensure_fused(self) -> None:
+        for layer in self.layers:
+            if layer.fusion_broken():
+                layer.fuse_projections()
+
+
+def is_patched(model: nn.Module) -> bool:
+    try:
+        return hasattr(base_model(model), "_hopscotch_state")
+    except TypeError:
+        return False
+
+
+def _state(model: nn.Module) -> PatchState:
+    base = base_model(model)
+    state = getattr(base, "_hopscotch_state", None)
+    if state is None:
+        raise RuntimeError("the model is not patched; call hopscotch.patch_model(model) (or apply_plan) first")
+    return state
+
+
+def patched_layers(model: nn.Module) -> list[HopscotchDecoderLayer]:
+    """The skip-aware layers of a patched model, in order."""
+    return _state(model).layers
+
+
+def patch_model(model: nn.Module) -> nn.Module:
+    """Patch ``model`` in place (and return it). Patching an already patched model does nothing.
+
+    Nothing is skipped and every scalar is 1 afterwards, so the model computes what it computed before
+    (DESIGN.md invariant 1); ``apply_plan`` or ``set_skips`` choose what to skip.
+    """
+    model_type = check_supported(model)
+    base = base_model(model)
+    if hasattr(base, "_hopscotch_state"):
+        return model
+    config = base.config
+    fuse_silu = getattr(config, "hidden_act", "silu") in _SILU
+    originals = list(base.layers)
+    layers = [HopscotchDecoderLayer(layer, i, layer_attention_type(config, i), fuse_silu)
+              for i, layer in enumerate(originals)]
+    saved_forward = base.__dict__.get("forward")  # an instance-level forward (e.g. an accelerate hook), if any
+    for i, layer in enumerate(layers):
+        base.layers[i] = layer
+    base._hopscotch_state = PatchState(model_type, layers, originals, saved_forward)
+    base.forward = types.MethodType(patched_forward, base)
+    return model
+
+
+def unpatch_model(model: nn.Module) -> nn.Module:
+    """Restore the original decoder layers and forward (the scalars and skips are dropped)."""
+    base = base_model(model)
+    state = getattr(base, "_hopscotch_state", None)
+    if state is None:
+        return model
+    for i, (layer, original) in enumerate(zip(state.layers, state.originals)):
+        layer.unfuse_projections()
+        base.layers[i] = original
+    if state.saved_forward is not None:
+        base.forward = state.saved_forward
+    else:
+        del base.forward
+    del base._hopscotch_state
+    return model
+
+
+def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int] = ()) -> None:
+    """Skip exactly these attention and MLP blocks (all others kept); compact cache indices follow."""
+    state = _state(model)
+    n = len(state.layers)
+    attention, mlp = _indices(attention, "attention"), _indices(mlp, "mlp")
+    for name, idx in (("attention", attention), ("mlp", mlp)):
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"{name} block indices {bad} are out of range; the model has {n} layers (0..{n - 1})")
+    freed = [layer.layer_idx for layer in state.layers if layer.attn_freed and layer.layer_idx not in attention]
+    if freed:
+        raise ValueError(f"attention blocks {freed} were freed (apply_plan(free_skipped=True)) and cannot be kept; "
+                         "reload the model")
+    skip_attn, skip_mlp = set(attention), set(mlp)
+    compact = 0
+    for layer in state.layers:
+        layer.attn_skipped = layer.layer_idx in skip_attn
+        layer.mlp_skipped = layer.layer_idx in skip_mlp
+        layer.cache_index = None if layer.attn_skipped else compact
+        compact += 0 if layer.attn_skipped else 1
+
+
+def _indices(values: Iterable[int], name: str) -> list[int]:
+    try:
+        return sorted({operator.index(i) for i in values})
+    except TypeError:
+        raise ValueError(f"{name} block indices must be integers; got {list(values)!r}") from None
+
+
+@torch.no_grad()
+def reset_scalars(model: nn.Module, value: float = 1.0) -> None:
+    """Set every scalar of every layer to ``value`` (1.0: the unscaled model)."""
+    for layer in patched_layers(model):
+        for name in SCALAR_NAMES:
+            getattr(layer, name).fill_(value)
+
+
+def get_scalars(model: nn.Module) -> torch.Tensor:
+    """All scalars as a float32 CPU tensor [num_layers, 4] (b_att, s_att, b_mlp, s_mlp)."""
+    return torch.stack([layer.scalars() for layer in patched_layers(model)])
+
+
+@torch.no_grad()
+def set_scalars(model: nn.Module, scalars: torch.Tensor) -> None:
+    """Load a [num_layers, 4] tensor of scalars (as ``get_scalars`` returns) into the layers."""
+    layers = patched_layers(model)
+    if tuple(scalars.shape) != (len(layers), len(SCALAR_NAMES)):
+        raise ValueError(f"scalars have shape {tuple(scalars.shape)}; expected ({len(layers)}, {len(SCALAR_NAMES)})")
+    for layer, row in zip(layers, scalars):
+        for name, v in zip(SCALAR_NAMES, row):
+            getattr(layer, name).copy_(v)

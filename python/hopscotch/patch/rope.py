@@ -1,0 +1,41 @@
+"""Rotary embedding for one forward pass, shared by every kept attention block.
+
+The model's own rotary module gives cos and sin at each token's position (so every RoPE variant the model
+supports, scaled or dynamic, stays exactly the model's). They are computed once per forward in float32 and laid
+out as a per-token table ``[B*T, rot_dim] = [cos | sin]``; the ``rotary_embedding`` kernel then rotates q and k
+in place with row index = token index. With gradients needed (Hopscotch training), the out-of-place
+differentiable reference is used on the same table.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import hopscotch_ext
+from hopscotch_ext.ops import apply_rotary
+
+__all__ = ["RopeContext"]
+
+
+class RopeContext:
+    def __init__(self, rotary_emb, position_ids: torch.Tensor, batch: int, seq: int, device: torch.device):
+        probe = torch.empty(0, device=device, dtype=torch.float32)
+        cos, sin = rotary_emb(probe, position_ids)  # [B or 1, T, head_dim], float32
+        half = cos.shape[-1] // 2
+        table = torch.cat([cos[..., :half], sin[..., :half]], dim=-1).float()
+        self.table = table.expand(batch, seq, -1).reshape(batch * seq, -1).contiguous()
+        self.rows = torch.arange(batch * seq, device=device).view(batch, seq)
+        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {device: (self.table, self.rows)}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._per_device:  # model dispatched across devices: one copy per device
+            self._per_device[device] = (self.table.to(device), self.rows.to(device))
+        return self._per_device[device]
+
+    def apply(self, q: torch.Tensor, k: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q [B, T, Hq, D] and k [B, T, Hkv, D]; in place when no gradient is needed."""
+        table, rows = self._on(device)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            return apply_rotary(q, rows, table), apply_rotary(k, rows, table)
+        hopscotch_ext.rotary_embedding(rows, q, k, table)
+        return q, k

@@ -1,0 +1,117 @@
+"""The patched decoder stack: the forward that replaces ``LlamaModel.forward`` (and its Qwen2 / Mistral / Qwen3
+twins) on a patched model instance.
+
+The residual stream is threaded through the layers vLLM-style. Each block returns its output ("delta") and the
+stack keeps it pending; the next RMSNorm that reads the residual stream -- the next kept block's input norm, or the
+model's final norm -- applies it and normalises in one ``scaled_add_rms_norm``:
+
+    residual = s * residual + b * delta;   x = rms_norm(residual) * weight
+
+A skipped block contributes nothing and changes nothing: the pending delta simply waits for the next norm.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+import hopscotch_ext
+
+from .kv_cache import compact_cache
+from .rope import RopeContext
+
+__all__ = ["patched_forward"]
+
+
+class _SdpaConfig:
+    """The model config as the mask helpers should see it: masks in SDPA's format (bool, or None = causal)."""
+
+    _attn_implementation = "sdpa"
+
+    def __init__(self, config):
+        self.__dict__["_config"] = config
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["_config"], name)
+
+
+class _Stream:
+    """The residual stream and the block output waiting to be added to it."""
+
+    def __init__(self, hidden: torch.Tensor):
+        self.residual = hidden
+        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def norm(self, norm_module) -> torch.Tensor:
+        """Apply the pending block output and return the normalised stream (on ``norm_module``'s device)."""
+        w, eps = norm_module.weight, norm_module.variance_epsilon
+        if self.residual.device != w.device:  # model dispatched across devices
+            self.residual = self.residual.to(w.device)
+        if self.pending is None:
+            return hopscotch_ext.rms_norm(self.residual, w, eps)
+        delta, b, s = (t.to(w.device) for t in self.pending)
+        self.pending = None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (delta, self.residual, w, b, s)):
+            x, self.residual = hopscotch_ext.scaled_add_rms_norm(delta, self.residual, w, b, s, eps)
+            return x
+        # Inference: write in place (the delta buffer becomes the normed output), no allocation.
+        hopscotch_ext.scaled_add_rms_norm_(delta, self.residual, w, b, s, eps)
+        return delta
+
+
+def _masks(base, state, hidden, attention_mask, cache, position_ids) -> dict:
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    if isinstance(attention_mask, dict):  # already prepared per layer type
+        return attention_mask
+    kwargs = dict(config=_SdpaConfig(base.config), inputs_embeds=hidden, attention_mask=attention_mask,
+                  past_key_values=cache, position_ids=position_ids)
+    masks = {}
+    for t in state.kept_attention_types():
+        masks[t] = create_sliding_window_causal_mask(**kwargs) if t == "sliding_attention" \
+            else create_causal_mask(**kwargs)
+    return masks
+
+
+def patched_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    inputs_embeds=None, use_cache=None, output_attentions=None, output_hidden_states=None, **kwargs):
+    """Forward of a patched decoder stack; same arguments and output as the HF model it replaces."""
+    state = self._hopscotch_state
+    if output_attentions or output_hidden_states:
+        raise NotImplementedError("a hopscotch-patched model does not return per-layer attentions or hidden states "
+                                  "(the residual stream is never materialised per layer); unpatch_model() first")
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    state.ensure_fused()
+    if use_cache is None:
+        use_cache = getattr(self.config, "use_cache", False)
+    hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.clone()
+    bsz, seq = hidden.shape[:2]
+    cache = None
+    if use_cache or past_key_values is not None:
+        if past_key_values is None:
+            from transformers.cache_utils import DynamicCache
+
+            past_key_values = DynamicCache(config=self.config)
+        cache = compact_cache(past_key_values, state.kept_attention(), len(state.layers))
+    if position_ids is None:
+        past = cache.get_seq_length() if cache is not None else 0
+        position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
+    position_ids = position_ids.to(hidden.device)
+    masks = _masks(self, state, hidden, attention_mask, cache, position_ids)
+    rope = RopeContext(self.rotary_emb, position_ids, bsz, seq, hidden.device) if masks else None
+
+    stream = _Stream(hidden)
+    for layer in state.layers:
+        if not layer.attn_skipped:
+            x = stream.norm(layer.input_layernorm)
+            mask = masks[layer.attention_type]
+            if mask is not None and mask.device != x.device:
+                mask = mask.to(x.device)
+            delta = layer.attention(x, rope, cache, mask)
+            stream.pending = (delta, layer.attn_scale, layer.attn_residual_scale)
+        if not layer.mlp_skipped:
+            x = stream.norm(layer.post_attention_layernorm)
+            stream.pending = (layer.mlp_block(x), layer.mlp_scale, layer.mlp_residual_scale)
+    out = stream.norm(self.norm)
+    return BaseModelOutputWithPast(last_hidden_state=out, past_key_values=past_key_values if use_cache else None)

@@ -1,0 +1,171 @@
+"""SkipPlan: exact save/load round trips, every bad plan refused with nothing applied, switching and freeing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hopscotch import PlanError, SkipPlan, apply_plan, current_plan, is_patched
+from hopscotch.patch import get_scalars, patched_layers, set_skips
+from model_testing import LOGIT_TOL, tiny_model, zeroed_attention
+
+
+def _plan(model, attn=(1, 3), mlp=(), seed=0, **prov):
+    scalars = 0.5 + torch.rand(5, 4, generator=torch.Generator().manual_seed(seed))
+    return SkipPlan.for_model(model, attn, mlp, scalars, method="test", seed=seed, **prov)
+
+
+@pytest.mark.parametrize("form", ["plan.json", "plan_dir"])
+def test_save_load_round_trip_is_exact(tmp_path, form):
+    model = tiny_model("llama")
+    plan = _plan(model, losses=[1.5, 1.25], data={"task": "x"})
+    path = plan.save(tmp_path / form)
+    assert path.suffix == ".json" and path.is_file()
+    loaded = SkipPlan.load(tmp_path / form)
+    assert loaded == plan
+    assert torch.equal(loaded.scalars, plan.scalars)
+    assert loaded.provenance["versions"]["torch"] == torch.__version__
+    assert loaded.fingerprint["num_layers"] == 5 and loaded.fingerprint["model_type"] == "llama"
+
+
+def test_applied_plan_matches_its_definition_and_current_plan_reads_it_back():
+    model = tiny_model("llama")
+    plan = _plan(model, attn=(0, 4))
+    ids = torch.randint(3, 97, (1, 9))
+    apply_plan(model, plan)
+    assert is_patched(model)
+    assert torch.equal(get_scalars(model), plan.scalars)
+    again = current_plan(model, method="test", seed=0)
+    assert again.skipped_attention == [0, 4] and torch.equal(again.scalars, plan.scalars)
+    # With every scalar at 1 the plan is exactly "those attention blocks output zero".
+    apply_plan(model, SkipPlan.for_model(model, [0, 4]))
+    with torch.no_grad():
+        out = model(ids).logits
+    from hopscotch import unpatch_model
+
+    unpatch_model(model)
+    with torch.no_grad(), zeroed_attention(model, [0, 4]):
+        ref = model(ids).logits
+    torch.testing.assert_close(out, ref, **LOGIT_TOL[torch.float32])
+
+
+def _state(model):
+    return ([(layer.attn_skipped, layer.mlp_skipped) for layer in patched_layers(model)], get_scalars(model))
+
+
+def _bad_plans(model, tmp_path):
+    good = _plan(model)
+    other = tiny_model("llama", num_layers=4)
+    wide = tiny_model("llama", hidden_size=96)
+    qwen = tiny_model("qwen3")
+    cases = {
+        "wrong layer count": (SkipPlan.for_model(other, [1]), r"num_layers=4 but the model has num_layers=5"),
+        "wrong architecture": (SkipPlan.for_model(qwen, [1]), r"model_type='qwen3' but the model has "
+                                                              r"model_type='llama'"),
+        "wrong hidden size": (SkipPlan.for_model(wide, [1]), r"hidden_size=96 but the model has hidden_size=64"),
+        "other config": (SkipPlan.for_model(tiny_model("llama", rope_theta=500.0), [1]),
+                         r"another configuration of this architecture \(rope_parameters"),
+        "index out of range": (SkipPlan(good.fingerprint, [1, 5]), r"out of range for a model with 5 layers"),
+        "negative index": (SkipPlan(good.fingerprint, [-1]), r"holds \[-1\], out of range"),
+        "duplicates": (SkipPlan(good.fingerprint, [2, 2]), r"lists blocks \[2\] more than once"),
+        "non-integer": (SkipPlan(good.fingerprint, [1.5]), r"expected a list of integer block indices"),
+        "scalars shape": (SkipPlan(good.fingerprint, [1], scalars=torch.ones(5, 3)), r"shape \(5, 3\); expected \(5, 4\)"),
+        "nan scalars": (SkipPlan(good.fingerprint, [1], scalars=torch.ones(5, 4).index_fill_(0, torch.tensor([3]),
+                                                                                           float("nan"))),
+                        r"scalars of layers \[3\] are NaN or infinite"),
+        "inf scalars": (SkipPlan(good.fingerprint, [1], scalars=torch.full((5, 4), float("inf"))), r"NaN or infinite"),
+    }
+    return cases
+
+
+@pytest.mark.parametrize("case", ["wrong layer count", "wrong architecture", "wrong hidden size", "other config",
+                                  "index out of range", "negative index", "duplicates", "non-integer",
+                                  "scalars shape", "nan scalars", "inf scalars"])
+def test_bad_plans_raise_and_leave_the_model_as_it_was(case, tmp_path):
+    model = tiny_model("llama")
+    apply_plan(model, _plan(model, attn=(2,), seed=1))
+    before = _state(model)
+    plan, pattern = _bad_plans(model, tmp_path)[case]
+    with pytest.raises(PlanError, match=pattern):
+        apply_plan(model, plan)
+    after = _state(model)
+    assert after[0] == before[0] and torch.equal(after[1], before[1])
+    # An unpatched model stays unpatched.
+    fresh = tiny_model("llama")
+    with pytest.raises(PlanError):
+        apply_plan(fresh, plan)
+    assert not is_patched(fresh)
+
+
+def _corrupt(tmp_path, model, how):
+    path = _plan(model).save(tmp_path / "p.json")
+    st = path.with_suffix(".safetensors")
+    if how == "truncated json":
+        path.write_text(path.read_text()[:40])
+    elif how == "truncated scalars":
+        st.write_bytes(st.read_bytes()[:30])
+    elif how == "garbage scalars":
+        blob = bytearray(st.read_bytes())
+        blob[-4:] = b"\xff\xff\xff\xff"
+        st.write_bytes(bytes(blob))
+    elif how == "missing scalars":
+        st.unlink()
+    elif how == "not a plan":
+        path.write_text(json.dumps({"format": "something-else"}))
+    elif how == "missing field":
+        doc = json.loads(path.read_text())
+        del doc["skipped_attention"]
+        path.write_text(json.dumps(doc))
+    elif how == "bad index in file":
+        doc = json.loads(path.read_text())
+        doc["skipped_attention"] = [1, 99]
+        path.write_text(json.dumps(doc))
+    elif how == "non-utf8":
+        path.write_bytes(b"\xff\xfe{not json")
+    return path
+
+
+@pytest.mark.parametrize("how,pattern", [
+    ("truncated json", r"p\.json is not a valid plan file \(corrupt or truncated JSON"),
+    ("truncated scalars", r"p\.safetensors does not match p\.json"),
+    ("garbage scalars", r"checksum differs"),
+    ("missing scalars", r"cannot read the plan's scalars .*p\.safetensors"),
+    ("not a plan", r"is not a hopscotch plan \(format 'something-else'"),
+    ("missing field", r"lacks the fields \['skipped_attention'\]"),
+    ("bad index in file", r"p\.json: skipped_attention holds \[99\], out of range"),
+    ("non-utf8", r"not a valid plan file"),
+])
+def test_corrupt_or_truncated_files_are_refused_by_name(tmp_path, how, pattern):
+    model = tiny_model("llama")
+    path = _corrupt(tmp_path, model, how)
+    with pytest.raises(PlanError, match=pattern):
+        SkipPlan.load(path)
+    with pytest.raises(PlanError, match="no plan at"):
+        SkipPlan.load(tmp_path / "nothing.json")
+
+
+def test_switching_plans_needs_no_reload_and_free_skipped_releases_weights():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 97, (1, 9))
+    plan_a, plan_b = _plan(model, attn=(0, 1), seed=2), _plan(model, attn=(3,), seed=3)
+    with torch.no_grad():
+        out_a = apply_plan(model, plan_a)(ids).logits
+        out_b = apply_plan(model, plan_b)(ids).logits
+        assert torch.equal(apply_plan(model, plan_a)(ids).logits, out_a)
+        assert not torch.equal(out_a, out_b)
+        n_before = sum(p.numel() for p in model.parameters())
+        apply_plan(model, plan_a, free_skipped=True)
+        freed = sum(p.numel() for p in model.parameters())
+        assert torch.equal(model(ids).logits, out_a)
+    attn = model.model.layers[2].self_attn
+    per_block = sum(p.numel() for p in attn.parameters())
+    assert n_before - freed == 2 * per_block
+    assert "weights freed" in repr(model)
+    with pytest.raises(PlanError, match=r"keeps attention blocks \[0, 1\], whose weights an earlier"):
+        apply_plan(model, plan_b)
+    assert [layer.attn_skipped for layer in patched_layers(model)] == [True, True, False, False, False]
+    apply_plan(model, _plan(model, attn=(0, 1, 4)))  # a plan that keeps them skipped is fine
+    with pytest.raises(ValueError, match="were freed"):
+        set_skips(model, attention=[1])
