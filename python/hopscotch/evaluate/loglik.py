@@ -1,0 +1,66 @@
+"""Log-likelihood primitives shared by every metric. They rely only on ``model(input_ids=..., attention_mask=...)``
+returning ``.logits`` and on the model having parameters, so they work on any HF causal LM, patched or not."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["model_device", "batch_nll", "continuation_logprobs"]
+
+
+def model_device(model) -> torch.device:
+    """Where the model's inputs go (its first parameter's device)."""
+    return next(model.parameters()).device
+
+
+def _logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    device = model_device(model)
+    return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+
+
+@torch.no_grad()
+def batch_nll(model, batch: dict) -> tuple[float, int]:
+    """(sum of next-token NLL, number of tokens) over a batch's labelled positions (labels != -100)."""
+    logits = _logits(model, batch["input_ids"], batch["attention_mask"])
+    labels = batch["labels"][:, 1:].to(logits.device)
+    pos = labels != -100
+    if not bool(pos.any()):
+        return 0.0, 0
+    nll = F.cross_entropy(logits[:, :-1][pos].float(), labels[pos], reduction="sum")
+    return float(nll), int(pos.sum())
+
+
+@torch.no_grad()
+def continuation_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
+                          batch_size: int = 16, progress: bool = False, desc: str = "log-likelihoods") -> list[float]:
+    """Sum of log p(continuation | context) for each (context ids, continuation ids) pair, in input order.
+
+    Pairs must already fit the model (see ``hopscotch.data.batching.fit_pair``) and have a non-empty context.
+    They are run longest first in right-padded batches of ``batch_size`` (the last input token is not fed: it
+    predicts nothing), and the results are put back in input order.
+    """
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    out = [0.0] * len(pairs)
+    starts: Iterable[int] = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+        chunk = order[start:start + batch_size]
+        seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in chunk]
+        width = max(len(s) for s in seqs) - 1
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, :len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
+            mask[row, :len(seq) - 1] = 1
+        logits = _logits(model, ids, mask)
+        for row, i in enumerate(chunk):
+            ctx, cont = pairs[i]
+            n, m = len(ctx), len(cont)
+            logp = F.log_softmax(logits[row, n - 1:n + m - 1].float(), dim=-1)
+            target = torch.tensor(list(cont), dtype=torch.long, device=logp.device)
+            out[i] = float(logp.gather(-1, target[:, None]).sum())
+    return out

