@@ -20,7 +20,7 @@ import hopscotch_ext
 from .kv_cache import compact_cache
 from .rope import RopeContext
 
-__all__ = ["patched_forward"]
+__all__ = ["Stream", "StackRun", "patched_forward"]
 
 
 class _SdpaConfig:
@@ -35,12 +35,20 @@ class _SdpaConfig:
         return getattr(self.__dict__["_config"], name)
 
 
-class _Stream:
+class Stream:
     """The residual stream and the block output waiting to be added to it."""
 
     def __init__(self, hidden: torch.Tensor):
         self.residual = hidden
         self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def clone(self) -> "Stream":
+        """An independent copy (inference writes the residual and the pending output in place)."""
+        other = Stream(self.residual.clone())
+        if self.pending is not None:
+            delta, b, s = self.pending
+            other.pending = (delta.clone(), b, s)
+        return other
 
     def norm(self, norm_module) -> torch.Tensor:
         """Apply the pending block output and return the normalised stream (on ``norm_module``'s device)."""
@@ -73,45 +81,63 @@ def _masks(base, state, hidden, attention_mask, cache, position_ids) -> dict:
     return masks
 
 
-def patched_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                    inputs_embeds=None, use_cache=None, output_attentions=None, output_hidden_states=None, **kwargs):
-    """Forward of a patched decoder stack; same arguments and output as the HF model it replaces."""
-    state = self._hopscotch_state
-    if output_attentions or output_hidden_states:
-        raise NotImplementedError("a hopscotch-patched model does not return per-layer attentions or hidden states "
-                                  "(the residual stream is never materialised per layer); unpatch_model() first")
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds")
-    state.ensure_fused()
-    if use_cache is None:
-        use_cache = getattr(self.config, "use_cache", False)
-    hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.clone()
-    bsz, seq = hidden.shape[:2]
-    cache = None
-    if use_cache or past_key_values is not None:
-        if past_key_values is None:
-            from transformers.cache_utils import DynamicCache
+class StackRun:
+    """What every layer of one forward shares: the cache, the masks per attention type and the rotary table."""
 
-            past_key_values = DynamicCache(config=self.config)
-        cache = compact_cache(past_key_values, state.kept_attention(), len(state.layers))
-    if position_ids is None:
-        past = cache.get_seq_length() if cache is not None else 0
-        position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
-    position_ids = position_ids.to(hidden.device)
-    masks = _masks(self, state, hidden, attention_mask, cache, position_ids)
-    rope = RopeContext(self.rotary_emb, position_ids, bsz, seq, hidden.device) if masks else None
+    def __init__(self, base, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                 inputs_embeds=None, use_cache=False):
+        state = base._hopscotch_state
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        state.ensure_fused()
+        hidden = base.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.clone()
+        bsz, seq = hidden.shape[:2]
+        self.layers = state.layers
+        self.cache = None
+        if use_cache or past_key_values is not None:
+            if past_key_values is None:
+                from transformers.cache_utils import DynamicCache
 
-    stream = _Stream(hidden)
-    for layer in state.layers:
+                past_key_values = DynamicCache(config=base.config)
+            self.cache = compact_cache(past_key_values, state.kept_attention(), len(state.layers))
+        self.past_key_values = past_key_values
+        if position_ids is None:
+            past = self.cache.get_seq_length() if self.cache is not None else 0
+            position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
+        position_ids = position_ids.to(hidden.device)
+        self.masks = _masks(base, state, hidden, attention_mask, self.cache, position_ids)
+        self.rope = RopeContext(base.rotary_emb, position_ids, bsz, seq, hidden.device) if self.masks else None
+        self.hidden = hidden
+        self.final_norm = base.norm
+
+    def run_layer(self, layer, stream: Stream) -> None:
+        """Advance ``stream`` through one decoder layer (its kept blocks)."""
         if not layer.attn_skipped:
             x = stream.norm(layer.input_layernorm)
-            mask = masks[layer.attention_type]
+            mask = self.masks[layer.attention_type]
             if mask is not None and mask.device != x.device:
                 mask = mask.to(x.device)
-            delta = layer.attention(x, rope, cache, mask)
-            stream.pending = (delta, layer.attn_scale, layer.attn_residual_scale)
+            stream.pending = (layer.attention(x, self.rope, self.cache, mask), layer.attn_scale,
+                              layer.attn_residual_scale)
         if not layer.mlp_skipped:
             x = stream.norm(layer.post_attention_layernorm)
             stream.pending = (layer.mlp_block(x), layer.mlp_scale, layer.mlp_residual_scale)
-    out = stream.norm(self.norm)
-    return BaseModelOutputWithPast(last_hidden_state=out, past_key_values=past_key_values if use_cache else None)
+
+    def run(self, stream: Stream, start: int = 0) -> torch.Tensor:
+        """Layers ``start``.. of the stack, then the final norm: the last hidden state."""
+        for layer in self.layers[start:]:
+            self.run_layer(layer, stream)
+        return stream.norm(self.final_norm)
+
+
+def patched_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    inputs_embeds=None, use_cache=None, output_attentions=None, output_hidden_states=None, **kwargs):
+    """Forward of a patched decoder stack; same arguments and output as the HF model it replaces."""
+    if output_attentions or output_hidden_states:
+        raise NotImplementedError("a hopscotch-patched model does not return per-layer attentions or hidden states "
+                                  "(the residual stream is never materialised per layer); unpatch_model() first")
+    if use_cache is None:
+        use_cache = getattr(self.config, "use_cache", False)
+    run = StackRun(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+    out = run.run(Stream(run.hidden))
+    return BaseModelOutputWithPast(last_hidden_state=out, past_key_values=run.past_key_values if use_cache else None)

@@ -1,0 +1,140 @@
+"""search(): choose the blocks to skip, by Hopscotch (faithful or fast) or a baseline; returns a SkipPlan.
+
+Methods:
+  ``hopscotch``       the paper's greedy search (every candidate trained one epoch), then final scalars
+  ``hopscotch-fast``  the same decision rule on a screened shortlist (see ``greedy.py``), then final scalars
+  ``llm-drop``        LLM-Drop cosine-similarity drop; ``target`` attn | mlp | block | joint, one-shot or iterative
+  ``shortgpt``        ShortGPT block influence (whole layers: attention and MLP), one-shot
+  ``random``          seeded random attention blocks (a floor for the others)
+The model is left patched with the returned plan applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import torch
+from torch import nn
+
+from ..patch import apply_plan, is_patched, patch_model, reset_scalars, set_skips, unpatch_model
+from ..patch.patcher import get_scalars
+from ..plan import SkipPlan, model_fingerprint
+from .baselines import select_llm_drop, select_random
+from .greedy import greedy_search
+from .objectives import OBJECTIVES, teacher_logprobs
+from .similarity import similarity_scores
+from .state import SearchState
+from .train import PassCounter, batch_tokens, train_scalars
+
+__all__ = ["METHODS", "search", "data_digest"]
+
+METHODS = ("hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random")
+
+
+def data_digest(batches: list[dict]) -> str:
+    """A short hash of the calibration batches (token ids and labels): the state file refuses other data."""
+    h = hashlib.sha256()
+    for b in batches:
+        for key in ("input_ids", "attention_mask", "labels"):
+            if key in b:
+                h.update(b[key].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check(batches, method, objective, num_skip, n_layers):
+    if method not in METHODS:
+        raise ValueError(f"unknown search method {method!r}; expected one of {', '.join(METHODS)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if not isinstance(num_skip, int) or not 0 <= num_skip <= n_layers:
+        raise ValueError(f"num_skip={num_skip!r}; expected an integer between 0 and the layer count ({n_layers})")
+    if not batches:
+        raise ValueError("the calibration data holds no batches")
+    for i, b in enumerate(batches):
+        if not {"input_ids", "attention_mask", "labels"} <= set(b):
+            raise ValueError(f"calibration batch {i} has keys {sorted(b)}; expected input_ids, attention_mask, labels")
+
+
+def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fast", num_skip: int = 4,
+           objective: str = "nll", seed: int = 0, lr: float = 1e-2, final_lr: float = 3e-3, final_epochs: int = 3,
+           target: str = "attn", iterative: bool = False, shortlist: int = 2, screen_fraction: float = 0.25,
+           state_path: str | os.PathLike | None = None, data_info: dict | None = None,
+           progress: bool = True) -> SkipPlan:
+    """Search ``num_skip`` blocks to skip on calibration ``batches`` (dicts of input_ids, attention_mask, labels;
+    labels -100 where no loss is taken); see the module docstring for the methods. ``state_path`` makes the search
+    resumable: a killed search started again with the same arguments continues from its last finished step."""
+    base_cfg = model.config
+    n_layers = base_cfg.num_hidden_layers
+    _check(batches, method, objective, num_skip, n_layers)
+    settings = {"method": method, "num_skip": num_skip, "objective": objective, "seed": seed,
+                "lr": lr, "final_lr": final_lr, "final_epochs": final_epochs, "target": target,
+                "iterative": iterative, "shortlist": shortlist, "screen_fraction": screen_fraction,
+                "model": model_fingerprint(model)["config_hash"], "data": data_digest(batches)}
+    state = SearchState.open(state_path, settings)
+    t0 = time.perf_counter()
+    prov = {"method": method, "objective": objective, "seed": seed, "num_skip": num_skip,
+            "data": data_info or {}, "data_digest": settings["data"],
+            "calibration_tokens": sum(batch_tokens(b) for b in batches)}
+    if method in ("llm-drop", "shortgpt"):
+        attn, mlp, log = _similarity_method(model, batches, method, target, iterative, num_skip, state, progress)
+        prov.update({"target": "block" if method == "shortgpt" else target,
+                     "iterative": iterative and method == "llm-drop", "steps": log})
+        plan = SkipPlan.for_model(model, attn, mlp, **prov)
+    elif method == "random":
+        attn = select_random(n_layers, num_skip, seed)
+        plan = SkipPlan.for_model(model, attn, **prov)
+    else:
+        plan = _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs,
+                          shortlist, screen_fraction, state, prov, progress)
+    # This call's wall time, and the time of every recorded step (which includes steps of an interrupted run).
+    plan.provenance["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    plan.provenance["step_seconds"] = round(sum(s.get("seconds", 0.0) for s in state.steps), 2)
+    apply_plan(model, plan)
+    return plan
+
+
+def _similarity_method(model, batches, method, target, iterative, num_skip, state, progress):
+    if is_patched(model):
+        unpatch_model(model)
+    resume = [s for s in state.steps if s.get("name", "").startswith("llm_drop_")]
+
+    def score(attn, mlp):
+        return similarity_scores(model, batches, dropped_attn=attn, dropped_mlp=mlp, progress=progress)
+
+    if method == "shortgpt":
+        target, iterative = "block", False
+    return select_llm_drop(score, num_skip, target, iterative, on_step=state.record, resume=resume)
+
+
+def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs, shortlist,
+               screen_fraction, state, prov, progress) -> SkipPlan:
+    patch_model(model)
+    set_skips(model)
+    reset_scalars(model)
+    teacher = teacher_logprobs(model, batches) if objective == "kl" else None
+    chosen, log, counter = greedy_search(model, batches, num_skip=num_skip, fast=method == "hopscotch-fast",
+                                         objective=objective, state=state, seed=seed, lr=lr, teacher=teacher,
+                                         shortlist=shortlist, screen_fraction=screen_fraction, progress=progress)
+    final = state.finished("final")
+    if final is None:
+        reset_scalars(model)
+        set_skips(model, attention=chosen)
+        before = PassCounter(counter.forward, counter.backward)
+        t1 = time.perf_counter()
+        losses = train_scalars(model, batches, objective=objective, epochs=final_epochs, lr=final_lr,
+                               seed=seed + 7919, teacher=teacher, counter=counter, desc="final scalars",
+                               progress=progress) if final_epochs > 0 and num_skip > 0 else []
+        final = {"name": "final", "losses": losses, "scalars": get_scalars(model).tolist(),
+                 "passes": [counter.forward - before.forward, counter.backward - before.backward],
+                 "seconds": round(time.perf_counter() - t1, 2)}
+        state.record(final)
+    else:
+        counter.forward += final["passes"][0]
+        counter.backward += final["passes"][1]
+    prov.update({"steps": log, "final_losses": final["losses"], "token_passes": counter.as_dict(),
+                 "hyperparameters": {"lr": lr, "final_lr": final_lr, "final_epochs": final_epochs,
+                                     **({"shortlist": shortlist, "screen_fraction": screen_fraction}
+                                        if method == "hopscotch-fast" else {})}})
+    return SkipPlan.for_model(model, chosen, (), torch.tensor(final["scalars"]), **prov)

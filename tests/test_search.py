@@ -1,0 +1,177 @@
+"""Search methods on tiny models: plans come out, validate and are deterministic; resumption after a kill;
+fast-vs-faithful agreement on a model whose useless attention blocks are known."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from hopscotch import SkipPlan, is_patched
+from hopscotch.search import METHODS, search
+from hopscotch.search.state import StateMismatchError
+from model_testing import tiny_model
+
+
+def _batches(n=6, batch=3, seq=20, seed=1, vocab=97):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, vocab, (batch, seq), generator=g)
+        labels = ids.clone()
+        labels[:, : seq // 2] = -100  # a prompt that carries no loss
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out
+
+
+def _planted_model(useless=(1, 3), num_layers=5):
+    """A tiny model whose attention blocks ``useless`` barely matter (o_proj scaled down 1000x)."""
+    model = tiny_model("llama", num_layers=num_layers)
+    with torch.no_grad():
+        for i in useless:
+            model.model.layers[i].self_attn.o_proj.weight.mul_(1e-3)
+    return model
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_returns_a_valid_deterministic_plan(method, tmp_path):
+    plans = []
+    for _ in range(2):
+        model = tiny_model("llama", num_layers=5)
+        plan = search(model, _batches(), method=method, num_skip=2, final_epochs=1, progress=False)
+        plan.validate(model)
+        assert is_patched(model)
+        assert len(plan.skipped_attention) == 2 or method == "shortgpt"
+        plans.append(plan)
+    a, b = plans
+    assert a.skipped_attention == b.skipped_attention and a.skipped_mlp == b.skipped_mlp
+    assert torch.equal(a.scalar_tensor(), b.scalar_tensor())
+    assert a.provenance["method"] == method
+    path = a.save(tmp_path / "p.json")
+    assert SkipPlan.load(path) == a
+    if method.startswith("hopscotch"):
+        steps = a.provenance["steps"]
+        assert [s["picked"] for s in steps] == a.skipped_attention or sorted(s["picked"] for s in steps) == \
+            a.skipped_attention
+        assert all(s["scores"] for s in steps)  # every candidate's score is logged
+        assert a.provenance["token_passes"]["backward"] > 0
+        assert not torch.equal(a.scalar_tensor(), torch.ones(5, 4))  # the final scalars were trained
+    if method == "shortgpt":
+        assert a.skipped_attention == a.skipped_mlp  # whole layers
+
+
+def _self_labelled(model, batches):
+    """Labels = the model's own greedy next tokens (teacher forcing): a self-distillation objective."""
+    out = []
+    with torch.no_grad():
+        for b in batches:
+            pred = model(input_ids=b["input_ids"]).logits.argmax(-1)
+            labels = torch.full_like(b["labels"], -100)
+            labels[:, 1:] = torch.where(b["labels"][:, 1:] != -100, pred[:, :-1], -100)
+            out.append({**b, "labels": labels})
+    return out
+
+
+@pytest.mark.parametrize("objective", ["nll", "kl"])
+def test_fast_and_faithful_agree_on_planted_useless_blocks(objective):
+    picks = {}
+    passes = {}
+    batches = _self_labelled(_planted_model(), _batches(n=8))
+    for method in ("hopscotch", "hopscotch-fast"):
+        model = _planted_model()
+        plan = search(model, batches, method=method, num_skip=2, objective=objective, final_epochs=1,
+                      progress=False)
+        picks[method] = plan.skipped_attention
+        passes[method] = plan.provenance["token_passes"]["total"]
+    assert picks["hopscotch"] == picks["hopscotch-fast"] == [1, 3]
+    assert passes["hopscotch-fast"] < passes["hopscotch"]
+
+
+def test_llm_drop_variants_and_targets():
+    model = _planted_model()
+    for target in ("attn", "mlp", "block", "joint"):
+        for iterative in (False, True):
+            plan = search(model, _batches(), method="llm-drop", target=target, iterative=iterative, num_skip=2,
+                          progress=False)
+            n = len(plan.skipped_attention) + len(plan.skipped_mlp)
+            assert n == (4 if target == "block" else 2)
+            if target == "attn":
+                assert plan.skipped_attention == [1, 3]  # the near-zero blocks are the most similar
+            assert plan.provenance["steps"][0]["scores"]
+
+
+def test_bad_arguments_are_refused():
+    model = tiny_model("llama", num_layers=3)
+    with pytest.raises(ValueError, match=r"unknown search method 'magic'; expected one of hopscotch"):
+        search(model, _batches(), method="magic")
+    with pytest.raises(ValueError, match=r"num_skip=4; expected an integer between 0 and the layer count \(3\)"):
+        search(model, _batches(), num_skip=4)
+    with pytest.raises(ValueError, match=r"unknown objective 'mse'"):
+        search(model, _batches(), objective="mse")
+    with pytest.raises(ValueError, match=r"calibration data holds no batches"):
+        search(model, [], num_skip=1)
+    with pytest.raises(ValueError, match=r"batch 0 has keys \['input_ids'\]"):
+        search(model, [{"input_ids": torch.ones(1, 3, dtype=torch.long)}], num_skip=1)
+
+
+def test_state_of_another_search_is_refused(tmp_path):
+    state = tmp_path / "state.json"
+    search(tiny_model("llama", num_layers=3), _batches(n=2), method="hopscotch-fast", num_skip=1, final_epochs=1,
+           state_path=state, progress=False)
+    with pytest.raises(StateMismatchError, match=r"other settings \(num_skip: 1 in the file, 2 now\)"):
+        search(tiny_model("llama", num_layers=3), _batches(n=2), method="hopscotch-fast", num_skip=2, final_epochs=1,
+               state_path=state, progress=False)
+
+
+_SCRIPT = textwrap.dedent("""
+    import sys, json, torch
+    sys.path.insert(0, {tests!r})
+    torch.set_num_threads(1)
+    from test_search import _batches
+    from model_testing import tiny_model
+    from hopscotch.search import search
+    model = tiny_model("llama", num_layers=5)
+    plan = search(model, _batches(n=6), method={method!r}, num_skip=3, final_epochs=2, state_path=sys.argv[1],
+                  progress=False)
+    print(json.dumps({{"attn": plan.skipped_attention, "scalars": plan.scalar_tensor().tolist()}}))
+""")
+
+
+def _run(script, state, **kw):
+    return subprocess.run([sys.executable, "-c", script, str(state)], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("method", ["hopscotch", "hopscotch-fast"])
+def test_killed_search_resumes_to_the_same_plan(method, tmp_path):
+    script = _SCRIPT.format(tests=os.path.dirname(__file__), method=method)
+    fresh = _run(script, tmp_path / "fresh.json", timeout=600)
+    assert fresh.returncode == 0, fresh.stderr
+    expected = json.loads(fresh.stdout.strip().splitlines()[-1])
+    state = tmp_path / "killed.json"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    steps = 0
+    while time.time() < deadline and proc.poll() is None:  # kill it once some steps are on disk
+        try:
+            steps = len(json.loads(state.read_text())["steps"])
+        except (OSError, ValueError, KeyError):
+            steps = 0
+        if steps >= 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    recorded = len(json.loads(state.read_text())["steps"])
+    resumed = _run(script, state, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == expected
+    assert len(json.loads(state.read_text())["steps"]) > recorded
