@@ -1,6 +1,6 @@
 """Shared by every benchmark: one place for timing, device facts and the results CSV.
 
-Rows are appended to ``benchmarks/results/<name>.csv`` with the device name, torch version, git commit and
+Rows are appended to ``benchmarks/results/<name>.csv`` (in a source checkout) with the device name, torch version, git commit and
 a timestamp, so results from different machines and commits can sit in one file and be compared.
 """
 
@@ -18,7 +18,18 @@ from typing import Callable, Iterable
 
 import torch
 
-RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def _results_dir() -> Path:
+    """``$HOPSCOTCH_RESULTS_DIR``, else the source checkout's ``benchmarks/results``, else ``./hopscotch-results``."""
+    env = os.environ.get("HOPSCOTCH_RESULTS_DIR")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[3] / "benchmarks"
+    return checkout / "results" if checkout.is_dir() else Path.cwd() / "hopscotch-results"
+
+
+RESULTS_DIR = _results_dir()
 
 
 def git_commit() -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks that ship with the package: timing and results helpers, the end-to-end benchmark."""

@@ -1,0 +1,192 @@
+"""End-to-end benchmark: prefill latency, decode throughput, KV-cache bytes and peak memory, same model, same run.
+
+Providers, each on the same loaded weights:
+  ``hf``           the unpatched HF model (k is ignored: nothing skipped)
+  ``hf_identity``  the unpatched model with the k skipped attention modules replaced by a Python identity
+                   (returns zeros: what LLM-Drop's code does; no attention work, but the HF layer and cache logic)
+  ``hopscotch``    the patched model (fused ops, compact KV cache) with k attention blocks skipped
+Skipped blocks are the last k (speed does not depend on which). Decode is a greedy loop of single-token forwards
+on a cache filled by an untimed prefill, identical for every provider. Ratios are against ``hf`` at the same
+batch size in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..arch import decoder_layers
+from ..patch import kv_cache_bytes, patch_model, set_skips, unpatch_model
+from .results import synchronize, time_fn
+
+__all__ = ["E2EConfig", "run_e2e", "attention_gain", "PROVIDERS"]
+
+PROVIDERS = ("hf", "hf_identity", "hopscotch")
+
+
+@dataclass
+class E2EConfig:
+    ks: list[int] = field(default_factory=lambda: [0, 4])
+    providers: list[str] = field(default_factory=lambda: list(PROVIDERS))
+    prefill_batch: int = 1
+    decode_batches: list[int] = field(default_factory=lambda: [1, 8])
+    prompt_len: int = 512
+    new_tokens: int = 64
+    budget_s: float = 2.0  # time budget per timed measurement (at least min_reps repetitions)
+    min_reps: int = 3
+    seed: int = 0
+
+
+class _ZeroAttention(nn.Module):
+    """LLM-Drop's skip: the attention module becomes an identity on the residual stream (outputs zeros)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+@contextlib.contextmanager
+def _provider(model, provider: str, skipped: list[int]):
+    if provider == "hf":
+        yield
+    elif provider == "hf_identity":
+        layers = decoder_layers(model)
+        saved = {i: layers[i].self_attn for i in skipped}
+        for i in skipped:
+            layers[i].self_attn = _ZeroAttention()
+        try:
+            yield
+        finally:
+            for i, mod in saved.items():
+                layers[i].self_attn = mod
+    elif provider == "hopscotch":
+        patch_model(model)
+        set_skips(model, attention=skipped)
+        try:
+            yield
+        finally:
+            unpatch_model(model)
+    else:
+        raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+
+
+def _new_cache(model):
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def _prompt(model, batch: int, length: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(10, model.config.vocab_size, (batch, length), generator=g).to(model.device)
+
+
+@torch.no_grad()
+def _prefill(model, ids):
+    cache = _new_cache(model)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].argmax(-1, keepdim=True), cache
+
+
+@torch.no_grad()
+def _decode(model, first, cache, steps: int):
+    nxt = first
+    for _ in range(steps):
+        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    return cache
+
+
+def _peak_reset(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device):
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
+    """Rows (one per provider, k, phase, batch) with median times, throughput and ratios vs ``hf``."""
+    device = model.device
+    L = model.config.num_hidden_layers
+    for k in cfg.ks:
+        if not 0 <= k <= L:
+            raise ValueError(f"k={k} skipped blocks is out of range for a model with {L} layers")
+    # hf runs once (it skips nothing); hf_identity at k=0 would be hf again.
+    cases = [(p, k) for k in cfg.ks for p in cfg.providers
+             if not (p == "hf" and k != cfg.ks[0]) and not (p == "hf_identity" and k == 0)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cases) * (1 + len(cfg.decode_batches)), desc="e2e benchmark")
+    rows = []
+    for provider, k in cases:
+        skipped = list(range(L - k, L))
+        with _provider(model, provider, [] if provider == "hf" else skipped):
+            ids = _prompt(model, cfg.prefill_batch, cfg.prompt_len, cfg.seed)
+            _peak_reset(device)
+            t = time_fn(lambda: _prefill(model, ids), device, warmup=1, min_reps=cfg.min_reps, budget_s=cfg.budget_s)
+            rows.append({"phase": "prefill", "provider": provider, "k": 0 if provider == "hf" else k,
+                         "batch": cfg.prefill_batch, "tokens": cfg.prompt_len, **t,
+                         "tokens_per_s": cfg.prefill_batch * cfg.prompt_len / (t["ms_median"] / 1e3),
+                         "peak_mem_bytes": _peak(device)})
+            if bar:
+                bar.update()
+            for batch in cfg.decode_batches:
+                ids = _prompt(model, batch, cfg.prompt_len, cfg.seed + batch)
+                first, cache = _prefill(model, ids)
+                saved = [(lay.keys, lay.values, getattr(lay, "cumulative_length", None)) for lay in cache.layers]
+                _peak_reset(device)
+
+                def decode():
+                    _decode(model, first, cache, cfg.new_tokens)
+                    # Back to the prompt's entries (update() concatenates into new tensors: these are intact).
+                    for lay, (keys, values, cum) in zip(cache.layers, saved):
+                        lay.keys, lay.values = keys, values
+                        if cum is not None:
+                            lay.cumulative_length = cum
+
+                t = time_fn(decode, device, warmup=1, min_reps=cfg.min_reps, budget_s=cfg.budget_s)
+                _decode(model, first, cache, cfg.new_tokens)
+                synchronize(device)
+                rows.append({"phase": "decode", "provider": provider, "k": 0 if provider == "hf" else k,
+                             "batch": batch, "tokens": cfg.new_tokens, **t,
+                             "tokens_per_s": batch * cfg.new_tokens / (t["ms_median"] / 1e3),
+                             "ms_per_token": t["ms_median"] / cfg.new_tokens,
+                             "kv_cache_bytes": kv_cache_bytes(cache), "peak_mem_bytes": _peak(device)})
+                del cache
+                gc.collect()
+                if bar:
+                    bar.update()
+    if bar:
+        bar.close()
+    base = {(r["phase"], r["batch"]): r["ms_median"] for r in rows if r["provider"] == "hf"}
+    for r in rows:
+        ref = base.get((r["phase"], r["batch"]))
+        r["speedup_vs_hf"] = round(ref / r["ms_median"], 3) if ref else ""
+        r["model_layers"] = L
+    return rows
+
+
+def attention_gain(rows: list[dict], num_layers: int) -> list[dict]:
+    """For hopscotch rows: the share of the ideal saving each k achieves.
+
+    Attention time per block = (T(k=0) - T(k=L)) / L, both measured; the ideal time with k blocks skipped is
+    T(k=0) - k * that. ``gain_vs_ideal`` = (T(0) - T(k)) / (T(0) - ideal(k)); 1.0 = every skipped block saved all
+    of its attention time. Needs rows for k = 0 and k = L.
+    """
+    out = []
+    t = {(r["phase"], r["batch"], r["k"]): r["ms_median"] for r in rows if r["provider"] == "hopscotch"}
+    for (phase, batch, k), tk in sorted(t.items()):
+        t0, tl = t.get((phase, batch, 0)), t.get((phase, batch, num_layers))
+        if t0 is None or tl is None or k in (0, num_layers):
+            continue
+        saving = k * (t0 - tl) / num_layers
+        out.append({"phase": phase, "batch": batch, "k": k, "ms_k0": t0, "ms_k": tk, "ms_all_skipped": tl,
+                    "ideal_ms": t0 - saving, "gain_vs_ideal": round((t0 - tk) / saving, 3) if saving > 0 else ""})
+    return out
