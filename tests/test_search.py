@@ -121,13 +121,22 @@ def test_bad_arguments_are_refused():
         search(model, [{"input_ids": torch.ones(1, 3, dtype=torch.long)}], num_skip=1)
 
 
-def test_state_of_another_search_is_refused(tmp_path):
+def test_state_of_another_search_is_refused_and_a_state_serves_other_k(tmp_path):
     state = tmp_path / "state.json"
-    search(tiny_model("llama", num_layers=3), _batches(n=2), method="hopscotch-fast", num_skip=1, final_epochs=1,
-           state_path=state, progress=False)
-    with pytest.raises(StateMismatchError, match=r"other settings \(num_skip: 1 in the file, 2 now\)"):
-        search(tiny_model("llama", num_layers=3), _batches(n=2), method="hopscotch-fast", num_skip=2, final_epochs=1,
-               state_path=state, progress=False)
+    kw = dict(method="hopscotch-fast", final_epochs=1, state_path=state, progress=False)
+    p2 = search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=2, **kw)
+    with pytest.raises(StateMismatchError, match=r"other settings \(seed: 0 in the file, 1 now\)"):
+        search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=2, seed=1, **kw)
+    with pytest.raises(StateMismatchError, match=r"other settings \(data: "):
+        search(tiny_model("llama", num_layers=4), _batches(n=2, seed=5), num_skip=2, **kw)
+    # The greedy steps do not depend on k: k=1 reuses step 0, k=3 adds one step.
+    n_steps = len(json.loads(state.read_text())["steps"])
+    p1 = search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=1, **kw)
+    assert p1.skipped_attention == [p2.provenance["steps"][0]["picked"]]
+    after_k1 = json.loads(state.read_text())["steps"]
+    assert len(after_k1) == n_steps + 1 and after_k1[-1]["name"] == "final/k1"  # only the final training is new
+    p3 = search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=3, **kw)
+    assert set(p2.skipped_attention) < set(p3.skipped_attention)
 
 
 _SCRIPT = textwrap.dedent("""

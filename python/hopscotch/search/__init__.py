@@ -68,10 +68,13 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     base_cfg = model.config
     n_layers = base_cfg.num_hidden_layers
     _check(batches, method, objective, num_skip, n_layers)
-    settings = {"method": method, "num_skip": num_skip, "objective": objective, "seed": seed,
+    # A greedy step does not depend on num_skip: hopscotch states are shared by searches for any k.
+    settings = {"method": method, "objective": objective, "seed": seed,
                 "lr": lr, "final_lr": final_lr, "final_epochs": final_epochs, "target": target,
                 "iterative": iterative, "shortlist": shortlist, "screen_fraction": screen_fraction,
                 "model": model_fingerprint(model)["config_hash"], "data": data_digest(batches)}
+    if not method.startswith("hopscotch"):
+        settings["num_skip"] = num_skip
     state = SearchState.open(state_path, settings)
     t0 = time.perf_counter()
     prov = {"method": method, "objective": objective, "seed": seed, "num_skip": num_skip,
@@ -88,9 +91,9 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     else:
         plan = _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs,
                           shortlist, screen_fraction, state, prov, progress)
-    # This call's wall time, and the time of every recorded step (which includes steps of an interrupted run).
+    # This call's wall time (search_seconds, for hopscotch: the recorded work of the steps this plan used,
+    # including steps an interrupted or a longer run recorded).
     plan.provenance["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    plan.provenance["step_seconds"] = round(sum(s.get("seconds", 0.0) for s in state.steps), 2)
     apply_plan(model, plan)
     return plan
 
@@ -117,23 +120,20 @@ def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, 
     chosen, log, counter = greedy_search(model, batches, num_skip=num_skip, fast=method == "hopscotch-fast",
                                          objective=objective, state=state, seed=seed, lr=lr, teacher=teacher,
                                          shortlist=shortlist, screen_fraction=screen_fraction, progress=progress)
-    final = state.finished("final")
+    final = state.finished(f"final/k{num_skip}")
     if final is None:
         reset_scalars(model)
         set_skips(model, attention=chosen)
-        before = PassCounter(counter.forward, counter.backward)
-        t1 = time.perf_counter()
+        work, t1 = PassCounter(), time.perf_counter()
         losses = train_scalars(model, batches, objective=objective, epochs=final_epochs, lr=final_lr,
-                               seed=seed + 7919, teacher=teacher, counter=counter, desc="final scalars",
+                               seed=seed + 7919, teacher=teacher, counter=work, desc="final scalars",
                                progress=progress) if final_epochs > 0 and num_skip > 0 else []
-        final = {"name": "final", "losses": losses, "scalars": get_scalars(model).tolist(),
-                 "passes": [counter.forward - before.forward, counter.backward - before.backward],
-                 "seconds": round(time.perf_counter() - t1, 2)}
+        final = {"name": f"final/k{num_skip}", "losses": losses, "scalars": get_scalars(model).tolist(),
+                 "passes": [work.forward, work.backward], "seconds": round(time.perf_counter() - t1, 2)}
         state.record(final)
-    else:
-        counter.forward += final["passes"][0]
-        counter.backward += final["passes"][1]
+    counter.add_record(final)
     prov.update({"steps": log, "final_losses": final["losses"], "token_passes": counter.as_dict(),
+                 "search_seconds": round(counter.seconds, 2),
                  "hyperparameters": {"lr": lr, "final_lr": final_lr, "final_epochs": final_epochs,
                                      **({"shortlist": shortlist, "screen_fraction": screen_fraction}
                                         if method == "hopscotch-fast" else {})}})

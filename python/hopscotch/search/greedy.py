@@ -13,7 +13,8 @@ search trains every candidate, and the best trained loss wins. The fast search t
 one picks whenever the faithful winner screens into the shortlist.
 
 Every finished candidate and step is written to the search state before the next starts (invariant 6); each
-candidate's training is seeded by (seed, step, candidate), so a resumed search reaches the same plan.
+candidate's training is seeded by (seed, step, candidate), so a resumed search reaches the same plan. Steps do
+not depend on ``num_skip``, so a state written by a search for k blocks serves a later search for fewer or more.
 """
 
 from __future__ import annotations
@@ -74,15 +75,15 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
     return {c: s / max(weight, 1) for c, s in sums.items()}
 
 
-def _train_candidate(model, batches, chosen, c, step, *, objective, teacher, seed, lr, counter, progress):
+def _train_candidate(model, batches, chosen, c, step, *, objective, teacher, seed, lr, progress):
     reset_scalars(model)
     set_skips(model, attention=chosen + [c])
-    before = PassCounter(counter.forward, counter.backward)
+    work = PassCounter()
     t0 = time.perf_counter()
     losses = train_scalars(model, batches, objective=objective, epochs=1, lr=lr, seed=candidate_seed(seed, step, c),
-                           teacher=teacher, counter=counter, desc=f"step {step} candidate {c}", progress=progress)
-    return {"loss": losses[-1], "passes": [counter.forward - before.forward, counter.backward - before.backward],
-            "scalars": get_scalars(model).tolist(), "seconds": round(time.perf_counter() - t0, 2)}
+                           teacher=teacher, counter=work, desc=f"step {step} candidate {c}", progress=progress)
+    return {"loss": losses[-1], "passes": [work.forward, work.backward], "scalars": get_scalars(model).tolist(),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast: bool, objective: str,
@@ -119,14 +120,13 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
             if rec is None:
                 set_skips(model, attention=chosen)
                 set_scalars(model, theta)
-                before, t1 = counter.forward, time.perf_counter()
+                work, t1 = PassCounter(), time.perf_counter()
                 scores = screen_candidates(model, screen_batches, remaining, objective=objective,
-                                           teacher=screen_teacher, counter=counter)
+                                           teacher=screen_teacher, counter=work)
                 rec = {"name": f"step{step}/screen", "scores": {str(c): v for c, v in scores.items()},
-                       "passes": [counter.forward - before, 0.0], "seconds": round(time.perf_counter() - t1, 2)}
+                       "passes": [work.forward, 0.0], "seconds": round(time.perf_counter() - t1, 2)}
                 state.record(rec)
-            else:
-                counter.forward += rec["passes"][0]
+            counter.add_record(rec)
             screen = {int(c): v for c, v in rec["scores"].items()}
             entry["screen"] = {str(c): round(v, 6) for c, v in screen.items()}
             trained = sorted(remaining, key=lambda c: (screen[c], c))[:shortlist]
@@ -138,11 +138,9 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
             if rec is None:
                 rec = {"name": f"step{step}/cand{c}", **_train_candidate(
                     model, batches, chosen, c, step, objective=objective, teacher=teacher, seed=seed, lr=lr,
-                    counter=counter, progress=progress)}
+                    progress=progress)}
                 state.record(rec)
-            else:
-                counter.forward += rec["passes"][0]
-                counter.backward += rec["passes"][1]
+            counter.add_record(rec)
             results[c] = rec
         best = min(trained, key=lambda c: (results[c]["loss"], c))
         theta = torch.tensor(results[best]["scalars"])

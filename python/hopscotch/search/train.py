@@ -21,8 +21,11 @@ __all__ = ["PassCounter", "batch_tokens", "frozen_base", "scalar_parameters", "t
 
 @dataclass
 class PassCounter:
+    """Work done: token-passes forward and backward, and the seconds the recorded steps took."""
+
     forward: float = 0.0
     backward: float = 0.0
+    seconds: float = 0.0
 
     @property
     def total(self) -> float:
@@ -30,6 +33,12 @@ class PassCounter:
 
     def as_dict(self) -> dict:
         return {"forward": round(self.forward), "backward": round(self.backward), "total": round(self.total)}
+
+    def add_record(self, rec: dict) -> None:
+        """Count the work of a step recorded in the search state (done now or by an interrupted run)."""
+        self.forward += rec["passes"][0]
+        self.backward += rec["passes"][1]
+        self.seconds += rec.get("seconds", 0.0)
 
 
 def batch_tokens(batch: dict) -> int:
