@@ -4,6 +4,7 @@ Batches are dicts of ``input_ids`` / ``attention_mask`` / ``labels`` [B, T] (lab
 the format ``hopscotch.search`` consumes. Bad data raises :class:`DataError` naming the file and line.
 """
 
+from .chat import chat_prompts, has_chat_template
 from .batching import encode_pair, pack_texts, pad_id, prompt_answer_batches, resolve_max_length
 from .errors import DataError
 from .items import Document, MultipleChoice, PromptAnswer, to_prompt_answer
@@ -24,4 +25,5 @@ __all__ = [
     "DataSplit", "split_items",
     "pad_id", "resolve_max_length", "encode_pair", "pack_texts", "prompt_answer_batches",
     "model_fingerprint", "self_distill_targets",
+    "chat_prompts", "has_chat_template",
 ]

@@ -59,7 +59,7 @@ def _check(batches, method, objective, num_skip, n_layers):
 
 def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fast", num_skip: int = 4,
            objective: str = "nll", seed: int = 0, lr: float = 1e-2, final_lr: float = 3e-3, final_epochs: int = 3,
-           target: str = "attn", iterative: bool = False, shortlist: int = 2, screen_fraction: float = 0.25,
+           target: str = "attn", iterative: bool = False, shortlist: int = 2, screen_fraction: float = 0.15,
            state_path: str | os.PathLike | None = None, data_info: dict | None = None,
            progress: bool = True) -> SkipPlan:
     """Search ``num_skip`` blocks to skip on calibration ``batches`` (dicts of input_ids, attention_mask, labels;

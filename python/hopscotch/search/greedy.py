@@ -88,7 +88,7 @@ def _train_candidate(model, batches, chosen, c, step, *, objective, teacher, see
 
 def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast: bool, objective: str,
                   state: SearchState, seed: int = 0, lr: float = 1e-2, teacher: list | None = None,
-                  shortlist: int = 2, screen_fraction: float = 0.25, candidates: list[int] | None = None,
+                  shortlist: int = 2, screen_fraction: float = 0.15, candidates: list[int] | None = None,
                   progress: bool = True) -> tuple[list[int], list[dict], PassCounter]:
     """Greedy choice of ``num_skip`` attention blocks; returns (chosen, step log, work done)."""
     n_layers = len(patched_layers(model))
