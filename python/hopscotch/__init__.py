@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .patch import apply_plan, current_plan, is_patched, patch_model, set_skips, unpatch_model  # noqa: E402
 from .plan import PlanError, SkipPlan  # noqa: E402
+from .export import export_model, from_pretrained  # noqa: E402
 
 __all__ = [
     "PlanError",
@@ -11,6 +12,8 @@ __all__ = [
     "__version__",
     "apply_plan",
     "current_plan",
+    "export_model",
+    "from_pretrained",
     "is_patched",
     "patch_model",
     "set_skips",

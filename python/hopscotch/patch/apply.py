@@ -16,15 +16,17 @@ def apply_plan(model: nn.Module, plan: SkipPlan, *, free_skipped: bool = False) 
     The plan is validated against the model first (architecture, layer count, indices, scalars); a plan that does
     not fit raises ``PlanError`` and leaves the model exactly as it was. Applying another plan later needs no
     reload (DESIGN.md invariant 5). ``free_skipped=True`` releases the weights of the skipped attention blocks
-    (they can then never be kept again without reloading the model).
+    and skipped MLP blocks (they can then never be kept again without reloading the model).
     """
     plan.validate(model)
     if is_patched(model):
-        freed = [layer.layer_idx for layer in patched_layers(model)
-                 if layer.attn_freed and layer.layer_idx not in plan.skipped_attention]
-        if freed:
-            raise PlanError(f"the plan keeps attention blocks {freed}, whose weights an earlier "
-                            "apply_plan(..., free_skipped=True) released; reload the model")
+        for kind, skipped in (("attention", plan.skipped_attention), ("mlp", plan.skipped_mlp)):
+            freed = [lay.layer_idx for lay in patched_layers(model)
+                     if getattr(lay, "attn_freed" if kind == "attention" else "mlp_freed")
+                     and lay.layer_idx not in skipped]
+            if freed:
+                raise PlanError(f"the plan keeps {kind} blocks {freed}, whose weights were released (free_skipped, "
+                                "or a hopscotch export that never wrote them); reload the model")
     patch_model(model)
     set_skips(model, plan.skipped_attention, plan.skipped_mlp)
     set_scalars(model, plan.scalar_tensor())
@@ -32,6 +34,8 @@ def apply_plan(model: nn.Module, plan: SkipPlan, *, free_skipped: bool = False) 
         for layer in patched_layers(model):
             if layer.attn_skipped and not layer.attn_freed:
                 layer.free_attention()
+            if layer.mlp_skipped and not layer.mlp_freed:
+                layer.free_mlp()
     return model
 
 

@@ -18,25 +18,27 @@ import hopscotch_ext
 
 from .fuse import FusedLinear, can_fuse
 
-__all__ = ["HopscotchDecoderLayer", "SCALAR_NAMES", "FreedAttention"]
+__all__ = ["HopscotchDecoderLayer", "SCALAR_NAMES", "FreedBlock"]
 
 # Parameter names of the four scalars, in the paper's order (b_att, s_att, b_mlp, s_mlp).
 SCALAR_NAMES = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
 
 
-class FreedAttention(nn.Module):
-    """Stands in for an attention block whose weights ``apply_plan(..., free_skipped=True)`` released."""
+class FreedBlock(nn.Module):
+    """Stands in for a skipped block's module (or its norm) whose weights were released
+    (``apply_plan(..., free_skipped=True)``, or never loaded: ``hopscotch.from_pretrained``)."""
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, kind: str, layer_idx: int):
         super().__init__()
+        self.kind = kind
         self.layer_idx = layer_idx
 
     def forward(self, *args, **kwargs):
-        raise RuntimeError(f"attention block {self.layer_idx} was freed by apply_plan(..., free_skipped=True); "
+        raise RuntimeError(f"{self.kind} block {self.layer_idx} was freed (skipped, weights released); "
                            "reload the model to run it again")
 
     def extra_repr(self) -> str:
-        return f"layer_idx={self.layer_idx}, weights freed"
+        return f"{self.kind} block {self.layer_idx}, weights freed"
 
 
 class HopscotchDecoderLayer(nn.Module):
@@ -52,12 +54,13 @@ class HopscotchDecoderLayer(nn.Module):
         self.mlp = original.mlp
         self.input_layernorm = original.input_layernorm
         self.post_attention_layernorm = original.post_attention_layernorm
-        device = original.input_layernorm.weight.device
+        device = next((p.device for p in original.parameters() if p.device.type != "meta"), torch.device("cpu"))
         for name in SCALAR_NAMES:  # float32 whatever the model dtype: they are trained
             setattr(self, name, nn.Parameter(torch.ones((), dtype=torch.float32, device=device)))
         self.attn_skipped = False
         self.mlp_skipped = False
         self.attn_freed = False
+        self.mlp_freed = False
         self.cache_index: int | None = layer_idx
         self._fuse_silu = fuse_silu
         # Kept outside the module tree: unpatch_model puts it back; fused projections own no parameters.
@@ -74,8 +77,9 @@ class HopscotchDecoderLayer(nn.Module):
             attn = self.self_attn
             mods = [attn.q_proj, attn.k_proj, attn.v_proj]
             self.__dict__["_qkv"] = FusedLinear(mods) if can_fuse(mods) else None
-        mods = [self.mlp.gate_proj, self.mlp.up_proj]
-        self.__dict__["_gate_up"] = FusedLinear(mods) if self._fuse_silu and can_fuse(mods) else None
+        if not self.mlp_freed:
+            mods = [self.mlp.gate_proj, self.mlp.up_proj]
+            self.__dict__["_gate_up"] = FusedLinear(mods) if self._fuse_silu and can_fuse(mods) else None
 
     def fusion_broken(self) -> bool:
         """True when something rebound a fused weight (e.g. ``model.to``) and the fusion must be rebuilt."""
@@ -89,11 +93,20 @@ class HopscotchDecoderLayer(nn.Module):
         self.__dict__["_gate_up"] = None
 
     def free_attention(self) -> None:
-        """Release the attention weights of this (skipped) block."""
+        """Release the weights of this (skipped) attention block and of the norm in front of it."""
         self.__dict__["_qkv"] = None
-        self.self_attn = FreedAttention(self.layer_idx)
-        self._original.self_attn = self.self_attn
+        for name in ("self_attn", "input_layernorm"):
+            setattr(self, name, FreedBlock("attention", self.layer_idx))
+            setattr(self._original, name, getattr(self, name))
         self.attn_freed = True
+
+    def free_mlp(self) -> None:
+        """Release the weights of this (skipped) MLP block and of the norm in front of it."""
+        self.__dict__["_gate_up"] = None
+        for name in ("mlp", "post_attention_layernorm"):
+            setattr(self, name, FreedBlock("mlp", self.layer_idx))
+            setattr(self._original, name, getattr(self, name))
+        self.mlp_freed = True
 
     # ---- blocks ----------------------------------------------------------------------------------------
 
@@ -144,5 +157,6 @@ class HopscotchDecoderLayer(nn.Module):
         vals = ", ".join(f"{n}={getattr(self, n).item():.4g}" for n in SCALAR_NAMES)
         attn = "FREED" if self.attn_freed else ("SKIPPED" if self.attn_skipped else f"kept (cache {self.cache_index})")
         fused = [n for n, f in (("qkv", self._qkv), ("gate_up", self._gate_up)) if f is not None]
-        return (f"hopscotch layer {self.layer_idx}: attention {attn}, mlp {'SKIPPED' if self.mlp_skipped else 'kept'}, "
+        mlp = "FREED" if self.mlp_freed else ("SKIPPED" if self.mlp_skipped else "kept")
+        return (f"hopscotch layer {self.layer_idx}: attention {attn}, mlp {mlp}, "
                 f"{self.attention_type}, fused [{', '.join(fused) or 'none'}], {vals}")

@@ -118,10 +118,12 @@ def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int
         bad = [i for i in idx if not 0 <= i < n]
         if bad:
             raise ValueError(f"{name} block indices {bad} are out of range; the model has {n} layers (0..{n - 1})")
-    freed = [layer.layer_idx for layer in state.layers if layer.attn_freed and layer.layer_idx not in attention]
-    if freed:
-        raise ValueError(f"attention blocks {freed} were freed (apply_plan(free_skipped=True)) and cannot be kept; "
-                         "reload the model")
+    for kind, idx in (("attention", attention), ("mlp", mlp)):
+        freed = [lay.layer_idx for lay in state.layers
+                 if getattr(lay, "attn_freed" if kind == "attention" else "mlp_freed") and lay.layer_idx not in idx]
+        if freed:
+            raise ValueError(f"{kind} blocks {freed} were freed (skipped with their weights released) and cannot "
+                             "be kept; reload the model")
     skip_attn, skip_mlp = set(attention), set(mlp)
     compact = 0
     for layer in state.layers:

@@ -1,0 +1,135 @@
+"""export_model: write a skipped model as a checkpoint other code can load.
+
+Formats:
+  ``hopscotch``  safetensors without the skipped blocks' weights + a config.json with a ``hopscotch`` entry naming
+                 them; ``hopscotch.from_pretrained(dir)`` loads it as a patched model with the compact KV cache.
+  ``decilm``     ``DeciLMForCausalLM`` with per-layer ``block_configs`` (``attention.no_op`` for skipped blocks):
+                 the heterogeneous-layer format vLLM, llama.cpp, MLX and TensorRT-LLM serve.
+  ``vanilla``    the original architecture with skipped blocks kept and their output projection zeroed: stock
+                 ``AutoModelForCausalLM.from_pretrained`` loads it, same outputs, no speed gain.
+In every format the scalars are folded into the weights (``fold.py``). The checkpoint is written to a temporary
+directory next to ``out_dir`` and renamed at the end: an interrupted export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..arch import causal_lm, check_supported
+from ..plan import SkipPlan
+from .fold import output_scales
+from .formats import FORMATS, ExportError, decilm_config, hopscotch_config, skipped_weight, weight_scale_key
+
+__all__ = ["export_model", "ExportError", "FORMATS"]
+
+
+def _base_state_dict(model) -> dict[str, torch.Tensor]:
+    """The HF model's own tensors (no hopscotch scalars), with tied weights named once."""
+    lm = causal_lm(model)
+    sd = {k: v for k, v in lm.state_dict().items()
+          if not k.rsplit(".", 1)[-1] in ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")}
+    if getattr(lm.config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _finish(tmp: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_shards(tensors: dict[str, torch.Tensor], materialize, out: Path, max_shard_size) -> None:
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: materialize(name) for name in names}
+        save_file(shard, str(out / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": split.tensor_to_filename}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: str = "hopscotch", tokenizer=None,
+                 overwrite: bool = False, max_shard_size: int | str = "5GB",
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` with ``plan`` (skips and scalars, folded into the weights) to ``out_dir``; returns it.
+
+    ``model`` is the loaded HF model (patched or not: its own weights are read, never changed). ``dtype`` casts
+    the written weights (default: as loaded). ``tokenizer`` is saved alongside when given.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    check_supported(model)
+    plan.validate(model)
+    lm = causal_lm(model)
+    config = lm.config
+    if format == "decilm":
+        new_config = decilm_config(config, plan)  # refuses what it cannot represent, before anything is written
+    attn_scale, mlp_scale = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
+    sd = _base_state_dict(model)
+    if format != "vanilla":
+        sd = {k: v for k, v in sd.items() if not skipped_weight(k, plan)}
+
+    def materialize(name: str) -> torch.Tensor:
+        t = sd[name].detach()
+        out_dtype = dtype or t.dtype
+        layer, kind = weight_scale_key(name)
+        if kind is not None:
+            skipped = (plan.skipped_attention if kind == "attn" else plan.skipped_mlp)
+            if format == "vanilla" and layer in skipped:
+                return torch.zeros(t.shape, dtype=out_dtype)
+            factor = (attn_scale if kind == "attn" else mlp_scale)[layer]
+            if factor != 1.0:
+                return (t.double() * factor).to(out_dtype).contiguous()
+        return t.to(device="cpu", dtype=out_dtype).contiguous().clone()
+
+    out_dir = Path(out_dir)
+    tmp = _prepare_out_dir(out_dir, overwrite)
+    try:
+        _write_shards(sd, materialize, tmp, max_shard_size)
+        cfg = config.to_dict()
+        cfg.pop("quantization_config", None)  # the written weights are plain tensors
+        if dtype is not None:
+            cfg["dtype"] = str(dtype).removeprefix("torch.")
+        if format == "hopscotch":
+            cfg = hopscotch_config(cfg, plan)
+        elif format == "decilm":
+            cfg = {**cfg, **new_config}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+        gen = getattr(lm, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(tmp)
+        plan.save(tmp / "hopscotch_plan.json")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _finish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
