@@ -31,20 +31,13 @@ def output_scales(scalars: torch.Tensor, skipped_attention, skipped_mlp) -> tupl
     c = 1.0
     attn, mlp = [], []
     for i, (b_att, s_att, b_mlp, s_mlp) in enumerate(scalars.double().tolist()):
-        if i in skip_a:
-            attn.append(1.0)
-        else:
-            c *= s_att
+        for kind, skipped, b, s, out in (("attention", skip_a, b_att, s_att, attn), ("MLP", skip_m, b_mlp, s_mlp, mlp)):
+            if i in skipped:
+                out.append(1.0)
+                continue
+            c *= s
             if c <= 0:
-                raise FoldError(f"the residual scale reaching attention block {i} is {c:.4g} (<= 0): RMSNorm is not "
+                raise FoldError(f"the residual scale reaching {kind} block {i} is {c:.4g} (<= 0): RMSNorm is not "
                                 "invariant to a sign flip, so these scalars cannot be folded into the weights")
-            attn.append(b_att / c)
-        if i in skip_m:
-            mlp.append(1.0)
-        else:
-            c *= s_mlp
-            if c <= 0:
-                raise FoldError(f"the residual scale reaching MLP block {i} is {c:.4g} (<= 0): RMSNorm is not "
-                                "invariant to a sign flip, so these scalars cannot be folded into the weights")
-            mlp.append(b_mlp / c)
+            out.append(b / c)
     return attn, mlp
