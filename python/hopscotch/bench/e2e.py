@@ -23,7 +23,7 @@ from ..arch import decoder_layers
 from ..patch import kv_cache_bytes, patch_model, set_skips, unpatch_model
 from .results import synchronize, time_fn
 
-__all__ = ["E2EConfig", "run_e2e", "attention_gain", "PROVIDERS"]
+__all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "speed_ratio", "PROVIDERS"]
 
 PROVIDERS = ("hf", "hf_identity", "hopscotch")
 
@@ -100,6 +100,21 @@ def _decode(model, first, cache, steps: int):
     return cache
 
 
+def _repeatable_decode(model, first, cache, steps: int):
+    """A decode of ``steps`` tokens that can be timed repeatedly: each run ends by putting the cache back to the
+    prompt's entries (``update()`` concatenates into new tensors, so the saved ones are intact)."""
+    saved = [(lay.keys, lay.values, getattr(lay, "cumulative_length", None)) for lay in cache.layers]
+
+    def run():
+        _decode(model, first, cache, steps)
+        for lay, (keys, values, cum) in zip(cache.layers, saved):
+            lay.keys, lay.values = keys, values
+            if cum is not None:
+                lay.cumulative_length = cum
+
+    return run
+
+
 def _peak_reset(device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -140,17 +155,8 @@ def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
             for batch in cfg.decode_batches:
                 ids = _prompt(model, batch, cfg.prompt_len, cfg.seed + batch)
                 first, cache = _prefill(model, ids)
-                saved = [(lay.keys, lay.values, getattr(lay, "cumulative_length", None)) for lay in cache.layers]
                 _peak_reset(device)
-
-                def decode():
-                    _decode(model, first, cache, cfg.new_tokens)
-                    # Back to the prompt's entries (update() concatenates into new tensors: these are intact).
-                    for lay, (keys, values, cum) in zip(cache.layers, saved):
-                        lay.keys, lay.values = keys, values
-                        if cum is not None:
-                            lay.cumulative_length = cum
-
+                decode = _repeatable_decode(model, first, cache, cfg.new_tokens)
                 t = time_fn(decode, device, warmup=1, min_reps=cfg.min_reps, budget_s=cfg.budget_s)
                 _decode(model, first, cache, cfg.new_tokens)
                 synchronize(device)
@@ -189,4 +195,31 @@ def attention_gain(rows: list[dict], num_layers: int) -> list[dict]:
         saving = k * (t0 - tl) / num_layers
         out.append({"phase": phase, "batch": batch, "k": k, "ms_k0": t0, "ms_k": tk, "ms_all_skipped": tl,
                     "ideal_ms": t0 - saving, "gain_vs_ideal": round((t0 - tk) / saving, 3) if saving > 0 else ""})
+    return out
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype, kept_layers: int) -> int:
+    """KV-cache bytes one token costs: keys and values of every kept attention block."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8 * kept_layers
+
+
+def speed_ratio(model, skipped_attention: list[int], *, prompt_len: int = 128, new_tokens: int = 32,
+                batch: int = 1, budget_s: float = 1.0) -> dict:
+    """Decode and prefill time of the unpatched model vs the patched one with these attention blocks skipped
+    (same weights, same run). The model is left unpatched."""
+    device = model.device
+    out = {}
+    for provider, skipped in (("hf", []), ("hopscotch", list(skipped_attention))):
+        with _provider(model, provider, skipped):
+            ids = _prompt(model, batch, prompt_len, 0)
+            pre = time_fn(lambda: _prefill(model, ids), device, warmup=1, min_reps=3, budget_s=budget_s)
+            first, cache = _prefill(model, ids)
+            decode = _repeatable_decode(model, first, cache, new_tokens)
+            dec = time_fn(decode, device, warmup=1, min_reps=3, budget_s=budget_s)
+            out[provider] = {"prefill_ms": pre["ms_median"], "decode_tokens_per_s": batch * new_tokens /
+                             (dec["ms_median"] / 1e3)}
+    out["prefill_speedup"] = out["hf"]["prefill_ms"] / out["hopscotch"]["prefill_ms"]
+    out["decode_speedup"] = out["hopscotch"]["decode_tokens_per_s"] / out["hf"]["decode_tokens_per_s"]
+    out["setting"] = {"prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch, "device": str(device)}
     return out

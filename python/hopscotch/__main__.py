@@ -1,0 +1,7 @@
+"""`python -m hopscotch` is the `hopscotch` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

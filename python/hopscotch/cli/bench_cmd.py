@@ -1,0 +1,143 @@
+"""``hopscotch bench``: the end-to-end benchmark, HF vs HF-with-identity vs hopscotch, same model, same run."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import CliError, add_model_args, emit, load_from_args, resolve_device, resolve_dtype
+
+DESCRIPTION = """Prefill latency, decode tokens/s, KV-cache bytes and (on CUDA) peak memory for
+  hf           the unpatched transformers model
+  hf_identity  the unpatched model with the skipped attention modules replaced by a Python identity (LLM-Drop's way)
+  hopscotch    the patched model (fused kernels, compact KV cache)
+with k = 0, 4 and L/2 attention blocks skipped by default (the last k). Ratios are against hf in the same run.
+Rows are appended to benchmarks/results/<--csv> with device, torch version, commit and time; a PNG plot is
+written next to it. Defaults on CPU: SmolLM2, batch 1 and 8, context 512, 64 new tokens. On CUDA: bf16, batch 1
+and 16, contexts 512 and 4096; add --random-shape llama3-8b for a Llama-3-8B-shaped model with random weights."""
+
+RANDOM_SHAPES = {
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256, max_position_embeddings=1024),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="end-to-end speed and memory benchmark", description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--random-shape", choices=sorted(RANDOM_SHAPES), default=None,
+                   help="benchmark a Llama model of this shape with random weights instead of --model")
+    p.add_argument("--ks", default="0,4,half", help="skipped attention blocks; 'half' = L/2, 'all' = L "
+                                                   "(default 0,4,half)")
+    p.add_argument("--providers", default="hf,hf_identity,hopscotch")
+    p.add_argument("--batches", default=None, help="decode batch sizes (default 1,8 on CPU; 1,16 on CUDA)")
+    p.add_argument("--contexts", default=None, help="prompt lengths (default 512 on CPU; 512,4096 on CUDA)")
+    p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per measurement (default 64)")
+    p.add_argument("--budget", type=float, default=2.0, help="seconds per timed measurement (at least 3 reps)")
+    p.add_argument("--csv", default="e2e.csv", help="results file under benchmarks/results/ (default e2e.csv)")
+    p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"--{name} {text!r}: expected comma-separated integers") from None
+    if not values or any(v <= 0 for v in values):
+        raise CliError(f"--{name} {text!r}: expected positive integers")
+    return values
+
+
+def _ks_tokens(text: str) -> list[str]:
+    """The --ks entries, checked before anything is loaded."""
+    tokens = [x.strip() for x in text.split(",") if x.strip()]
+    if not tokens or any(x not in ("half", "L/2", "all", "L") and not x.isdigit() for x in tokens):
+        raise CliError(f"--ks {text!r}: expected integers, 'half' or 'all'")
+    return tokens
+
+
+def _ks(text: str, num_layers: int) -> list[int]:
+    ks = []
+    for x in _ks_tokens(text):
+        k = num_layers // 2 if x in ("half", "L/2") else num_layers if x in ("all", "L") else int(x)
+        if not 0 <= k <= num_layers:
+            raise CliError(f"--ks: {k} is out of range for a model with {num_layers} layers")
+        ks.append(k)
+    return sorted(set(ks))
+
+
+def _random_model(shape: str, device, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(**RANDOM_SHAPES[shape])
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def run(args) -> int:
+    from ..bench.e2e import PROVIDERS, E2EConfig, attention_gain, run_e2e
+    from ..bench.results import append_results
+
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    bad = [p for p in providers if p not in PROVIDERS]
+    if bad:
+        raise CliError(f"--providers: unknown {bad}; expected some of {', '.join(PROVIDERS)}")
+    _ks_tokens(args.ks)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    batches = _ints(args.batches or ("1,16" if cuda else "1,8"), "batches")
+    contexts = _ints(args.contexts or ("512,4096" if cuda else "512"), "contexts")
+    if args.random_shape:
+        model = _random_model(args.random_shape, device, resolve_dtype(args.dtype, device))
+        name = f"random {args.random_shape}"
+    else:
+        model, _, _ = load_from_args(args, with_tokenizer=False)
+        name = args.model or "SmolLM2-135M-Instruct"
+    L = model.config.num_hidden_layers
+    ks = _ks(args.ks, L)
+    rows, gains = [], []
+    for ctx in contexts:
+        if ctx + args.new_tokens > model.config.max_position_embeddings:
+            raise CliError(f"--contexts {ctx} + {args.new_tokens} new tokens exceeds the model's "
+                           f"{model.config.max_position_embeddings} positions")
+        cfg = E2EConfig(ks=ks, providers=providers, decode_batches=batches, prompt_len=ctx,
+                        new_tokens=args.new_tokens, budget_s=args.budget)
+        part = run_e2e(model, cfg, progress=not (args.quiet or args.json))
+        for r in part:
+            r.update({"context": ctx, "model": name, "dtype": str(next(model.parameters()).dtype)})
+        rows += part
+        gains += [{**g, "context": ctx} for g in attention_gain(part, L)]
+    path = append_results(args.csv, rows, device)
+    plot = None
+    if not args.no_plot:
+        from ..bench.plot import plot_e2e
+
+        plot = plot_e2e(rows, path.with_name(path.stem + f"_{device.type}.png"), title=f"{name} on {device.type}")
+    emit(args, {"csv": str(path), "plot": str(plot) if plot else None, "rows": rows, "attention_gain": gains},
+         _table(rows, gains, path, plot))
+    return 0
+
+
+def _table(rows, gains, path, plot) -> str:
+    head = (f"{'phase':<8}{'provider':<12}{'k':>3}{'batch':>6}{'ctx':>6}{'ms':>10}{'tok/s':>10}{'x hf':>7}"
+            f"{'KV MB':>9}{'peak MB':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        kv = r.get("kv_cache_bytes")
+        peak = r.get("peak_mem_bytes")
+        lines.append(f"{r['phase']:<8}{r['provider']:<12}{r['k']:>3}{r['batch']:>6}{r['context']:>6}"
+                     f"{r['ms_median']:>10.2f}{r['tokens_per_s']:>10.1f}{r['speedup_vs_hf'] or 0:>7.2f}"
+                     f"{(kv / 1e6 if kv is not None else 0):>9.2f}{(peak / 1e6 if peak else 0):>9.1f}")
+    if gains:
+        lines.append("")
+        lines.append("share of the ideal attention saving each k achieves (hopscotch; 1.0 = all of it):")
+        for g in gains:
+            lines.append(f"  {g['phase']:<8} batch {g['batch']:>3} ctx {g['context']:>5} k={g['k']:>2}: "
+                         f"{g['gain_vs_ideal']}")
+    lines.append(f"\nrows appended to {path}" + (f"; plot {plot}" if plot else ""))
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""``hopscotch export``: write a skipped model (scalars folded into the weights) as a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import CliError, add_model_args, emit, load_from_args
+
+DESCRIPTION = """Write the model with a plan applied as a checkpoint that loads elsewhere. The plan's scalars are
+folded into the output projections; skipped blocks are not written.
+
+formats:
+  hopscotch  safetensors + config naming the skipped blocks; load with hopscotch.from_pretrained(dir):
+             a patched model with the compact KV cache (the speed and memory gains)
+  decilm     DeciLMForCausalLM (block_configs with attention.no_op): served by vLLM, llama.cpp, MLX and
+             TensorRT-LLM, tensor parallelism included. Llama-layer models without biases only.
+  vanilla    the original architecture, skipped blocks kept with zeroed output projections: loads with plain
+             AutoModelForCausalLM.from_pretrained, same outputs, but NO speed or memory gain."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a skipped model as a checkpoint", description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--plan", metavar="PLAN.json", required=True, help="the plan to apply (from `hopscotch search`)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory (must be empty or absent)")
+    p.add_argument("--format", default="hopscotch", choices=["hopscotch", "decilm", "vanilla"])
+    p.add_argument("--save-dtype", default=None, help="dtype of the written weights (default: as loaded)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..export import export_model
+    from ..plan import SkipPlan
+    from ..utils import parse_dtype
+
+    if not Path(args.plan).exists():
+        raise CliError(f"--plan {args.plan}: no such file")
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise CliError(f"--out {out} is not empty; pass --overwrite to replace it")
+    save_dtype = parse_dtype(args.save_dtype) if args.save_dtype else None
+    plan = SkipPlan.load(args.plan)
+    model, tok, _ = load_from_args(args)
+    path = export_model(model, plan, out, format=args.format, tokenizer=tok, overwrite=args.overwrite,
+                        max_shard_size=args.max_shard_size, dtype=save_dtype)
+    files = sorted(p.name for p in path.iterdir())
+    size = sum(p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))
+    how = {"hopscotch": "hopscotch.from_pretrained(dir)", "decilm": "vLLM / llama.cpp / MLX / TensorRT-LLM "
+           "(DeciLMForCausalLM)", "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)"}[args.format]
+    emit(args, {"out": str(path), "format": args.format, "files": files, "weight_bytes": size},
+         f"wrote {args.format} checkpoint to {path} ({size / 1e6:.1f} MB of weights, {len(files)} files)\n"
+         f"skipped attention blocks {plan.skipped_attention or '-'}, MLP blocks {plan.skipped_mlp or '-'}\n"
+         f"load it with {how}")
+    return 0

@@ -1,0 +1,175 @@
+"""``hopscotch search``: find the blocks to skip, save the plan, and show what it costs and buys."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .common import CliError, add_model_args, emit, load_from_args
+
+HELP = "find attention blocks to skip and save the plan (resumable)"
+DESCRIPTION = """Search which attention blocks of a model a task does not need.
+
+With no arguments: the packaged SmolLM2-135M-Instruct, calibrated on a split of the packaged ARC-Easy questions
+with Hopscotch's objective (the model's own answers), 4 blocks, the fast Hopscotch search; a few minutes on two
+CPU cores. Prints a table (blocks skipped, held-out loss and accuracy before and after, KV memory saved,
+measured speed ratio) and where it saved the plan.
+
+The search is resumable: every finished step is written to a state file next to the plan; run the same command
+again after an interruption and it continues from its last finished step, reaching the same plan."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help=HELP, description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    d = p.add_argument_group("data")
+    d.add_argument("--task", default="arc_easy",
+                   help="a packaged task (arc_easy, arc_challenge, boolq, piqa, hellaswag, ... see `hopscotch info`)"
+                        " or 'wikipedia' (default arc_easy)")
+    d.add_argument("--data", metavar="FILE", default=None,
+                   help="a local file instead of --task: plain text, JSONL with 'text', JSONL with 'prompt' and "
+                        "'answer', or multiple-choice JSONL ('query', 'choices', 'gold')")
+    d.add_argument("--calibration", type=int, default=32, help="calibration items (default 32)")
+    d.add_argument("--evaluation", type=int, default=100,
+                   help="evaluation items, disjoint from calibration (default 100)")
+    d.add_argument("--objective", default="self-distill", choices=["self-distill", "nll", "kl"],
+                   help="self-distill: NLL of the original model's own greedy answers (Hopscotch's); nll: of the "
+                        "gold answers / the text; kl: to the original model's next-token distribution")
+    d.add_argument("--max-new-tokens", type=int, default=48, help="length of the self-distillation answers")
+    d.add_argument("--batch-size", type=int, default=4, help="calibration batch size (default 4)")
+    s = p.add_argument_group("search")
+    s.add_argument("--method", default="hopscotch-fast",
+                   choices=["hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random"],
+                   help="hopscotch: the paper's search (every candidate trained); hopscotch-fast: the same rule on a "
+                        "screened shortlist (default); llm-drop / shortgpt / random: baselines")
+    s.add_argument("--num-skip", "-k", type=int, default=4, help="blocks to skip (default 4)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lr", type=float, default=1e-2, help="Adam lr when scoring candidates (default 1e-2)")
+    s.add_argument("--final-lr", type=float, default=3e-3, help="Adam lr of the final scalars (default 3e-3)")
+    s.add_argument("--final-epochs", type=int, default=3, help="epochs of the final scalars (default 3)")
+    s.add_argument("--shortlist", type=int, default=2, help="hopscotch-fast: candidates trained per step")
+    s.add_argument("--screen-fraction", type=float, default=0.15,
+                   help="hopscotch-fast: share of the calibration batches used to screen candidates")
+    s.add_argument("--target", default="attn", choices=["attn", "mlp", "block", "joint"],
+                   help="llm-drop: which modules to drop (default attn)")
+    s.add_argument("--iterative", action="store_true", help="llm-drop: rescore after each drop")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="PLAN.json", default=None,
+                   help="where to save the plan (default plans/<model>-<task>-<method>-k<k>.json)")
+    o.add_argument("--state", metavar="FILE", default=None,
+                   help="search state for resuming (default: <plan>.state.json)")
+    o.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    o.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
+    p.set_defaults(handler=run)
+
+
+def _default_out(args) -> Path:
+    model = Path(args.model).stem if args.model else "smollm2-135m"
+    task = Path(args.data).stem if args.data else args.task
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}-{task}-{args.method}-k{args.num_skip}")
+    return Path("plans") / f"{name}.json"
+
+
+def _check(args) -> None:
+    if args.num_skip < 0:
+        raise CliError(f"--num-skip {args.num_skip}: expected 0 or more")
+    if args.calibration < 1 or args.evaluation < 0:
+        raise CliError("--calibration must be at least 1 and --evaluation at least 0")
+    if not 0 < args.screen_fraction <= 1:
+        raise CliError(f"--screen-fraction {args.screen_fraction}: expected a fraction in (0, 1]")
+    if args.data and not Path(args.data).is_file():
+        raise CliError(f"--data {args.data}: no such file")
+    if args.model and not Path(args.model).exists():
+        raise CliError(f"--model {args.model}: no such file or directory (an HF model directory or a .gguf file)")
+    if not args.data and args.task != "wikipedia":
+        from ..data import packaged_tasks
+
+        if args.task not in packaged_tasks():
+            raise CliError(f"--task {args.task!r} is not a packaged task; see `hopscotch info` for the list, or "
+                           "pass --data FILE")
+
+
+def run(args) -> int:
+    from ..search import search
+    from ..tasks import evaluate_task, prepare_task
+
+    _check(args)
+    out = Path(args.out) if args.out else _default_out(args)
+    state = Path(args.state) if args.state else out.with_name(out.stem + ".state.json")
+    args._interrupt_hint = f"every finished step is saved in {state}; run the same command again to resume"
+    model, tok, device = load_from_args(args)
+    if args.num_skip >= model.config.num_hidden_layers:
+        raise CliError(f"--num-skip {args.num_skip}: expected fewer than the model's "
+                       f"{model.config.num_hidden_layers} layers (some attention must remain)")
+    progress = not (args.quiet or args.json)
+    data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
+                        evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size, data_file=args.data, progress=progress)
+    before = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress)
+    if progress:
+        print(f"search state: {state} (resumable)", file=sys.stderr)
+    plan = search(model, data.calibration, method=args.method, num_skip=args.num_skip, objective=data.objective,
+                  seed=args.seed, lr=args.lr, final_lr=args.final_lr, final_epochs=args.final_epochs,
+                  target=args.target, iterative=args.iterative, shortlist=args.shortlist,
+                  screen_fraction=args.screen_fraction, state_path=state, data_info=data.info, progress=progress)
+    plan.provenance["model"] = args.model or "packaged SmolLM2-135M-Instruct"
+    path = plan.save(out)
+    after = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress)
+    result = {"plan": str(path), "skipped_attention": plan.skipped_attention, "skipped_mlp": plan.skipped_mlp,
+              "before": before, "after": after, "provenance": {k: plan.provenance.get(k) for k in
+                                                               ("method", "token_passes", "wall_seconds")}}
+    result.update(_costs(model, plan, device, args))
+    emit(args, result, _table(result, model.config.num_hidden_layers))
+    return 0
+
+
+def _costs(model, plan, device, args) -> dict:
+    from ..bench.e2e import kv_bytes_per_token, speed_ratio
+    from ..patch import unpatch_model
+    from ..patch.apply import apply_plan
+
+    L = model.config.num_hidden_layers
+    dtype = next(model.parameters()).dtype
+    full = kv_bytes_per_token(model.config, dtype, L)
+    kept = kv_bytes_per_token(model.config, dtype, L - len(plan.skipped_attention))
+    out = {"kv_bytes_per_token": {"original": full, "skipped": kept, "saved_fraction": 1 - kept / full}}
+    if not args.no_speed:
+        unpatch_model(model)
+        out["speed"] = speed_ratio(model, plan.skipped_attention)
+        apply_plan(model, plan)
+    return out
+
+
+def _fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def _table(r: dict, num_layers: int) -> str:
+    b, a = r["before"], r["after"]
+    lines = [f"skipped attention blocks: {r['skipped_attention'] or 'none'} ({len(r['skipped_attention'])} of "
+             f"{num_layers})" + (f"; MLP blocks: {r['skipped_mlp']}" if r["skipped_mlp"] else ""), ""]
+    if b or a:
+        lines.append(f"{'':<30}{'before':>10}{'after':>10}")
+        for key, label, spec in (("eval_loss", "held-out loss (NLL)", ".4f"), ("acc", "accuracy", ".3f"),
+                                 ("acc_norm", "accuracy (length-normalised)", ".3f"),
+                                 ("wiki_ppl", "Wikipedia perplexity", ".2f")):
+            if key in b or key in a:
+                lines.append(f"{label:<30}{_fmt(b.get(key), spec):>10}{_fmt(a.get(key), spec):>10}")
+        lines.append("")
+    kv = r["kv_bytes_per_token"]
+    lines.append(f"KV cache per token: {kv['original']:,} -> {kv['skipped']:,} bytes "
+                 f"({100 * kv['saved_fraction']:.1f}% saved)")
+    if "speed" in r:
+        s = r["speed"]
+        lines.append(f"measured speed vs the unpatched model ({s['setting']['device']}, prompt "
+                     f"{s['setting']['prompt_len']}, batch {s['setting']['batch']}): decode x{s['decode_speedup']:.2f}"
+                     f" ({s['hf']['decode_tokens_per_s']:.1f} -> {s['hopscotch']['decode_tokens_per_s']:.1f} tok/s), "
+                     f"prefill x{s['prefill_speedup']:.2f}")
+    tp = r["provenance"].get("token_passes")
+    lines.append(f"search: {r['provenance']['method']}, {r['provenance']['wall_seconds']:.0f} s"
+                 + (f", {tp['total']:,} token-passes" if tp else ""))
+    lines.append(f"plan saved to {r['plan']}")
+    return "\n".join(lines)
