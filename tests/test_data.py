@@ -330,3 +330,16 @@ def test_real_targets_cached(smollm2, tmp_path, monkeypatch):
     assert model.generate.calls == 1 and all(1 <= len(t.answer_ids) <= 8 for t in out)
     assert self_distill_targets(model, tokenizer, items, max_new_tokens=8, progress=False) == out
     assert model.generate.calls == 1
+
+
+def test_chat_prompts_wrap_each_question_in_the_template():
+    from hopscotch.data import DataError, MultipleChoice, chat_prompts
+
+    tok = tiny_tokenizer()
+    items = [MultipleChoice("q1", "Question: Which gas do plants take in?\nAnswer:", ("oxygen", "carbon dioxide"), 1)]
+    with pytest.raises(DataError, match="no chat template"):
+        chat_prompts(items, tok)
+    tok.chat_template = "{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}<assistant>"
+    (pa,) = chat_prompts(items, tok)
+    assert pa.id == "q1" and pa.answer == ""
+    assert pa.prompt == "<user>Question: Which gas do plants take in?</user><assistant>"
