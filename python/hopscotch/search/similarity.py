@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from ..arch import decoder_layers
+from ..arch import base_model, decoder_layers
 
 __all__ = ["ModuleScores", "similarity_scores", "zeroed_blocks"]
 
@@ -146,7 +146,7 @@ def similarity_scores(model: nn.Module, batches: Iterable[dict], *, dropped_attn
             mask = batch.get("attention_mask")
             mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
             acc.mask = mask
-            model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+            base_model(model)(input_ids=ids, attention_mask=mask.long(), use_cache=False)  # no LM head needed
             tokens += int(mask.sum())
     finally:
         for h in handles:
