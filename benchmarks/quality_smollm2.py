@@ -121,6 +121,10 @@ def write_outputs(rows, out: Path, args) -> None:
             w.writerow({**r, "skipped": " ".join(map(str, r["skipped"])), **meta})
     print(f"wrote {out}")
     print(format_table(rows))
+    agreement = fast_vs_faithful(rows)
+    if agreement:
+        print(agreement)
+        out.with_name(out.stem + "_fast_vs_faithful.txt").write_text(agreement + "\n")
     plot(rows, out.with_suffix(".png"), args)
 
 
@@ -133,6 +137,25 @@ def format_table(rows) -> str:
                      f"{r.get('acc', float('nan')):>6.3f} {r.get('acc_norm', float('nan')):>6.3f} "
                      f"{r.get('wiki_ppl', float('nan')):>9.2f} {r.get('search_seconds', 0) or 0:>9.0f} "
                      f"{r.get('token_passes', 0) or 0:>13,}  {r['skipped']}")
+    return "\n".join(lines)
+
+
+def fast_vs_faithful(rows) -> str:
+    """Per k: the blocks each picked, their final calibration loss, and the token-pass ratio."""
+    by = {(r["method"], r["k"]): r for r in rows}
+    ks = sorted(k for (m, k) in by if m == "hopscotch" and ("hopscotch-fast", k) in by)
+    if not ks:
+        return ""
+    lines = ["fast vs faithful (same k): picks, final calibration loss, token-passes faithful / fast",
+             f"{'k':>3}  {'same blocks':<12}{'faithful loss':>14}{'fast loss':>11}{'loss diff':>10}{'passes x':>10}"]
+    for k in ks:
+        a, b = by[("hopscotch", k)], by[("hopscotch-fast", k)]
+        same = sorted(a["skipped"]) == sorted(b["skipped"])
+        la, lb = a.get("final_train_loss"), b.get("final_train_loss")
+        diff = f"{100 * (lb - la) / la:+.2f}%" if la and lb else "-"
+        ratio = a["token_passes"] / b["token_passes"] if b.get("token_passes") else float("nan")
+        lines.append(f"{k:>3}  {str(same):<12}{la or float('nan'):>14.4f}{lb or float('nan'):>11.4f}{diff:>10}"
+                     f"{ratio:>10.1f}")
     return "\n".join(lines)
 
 
