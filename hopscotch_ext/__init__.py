@@ -3,11 +3,13 @@
 Loads the compiled ``_C`` module (which registers the ops in ``torch.ops.hopscotch_ext``). If it cannot load
 (not built, or built against another torch), the package still imports, the pure-torch references in
 ``hopscotch_ext.reference`` serve instead, and one warning says why and how to rebuild.
+``HOPSCOTCH_DISABLE_EXTENSION=1`` forces that fallback (to test it, or to rule the kernels out).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from typing import Any
 
@@ -19,6 +21,8 @@ _REBUILD_HINT = ("rebuild with `pip install --no-build-isolation -e .` in the re
 _load_error: str | None = None
 
 try:
+    if os.environ.get("HOPSCOTCH_DISABLE_EXTENSION", "") not in ("", "0"):
+        raise ImportError("disabled by HOPSCOTCH_DISABLE_EXTENSION")
     # Importing _C registers torch.ops.hopscotch_ext.* as a side effect.
     _C: Any = importlib.import_module(f"{__name__}._C")
 

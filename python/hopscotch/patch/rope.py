@@ -13,6 +13,7 @@ import torch
 
 import hopscotch_ext
 from hopscotch_ext.ops import apply_rotary
+from hopscotch_ext.reference import apply_rotary_ref
 
 __all__ = ["RopeContext"]
 
@@ -35,6 +36,8 @@ class RopeContext:
     def apply(self, q: torch.Tensor, k: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q [B, T, Hq, D] and k [B, T, Hkv, D]; in place when no gradient is needed."""
         table, rows = self._on(device)
+        if not hopscotch_ext.EXTENSION_LOADED:  # the reference, out of place (no in-place writes into views)
+            return apply_rotary_ref(q, rows, table), apply_rotary_ref(k, rows, table)
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             return apply_rotary(q, rows, table), apply_rotary(k, rows, table)
         hopscotch_ext.rotary_embedding(rows, q, k, table)

@@ -59,10 +59,11 @@ class Stream:
             return hopscotch_ext.rms_norm(self.residual, w, eps)
         delta, b, s = (t.to(w.device) for t in self.pending)
         self.pending = None
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (delta, self.residual, w, b, s)):
+        if not hopscotch_ext.EXTENSION_LOADED or (
+                torch.is_grad_enabled() and any(t.requires_grad for t in (delta, self.residual, w, b, s))):
             x, self.residual = hopscotch_ext.scaled_add_rms_norm(delta, self.residual, w, b, s, eps)
             return x
-        # Inference: write in place (the delta buffer becomes the normed output), no allocation.
+        # Inference with the kernels: in place (the delta buffer becomes the normed output), no allocation.
         hopscotch_ext.scaled_add_rms_norm_(delta, self.residual, w, b, s, eps)
         return delta
 
