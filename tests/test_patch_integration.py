@@ -111,3 +111,37 @@ def test_smollm2_skips_match_reference_and_shrink_the_cache(smollm2_fresh):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
     assert torch.equal(res.sequences, ref_gen)
     assert kv_cache_bytes(res.past_key_values) * L == full_cache * (L - len(skips))
+
+
+def test_patched_model_without_the_compiled_kernels(tmp_path):
+    """With the pure-torch references standing in (HOPSCOTCH_DISABLE_EXTENSION=1), patching still keeps invariant 1
+    and compiles."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import hopscotch_ext
+        assert not hopscotch_ext.EXTENSION_LOADED
+        from model_testing import tiny_model
+        from hopscotch import patch_model
+        from hopscotch.patch import set_skips
+        model = tiny_model("qwen3")
+        ids = torch.randint(3, 97, (2, 9))
+        with torch.no_grad():
+            ref = model(ids).logits
+            patch_model(model)
+            torch.testing.assert_close(model(ids).logits, ref, rtol=1e-4, atol=1e-4)
+            set_skips(model, attention=[0])
+            eager = model(ids).logits
+            torch._dynamo.reset()
+            torch.testing.assert_close(torch.compile(model)(ids).logits, eager, rtol=1e-4, atol=1e-4)
+        print("ok")
+    """)
+    env = {**os.environ, "HOPSCOTCH_DISABLE_EXTENSION": "1"}
+    proc = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-c", code], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
