@@ -78,9 +78,9 @@ def test_kv_memory_is_exactly_the_kept_fraction(skips, cache_impl):
     cache = out.past_key_values
     assert kv_cache_bytes(cache) * n_layers == full * (n_layers - len(skips))
     assert len(cache.layers) == n_layers - len(skips)
-    # The length the cache reports is right even when block 0 is skipped (invariant 2).
-    assert int(cache.get_seq_length()) == (ids.shape[1] + new - 1 if cache_impl == "dynamic" else
-                                           int(cache.get_seq_length()))
+    # The length the cache reports is right even when block 0 is skipped (invariant 2): every token but the
+    # last generated one has been written.
+    assert int(cache.get_seq_length()) == ids.shape[1] + new - 1
 
 
 def test_static_cache_generation_matches_dynamic():
@@ -116,8 +116,6 @@ def test_changing_the_skip_set_between_generate_calls():
         for skips in ([0], [1, 3], [], [0]):
             set_skips(model, attention=skips)
             outs.append(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False))
-            with zeroed_attention(model, []):
-                pass
     assert torch.equal(outs[0], outs[3])
     unpatch_model(model)
     with torch.no_grad(), zeroed_attention(model, [1, 3]):
@@ -246,7 +244,6 @@ def test_model_to_dtype_after_patching_refuses_nothing():
         unpatch_model(model)
         ref = model(ids).logits
     torch.testing.assert_close(out.float(), ref.float(), **LOGIT_TOL[torch.bfloat16])
-    assert patched_layers is not None
 
 
 def test_unsupported_architecture_is_refused_by_name():
