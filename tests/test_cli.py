@@ -80,10 +80,15 @@ def test_search_baselines_and_local_data(tiny_dir, tmp_path, capsys):
 
 def test_bench_and_info(tmp_path, capsys):
     code, out, err = _run(capsys, "bench", "--random-shape", "tiny", "--ks", "0,1", "--batches", 1, "--contexts", 16,
-                          "--new-tokens", 2, "--budget", 0.01, "--csv", tmp_path / "e2e.csv", "--json", "--quiet")
+                          "--new-tokens", 2, "--budget", 0.01, "--rounds", 2, "--csv", tmp_path / "e2e.csv", "--json",
+                          "--quiet")
     assert code == 0, err
     res = json.loads(out)
     assert {r["provider"] for r in res["rows"]} == {"hf", "hf_identity", "hopscotch"}
+    # One row per (provider, k, phase, batch): hf, hopscotch at k=0, hf_identity, hopscotch at k=1; prefill and
+    # one decode batch. The repetitions of both rounds are pooled into each row (at least 3 per round).
+    keys = [(r["provider"], r["k"], r["phase"], r["batch"]) for r in res["rows"]]
+    assert len(keys) == len(set(keys)) == 4 * 2 and all(r["reps"] >= 6 for r in res["rows"])
     assert (tmp_path / "e2e.csv").is_file() and res["plot"].endswith(".png")
     code, out, _ = _run(capsys, "info", "--json")
     assert code == 0 and "arc_easy" in json.loads(out)["tasks"]
@@ -102,6 +107,7 @@ def test_bench_and_info(tmp_path, capsys):
     (["bench", "--ks", "0,x"], "--ks '0,x': expected integers"),
     (["bench", "--batches", "0"], "--batches '0': expected positive integers"),
     (["bench", "--providers", "vllm"], "--providers: unknown ['vllm']"),
+    (["bench", "--rounds", "0"], "--rounds 0: expected 1 or more"),
 ])
 def test_bad_arguments_give_one_line_and_a_nonzero_exit(argv, message, capsys):
     if "--device" in argv and __import__("torch").cuda.is_available():

@@ -7,7 +7,8 @@ Providers, each on the same loaded weights:
   ``hopscotch``    the patched model (fused ops, compact KV cache) with k attention blocks skipped
 Skipped blocks are the last k (speed does not depend on which). Decode is a greedy loop of single-token forwards
 on a cache filled by an untimed prefill, identical for every provider. Ratios are against ``hf`` at the same
-batch size in the same run.
+batch size in the same run. With ``rounds`` > 1 every case is measured once per round, the cases interleaved, and
+the repetitions of all rounds are pooled: slow drifts of a shared machine then hit every case alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..arch import decoder_layers
 from ..patch import kv_cache_bytes, patch_model, set_skips, unpatch_model
-from .results import synchronize, time_fn
+from .results import summarize_ms, synchronize, time_fn
 
 __all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "speed_ratio", "PROVIDERS"]
 
@@ -38,6 +39,7 @@ class E2EConfig:
     new_tokens: int = 64
     budget_s: float = 2.0  # time budget per timed measurement (at least min_reps repetitions)
     min_reps: int = 3
+    rounds: int = 1  # passes over all cases, interleaved; repetitions pooled across rounds
     seed: int = 0
 
 
@@ -134,43 +136,54 @@ def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
     # hf runs once (it skips nothing); hf_identity at k=0 would be hf again.
     cases = [(p, k) for k in cfg.ks for p in cfg.providers
              if not (p == "hf" and k != cfg.ks[0]) and not (p == "hf_identity" and k == 0)]
+    if cfg.rounds < 1:
+        raise ValueError(f"rounds={cfg.rounds}: expected 1 or more")
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(cases) * (1 + len(cfg.decode_batches)), desc="e2e benchmark")
-    rows = []
-    for provider, k in cases:
-        skipped = list(range(L - k, L))
-        with _provider(model, provider, [] if provider == "hf" else skipped):
-            ids = _prompt(model, cfg.prefill_batch, cfg.prompt_len, cfg.seed)
-            _peak_reset(device)
-            t = time_fn(lambda: _prefill(model, ids), device, warmup=1, min_reps=cfg.min_reps, budget_s=cfg.budget_s)
-            rows.append({"phase": "prefill", "provider": provider, "k": 0 if provider == "hf" else k,
-                         "batch": cfg.prefill_batch, "tokens": cfg.prompt_len, **t,
-                         "tokens_per_s": cfg.prefill_batch * cfg.prompt_len / (t["ms_median"] / 1e3),
-                         "peak_mem_bytes": _peak(device)})
-            if bar:
-                bar.update()
-            for batch in cfg.decode_batches:
-                ids = _prompt(model, batch, cfg.prompt_len, cfg.seed + batch)
-                first, cache = _prefill(model, ids)
+        bar = tqdm(total=cfg.rounds * len(cases) * (1 + len(cfg.decode_batches)), desc="e2e benchmark")
+    found: dict[tuple, dict] = {}  # (provider, k, phase, batch) -> row without timings, plus pooled samples
+
+    def record(row, t):
+        key = (row["provider"], row["k"], row["phase"], row["batch"])
+        found.setdefault(key, {**row, "samples": []})["samples"] += t["samples"]
+        if bar:
+            bar.update()
+
+    timing = dict(warmup=1, min_reps=cfg.min_reps, budget_s=cfg.budget_s, keep_samples=True)
+    for _ in range(cfg.rounds):
+        for provider, k in cases:
+            skipped = list(range(L - k, L))
+            k_row = 0 if provider == "hf" else k
+            with _provider(model, provider, [] if provider == "hf" else skipped):
+                ids = _prompt(model, cfg.prefill_batch, cfg.prompt_len, cfg.seed)
                 _peak_reset(device)
-                decode = _repeatable_decode(model, first, cache, cfg.new_tokens)
-                t = time_fn(decode, device, warmup=1, min_reps=cfg.min_reps, budget_s=cfg.budget_s)
-                _decode(model, first, cache, cfg.new_tokens)
-                synchronize(device)
-                rows.append({"phase": "decode", "provider": provider, "k": 0 if provider == "hf" else k,
-                             "batch": batch, "tokens": cfg.new_tokens, **t,
-                             "tokens_per_s": batch * cfg.new_tokens / (t["ms_median"] / 1e3),
-                             "ms_per_token": t["ms_median"] / cfg.new_tokens,
-                             "kv_cache_bytes": kv_cache_bytes(cache), "peak_mem_bytes": _peak(device)})
-                del cache
-                gc.collect()
-                if bar:
-                    bar.update()
+                t = time_fn(lambda: _prefill(model, ids), device, **timing)
+                record({"phase": "prefill", "provider": provider, "k": k_row, "batch": cfg.prefill_batch,
+                        "tokens": cfg.prompt_len, "peak_mem_bytes": _peak(device)}, t)
+                for batch in cfg.decode_batches:
+                    ids = _prompt(model, batch, cfg.prompt_len, cfg.seed + batch)
+                    first, cache = _prefill(model, ids)
+                    _peak_reset(device)
+                    t = time_fn(_repeatable_decode(model, first, cache, cfg.new_tokens), device, **timing)
+                    _decode(model, first, cache, cfg.new_tokens)
+                    synchronize(device)
+                    record({"phase": "decode", "provider": provider, "k": k_row, "batch": batch,
+                            "tokens": cfg.new_tokens, "kv_cache_bytes": kv_cache_bytes(cache),
+                            "peak_mem_bytes": _peak(device)}, t)
+                    del cache
+                    gc.collect()
     if bar:
         bar.close()
+    rows = []
+    for row in found.values():
+        t = summarize_ms(row.pop("samples"))
+        row.update(t)
+        row["tokens_per_s"] = row["batch"] * row["tokens"] / (t["ms_median"] / 1e3)
+        if row["phase"] == "decode":
+            row["ms_per_token"] = t["ms_median"] / row["tokens"]
+        rows.append(row)
     base = {(r["phase"], r["batch"]): r["ms_median"] for r in rows if r["provider"] == "hf"}
     for r in rows:
         ref = base.get((r["phase"], r["batch"]))

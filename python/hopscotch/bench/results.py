@@ -113,8 +113,9 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def time_fn(fn: Callable[[], object], device: str | torch.device = "cpu", *, warmup: int = 3,
-            min_reps: int = 5, max_reps: int = 200, budget_s: float = 1.0) -> dict:
-    """Median and 20/80% quantiles of ``fn`` in milliseconds (CUDA: events; CPU: perf_counter)."""
+            min_reps: int = 5, max_reps: int = 200, budget_s: float = 1.0, keep_samples: bool = False) -> dict:
+    """Median and 20/80% quantiles of ``fn`` in milliseconds (CUDA: events; CPU: perf_counter); with
+    ``keep_samples`` also every repetition's time (``samples``), for pooling measurements taken in rounds."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -133,6 +134,14 @@ def time_fn(fn: Callable[[], object], device: str | torch.device = "cpu", *, war
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
+    out = summarize_ms(times)
+    if keep_samples:
+        out["samples"] = times
+    return out
+
+
+def summarize_ms(times: list[float]) -> dict:
+    """Median, 20/80% quantiles and count of repetition times in milliseconds."""
     q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
     return {"ms_median": statistics.median(times), "ms_q20": q[0], "ms_q80": q[3], "reps": len(times)}
 

@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--contexts", default=None, help="prompt lengths (default 512 on CPU; 512,4096 on CUDA)")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per measurement (default 64)")
     p.add_argument("--budget", type=float, default=2.0, help="seconds per timed measurement (at least 3 reps)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every case this many times, interleaved, and pool the repetitions: steadier "
+                        "figures on a shared or noisy machine (default 1)")
     p.add_argument("--csv", default="e2e.csv", help="results file under benchmarks/results/ (default e2e.csv)")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(handler=run)
@@ -88,6 +91,8 @@ def run(args) -> int:
     if bad:
         raise CliError(f"--providers: unknown {bad}; expected some of {', '.join(PROVIDERS)}")
     _ks_tokens(args.ks)
+    if args.rounds < 1:
+        raise CliError(f"--rounds {args.rounds}: expected 1 or more")
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     batches = _ints(args.batches or ("1,16" if cuda else "1,8"), "batches")
@@ -106,7 +111,7 @@ def run(args) -> int:
             raise CliError(f"--contexts {ctx} + {args.new_tokens} new tokens exceeds the model's "
                            f"{model.config.max_position_embeddings} positions")
         cfg = E2EConfig(ks=ks, providers=providers, decode_batches=batches, prompt_len=ctx,
-                        new_tokens=args.new_tokens, budget_s=args.budget)
+                        new_tokens=args.new_tokens, budget_s=args.budget, rounds=args.rounds)
         part = run_e2e(model, cfg, progress=not (args.quiet or args.json))
         for r in part:
             r.update({"context": ctx, "model": name, "dtype": str(next(model.parameters()).dtype)})
