@@ -69,6 +69,21 @@ def rotary_embedding(
             key.copy_(ref.apply_rotary_ref(key, positions, cos_sin_cache))
 
 
+def rotary_embedding_out(positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor,
+                         inverse: bool = False) -> torch.Tensor:
+    """Out-of-place rotary of ``x`` [*P, heads, head_size] (interim: the differentiable reference)."""
+    if inverse:
+        half = cos_sin_cache.shape[-1] // 2
+        cos_sin_cache = torch.cat([cos_sin_cache[..., :half], -cos_sin_cache[..., half:]], dim=-1)
+    return ref.apply_rotary_ref(x, positions, cos_sin_cache)
+
+
+def silu_gate_up(x: torch.Tensor, gate_up_weight: torch.Tensor,
+                 gate_up_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(x @ Wg^T + bg) * (x @ Wu^T + bu)`` (interim: linear + silu_and_mul)."""
+    return silu_and_mul(torch.nn.functional.linear(x, gate_up_weight, gate_up_bias))
+
+
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
     """Out-of-place rotary: the kernel on a copy when no gradient is needed, the reference when one is."""
     if torch.is_grad_enabled() and (x.requires_grad or cos_sin_cache.requires_grad):

@@ -41,7 +41,8 @@ if _load_error is not None:
 
 EXTENSION_LOADED: bool = _C is not None
 
-from . import ops, reference  # noqa: E402
+from . import functional, ops, reference  # noqa: E402
+from .functional import add_rms_norm, rotate_qk, silu_gate_up  # noqa: E402
 from .ops import rms_norm, rotary_embedding, scaled_add_rms_norm, scaled_add_rms_norm_, silu_and_mul  # noqa: E402
 
 
@@ -69,6 +70,10 @@ def info() -> dict[str, Any]:
 
 __all__ = [
     "EXTENSION_LOADED",
+    "add_rms_norm",
+    "functional",
+    "rotate_qk",
+    "silu_gate_up",
     "info",
     "ops",
     "reference",
