@@ -9,6 +9,7 @@ import torch
 
 import hopscotch
 from hopscotch import SkipPlan, apply_plan, export_model, from_pretrained
+from hopscotch.hf_compat import output_cache
 from hopscotch.export import ExportError, FoldError
 from hopscotch.patch import kv_cache_bytes, patched_layers
 from decilm_reference import decilm_logits
@@ -59,8 +60,8 @@ def test_hopscotch_format_round_trip(arch, shard, tmp_path):
     with torch.no_grad():
         res = loaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                               return_dict_in_generate=True)
-    assert len(res.past_key_values.layers) == 3  # compact cache: 5 layers, 2 attention blocks skipped
-    assert kv_cache_bytes(res.past_key_values) > 0
+    assert len(output_cache(res).layers) == 3  # compact cache: 5 layers, 2 attention blocks skipped
+    assert kv_cache_bytes(output_cache(res)) > 0
 
 
 def test_decilm_format_read_by_a_minimal_reader_of_its_semantics(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import hopscotch
+from hopscotch.hf_compat import UnsupportedKeywordError, cache_kwargs, output_cache
 from hopscotch.patch import (CacheMismatchError, get_scalars, kv_cache_bytes, patch_model, patched_layers,
                              set_skips, unpatch_model)
 from model_testing import (ARCHS, LOGIT_TOL, greedy_without_cache, left_padded_batch, tiny_config, tiny_model,
@@ -71,11 +72,11 @@ def test_kv_memory_is_exactly_the_kept_fraction(skips, cache_impl):
     kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
               return_dict_in_generate=True, cache_implementation=cache_impl)
     with torch.no_grad():
-        full = kv_cache_bytes(model.generate(ids, **kw).past_key_values)
+        full = kv_cache_bytes(output_cache(model.generate(ids, **kw)))
         patch_model(model)
         set_skips(model, attention=skips)
         out = model.generate(ids, **kw)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert kv_cache_bytes(cache) * n_layers == full * (n_layers - len(skips))
     assert len(cache.layers) == n_layers - len(skips)
     # The length the cache reports is right even when block 0 is skipped (invariant 2): every token but the
@@ -103,7 +104,7 @@ def test_sliding_window_cache_types_follow_their_blocks():
     set_skips(model, attention=[1, 4])
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(_ids(seq=9), past_key_values=cache, use_cache=True)
+        model(_ids(seq=9), **cache_kwargs(cache), use_cache=True)
     assert cache.is_sliding == [False, False, True, True]  # kept blocks 0, 2, 3, 5
 
 
@@ -131,10 +132,10 @@ def test_a_cache_filled_under_another_skip_set_is_refused():
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         set_skips(model, attention=[0])
-        model(_ids(seq=5), past_key_values=cache, use_cache=True)
+        model(_ids(seq=5), **cache_kwargs(cache), use_cache=True)
         set_skips(model, attention=[1])
         with pytest.raises(CacheMismatchError, match=r"another skip set \(kept attention blocks \[1, 2, 3, 4\]\)"):
-            model(_ids(seq=1), past_key_values=cache, use_cache=True)
+            model(_ids(seq=1), **cache_kwargs(cache), use_cache=True)
 
 
 def test_mlp_blocks_can_be_skipped():
@@ -261,7 +262,7 @@ def test_patch_is_idempotent_and_outputs_hidden_states_refused():
     layers = list(model.model.layers)
     patch_model(model)
     assert list(model.model.layers) == layers
-    with pytest.raises(NotImplementedError, match="unpatch_model"):
+    with pytest.raises(UnsupportedKeywordError, match="output_hidden_states=True .*unpatch_model"):
         model(_ids(), output_hidden_states=True)
 
 

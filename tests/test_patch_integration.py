@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hopscotch import SkipPlan, apply_plan, patch_model, unpatch_model
+from hopscotch.hf_compat import output_cache
 from hopscotch.patch import kv_cache_bytes, patched_layers, set_skips
 from model_testing import LOGIT_TOL, greedy_without_cache, left_padded_batch, needs_peft, tiny_model, zeroed_attention
 
@@ -98,8 +99,8 @@ def test_smollm2_skips_match_reference_and_shrink_the_cache(smollm2_fresh):
     enc = tok(["Photosynthesis is the process by which plants"], return_tensors="pt")
     skips = [0, 7, 19, L - 1]
     with torch.no_grad():
-        full_cache = kv_cache_bytes(model.generate(**enc, max_new_tokens=16, do_sample=False,
-                                                   return_dict_in_generate=True).past_key_values)
+        full_cache = kv_cache_bytes(output_cache(model.generate(**enc, max_new_tokens=16, do_sample=False,
+                                                                return_dict_in_generate=True)))
         with zeroed_attention(model, skips):
             ref = model(**enc).logits
             ref_gen = greedy_without_cache(model, enc["input_ids"], enc["attention_mask"], 16,
@@ -110,7 +111,7 @@ def test_smollm2_skips_match_reference_and_shrink_the_cache(smollm2_fresh):
     # float32 through 30 layers, summed in another order than HF's: logits (magnitude ~20) agree to ~1e-3.
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
     assert torch.equal(res.sequences, ref_gen)
-    assert kv_cache_bytes(res.past_key_values) * L == full_cache * (L - len(skips))
+    assert kv_cache_bytes(output_cache(res)) * L == full_cache * (L - len(skips))
 
 
 def test_patched_model_without_the_compiled_kernels(tmp_path):

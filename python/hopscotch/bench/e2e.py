@@ -18,10 +18,10 @@ import gc
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from ..arch import decoder_layers
+from ..hf_compat import cache_kwargs
 from ..patch import kv_cache_bytes, patch_model, set_skips, unpatch_model
+from ..testing import zeroed_attention
 from .results import summarize_ms, synchronize, time_fn
 
 __all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "speed_ratio", "PROVIDERS"]
@@ -43,27 +43,13 @@ class E2EConfig:
     seed: int = 0
 
 
-class _ZeroAttention(nn.Module):
-    """LLM-Drop's skip: the attention module becomes an identity on the residual stream (outputs zeros)."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
-
-
 @contextlib.contextmanager
 def _provider(model, provider: str, skipped: list[int]):
     if provider == "hf":
         yield
-    elif provider == "hf_identity":
-        layers = decoder_layers(model)
-        saved = {i: layers[i].self_attn for i in skipped}
-        for i in skipped:
-            layers[i].self_attn = _ZeroAttention()
-        try:
+    elif provider == "hf_identity":  # LLM-Drop's skip in HF's own layers: the block is an identity, not run
+        with zeroed_attention(model, skipped):
             yield
-        finally:
-            for i, mod in saved.items():
-                layers[i].self_attn = mod
     elif provider == "hopscotch":
         patch_model(model)
         set_skips(model, attention=skipped)
@@ -89,7 +75,7 @@ def _prompt(model, batch: int, length: int, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def _prefill(model, ids):
     cache = _new_cache(model)
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].argmax(-1, keepdim=True), cache
 
 
@@ -97,7 +83,7 @@ def _prefill(model, ids):
 def _decode(model, first, cache, steps: int):
     nxt = first
     for _ in range(steps):
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        out = model(input_ids=nxt, **cache_kwargs(cache), use_cache=True)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     return cache
 

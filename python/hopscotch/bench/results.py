@@ -1,7 +1,10 @@
 """Shared by every benchmark: one place for timing, device facts and the results CSV.
 
-Rows are appended to ``benchmarks/results/<name>.csv`` (in a source checkout) with the device name, torch version, git commit and
-a timestamp, so results from different machines and commits can sit in one file and be compared.
+Rows are appended to ``<results dir>/<name>.csv`` with the device name, torch and hopscotch versions, git commit and
+a timestamp, so results from different machines and commits can sit in one file and be compared. The installed
+package never looks for files next to itself: the results directory is ``$HOPSCOTCH_RESULTS_DIR``, else
+``benchmarks/results`` under the current directory when it exists (running from a source checkout, as the
+scripts in benchmarks/ do), else ``./hopscotch-results``.
 """
 
 from __future__ import annotations
@@ -19,26 +22,29 @@ from typing import Callable, Iterable
 import torch
 
 
-
-def _results_dir() -> Path:
-    """``$HOPSCOTCH_RESULTS_DIR``, else the source checkout's ``benchmarks/results``, else ``./hopscotch-results``."""
+def results_dir() -> Path:
+    """``$HOPSCOTCH_RESULTS_DIR``, else ``./benchmarks/results`` when ``./benchmarks`` exists, else
+    ``./hopscotch-results`` (read when called, so a script may set the variable first)."""
     env = os.environ.get("HOPSCOTCH_RESULTS_DIR")
     if env:
         return Path(env)
-    checkout = Path(__file__).resolve().parents[3] / "benchmarks"
+    checkout = Path.cwd() / "benchmarks"
     return checkout / "results" if checkout.is_dir() else Path.cwd() / "hopscotch-results"
 
 
-RESULTS_DIR = _results_dir()
+def __getattr__(name: str):
+    if name == "RESULTS_DIR":  # kept for scripts that import it; computed when asked, like results_dir()
+        return results_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def git_commit() -> str:
+    """The commit of the git work tree the current directory is in ("unknown" outside one)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip() or "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
+                               text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -63,12 +69,19 @@ def metadata(device: str | torch.device) -> dict:
     meta = {
         "device": device_name(device),
         "torch": torch.__version__,
+        "hopscotch": _hopscotch_version(),
         "commit": git_commit(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if torch.device(device).type == "cuda":
         meta["driver"] = _nvidia_driver()
     return meta
+
+
+def _hopscotch_version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def _nvidia_driver() -> str:
@@ -84,7 +97,7 @@ def append_results(csv_path: str | os.PathLike, rows: Iterable[dict], device: st
     """Append ``rows`` (dicts) to a CSV, each with the metadata columns; new columns extend the header."""
     path = Path(csv_path)
     if not path.is_absolute() and path.parent == Path("."):
-        path = RESULTS_DIR / path
+        path = results_dir() / path
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(device)
     rows = [{**r, **meta} for r in rows]

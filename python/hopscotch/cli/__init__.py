@@ -1,4 +1,4 @@
-"""The ``hopscotch`` command line: search | eval | export | bench | info.
+"""The ``hopscotch`` command line: search | eval | export | bench | info | doctor.
 
 Every subcommand has ``--help``. Bad arguments and paths print one line and exit non-zero; nothing prints a
 traceback unless ``HOPSCOTCH_DEBUG=1``.
@@ -21,11 +21,12 @@ _EPILOG = """examples:
   hopscotch export --plan plans/smollm2-arc_easy-k4.json --out smollm2-skip4 --format decilm
   hopscotch bench --ks 0,4,15
   hopscotch info
+  hopscotch doctor                               # after upgrading transformers or torch
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench_cmd, eval_cmd, export_cmd, info_cmd, search_cmd
+    from . import bench_cmd, doctor_cmd, eval_cmd, export_cmd, info_cmd, search_cmd
 
     p = argparse.ArgumentParser(
         prog="hopscotch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "make up for it, and run the thinner model faster.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in (search_cmd, eval_cmd, export_cmd, bench_cmd, info_cmd):
+    for mod in (search_cmd, eval_cmd, export_cmd, bench_cmd, info_cmd, doctor_cmd):
         mod.register(sub)
     return p
 

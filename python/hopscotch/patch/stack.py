@@ -13,9 +13,10 @@ A skipped block contributes nothing and changes nothing: the pending delta simpl
 from __future__ import annotations
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
 import hopscotch_ext
+
+from ..hf_compat import cache_kwargs, check_forward_kwargs, model_output, pop_cache
 
 from .kv_cache import compact_cache
 from .rope import RopeContext
@@ -74,7 +75,7 @@ def _masks(base, state, hidden, attention_mask, cache, position_ids) -> dict:
     if isinstance(attention_mask, dict):  # already prepared per layer type
         return attention_mask
     kwargs = dict(config=_SdpaConfig(base.config), inputs_embeds=hidden, attention_mask=attention_mask,
-                  past_key_values=cache, position_ids=position_ids)
+                  position_ids=position_ids, **cache_kwargs(cache))
     masks = {}
     for t in state.kept_attention_types():
         masks[t] = create_sliding_window_causal_mask(**kwargs) if t == "sliding_attention" \
@@ -85,7 +86,7 @@ def _masks(base, state, hidden, attention_mask, cache, position_ids) -> dict:
 class StackRun:
     """What every layer of one forward shares: the cache, the masks per attention type and the rotary table."""
 
-    def __init__(self, base, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def __init__(self, base, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                  inputs_embeds=None, use_cache=False):
         state = base._hopscotch_state
         if (input_ids is None) == (inputs_embeds is None):
@@ -95,13 +96,13 @@ class StackRun:
         bsz, seq = hidden.shape[:2]
         self.layers = state.layers
         self.cache = None
-        if use_cache or past_key_values is not None:
-            if past_key_values is None:
+        if use_cache or cache is not None:
+            if cache is None:
                 from transformers.cache_utils import DynamicCache
 
-                past_key_values = DynamicCache(config=base.config)
-            self.cache = compact_cache(past_key_values, state.kept_attention(), len(state.layers))
-        self.past_key_values = past_key_values
+                cache = DynamicCache(config=base.config)
+            self.cache = compact_cache(cache, state.kept_attention(), len(state.layers))
+        self.given_cache = cache  # the caller's object (compacted in place), returned in the output
         if position_ids is None:
             past = self.cache.get_seq_length() if self.cache is not None else 0
             position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
@@ -131,14 +132,17 @@ class StackRun:
         return stream.norm(self.final_norm)
 
 
-def patched_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                    inputs_embeds=None, use_cache=None, output_attentions=None, output_hidden_states=None, **kwargs):
-    """Forward of a patched decoder stack; same arguments and output as the HF model it replaces."""
-    if output_attentions or output_hidden_states:
-        raise NotImplementedError("a hopscotch-patched model does not return per-layer attentions or hidden states "
-                                  "(the residual stream is never materialised per layer); unpatch_model() first")
+def patched_forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                    use_cache=None, return_dict=None, **kwargs):
+    """Forward of a patched decoder stack; same arguments and output as the HF model it replaces.
+
+    The cache arrives under the installed transformers' name (``cache`` or ``past_key_values``: see hf_compat);
+    any other keyword argument this forward would not honour is refused, never dropped.
+    """
+    cache = pop_cache(kwargs)
+    check_forward_kwargs(kwargs)
     if use_cache is None:
         use_cache = getattr(self.config, "use_cache", False)
-    run = StackRun(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
-    out = run.run(Stream(run.hidden))
-    return BaseModelOutputWithPast(last_hidden_state=out, past_key_values=run.past_key_values if use_cache else None)
+    run = StackRun(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
+    out = model_output(run.run(Stream(run.hidden)), run.given_cache if use_cache else None)
+    return out if return_dict is not False else out.to_tuple()

@@ -1,0 +1,141 @@
+"""Everything that depends on the installed transformers version, in one place.
+
+transformers renames things between minor releases. 5.24 renamed the KV cache argument of the models' forwards
+(and of ``create_causal_mask``, and the output field) from ``past_key_values`` to ``cache``; a patched forward that
+did not know the new name silently dropped the cache and generated garbage. So:
+
+* the cache's name is read from the installed library (the signature of ``create_causal_mask`` and the fields of
+  ``BaseModelOutputWithPast``), never assumed; the code calls ``cache_kwargs`` / ``output_cache`` / ``model_output``;
+* ``check_forward_kwargs`` lists every keyword argument the patched decoder stack honours, and refuses any other
+  (naming it and the transformers version) instead of dropping it.
+
+The versions tested are those in pyproject.toml's range: CI runs the oldest (5.17) and the newest release.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+import transformers
+
+__all__ = [
+    "TRANSFORMERS_VERSION",
+    "CACHE_NAMES",
+    "UnsupportedKeywordError",
+    "cache_kwarg_name",
+    "cache_kwargs",
+    "check_forward_kwargs",
+    "model_output",
+    "output_cache",
+    "pop_cache",
+]
+
+TRANSFORMERS_VERSION: str = transformers.__version__
+# The cache's names, newest first: ``cache`` (5.24+), ``past_key_values`` (up to 5.23; a deprecated alias after).
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+class UnsupportedKeywordError(TypeError):
+    """A keyword argument the patched model would not honour (refused rather than silently dropped)."""
+
+
+@functools.lru_cache(maxsize=1)
+def cache_kwarg_name() -> str:
+    """The name under which the installed transformers passes a KV cache to a model's forward."""
+    from transformers.masking_utils import create_causal_mask
+
+    params = inspect.signature(inspect.unwrap(create_causal_mask)).parameters
+    for name in CACHE_NAMES:
+        if name in params:
+            return name
+    raise RuntimeError(f"transformers {TRANSFORMERS_VERSION}: create_causal_mask takes none of {CACHE_NAMES} "
+                       f"(its parameters: {list(params)}); this transformers version is not supported by hopscotch")
+
+
+def cache_kwargs(cache) -> dict:
+    """``{name: cache}`` for a model call or a mask helper, under the installed version's name."""
+    return {cache_kwarg_name(): cache}
+
+
+@functools.lru_cache(maxsize=1)
+def _output_cache_field() -> str:
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    fields = BaseModelOutputWithPast.__dataclass_fields__
+    for name in CACHE_NAMES:
+        if name in fields:
+            return name
+    raise RuntimeError(f"transformers {TRANSFORMERS_VERSION}: BaseModelOutputWithPast has none of {CACHE_NAMES}")
+
+
+def model_output(last_hidden_state: torch.Tensor, cache):
+    """A ``BaseModelOutputWithPast`` with the cache under the installed version's field name."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **{_output_cache_field(): cache})
+
+
+def output_cache(output):
+    """The cache a model output or a ``generate(return_dict_in_generate=True)`` result carries (or None)."""
+    for name in CACHE_NAMES:
+        value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def pop_cache(kwargs: dict):
+    """Remove and return the cache from a forward's keyword arguments, under either name (not both)."""
+    given = [name for name in CACHE_NAMES if kwargs.get(name) is not None]
+    if len(given) > 1:
+        raise UnsupportedKeywordError(f"both {given[0]}= and {given[1]}= were passed; pass the cache once "
+                                      f"({cache_kwarg_name()}= on transformers {TRANSFORMERS_VERSION})")
+    cache = kwargs.pop(given[0]) if given else None
+    for name in CACHE_NAMES:
+        kwargs.pop(name, None)
+    return cache
+
+
+# Keyword arguments transformers may pass down to a decoder stack's forward (TransformersKwargs and friends), and
+# the values the patched stack honours. Anything else, or another value, is refused.
+def _off(value) -> bool:
+    return value is None or value is False
+
+
+_HONOURED = {
+    # what it is -> is the given value something the patched stack does (or that needs nothing from it)?
+    "output_attentions": _off,            # per-layer outputs are never materialised
+    "output_hidden_states": _off,
+    "output_router_logits": _off,         # MoE only
+    "is_causal": lambda v: v is None or v is True,      # decoder-only: always causal
+    "num_items_in_batch": lambda v: True,  # loss normalisation, used by the LM head's loss, not the stack
+    "cu_seq_lens_q": lambda v: v is None,  # packed (varlen flash-attention) batches are not supported
+    "cu_seq_lens_k": lambda v: v is None,
+    "max_length_q": lambda v: v is None,
+    "max_length_k": lambda v: v is None,
+    "seq_idx": lambda v: v is None,
+}
+_WHY = {
+    "output_attentions": "a hopscotch-patched model does not return per-layer attentions",
+    "output_hidden_states": "a hopscotch-patched model does not return per-layer hidden states (the residual "
+                            "stream is never materialised per layer)",
+    "is_causal": "the patched model is causal only",
+}
+
+
+def check_forward_kwargs(kwargs: dict) -> None:
+    """Refuse every keyword argument (or value) the patched decoder stack would not honour."""
+    for name, value in kwargs.items():
+        ok = _HONOURED.get(name)
+        if ok is None:
+            raise UnsupportedKeywordError(
+                f"the hopscotch-patched model got the keyword argument {name}= (transformers {TRANSFORMERS_VERSION}), "
+                f"which it does not know how to honour; refusing it rather than ignoring it. If this transformers "
+                f"version passes it on its own, it is newer than hopscotch supports (see `hopscotch doctor`); "
+                f"unpatch_model() runs the model unpatched")
+        if not ok(value):
+            why = _WHY.get(name, f"{name}={value!r} is not supported by the patched model")
+            raise UnsupportedKeywordError(f"{name}={value!r} (transformers {TRANSFORMERS_VERSION}): {why}; "
+                                          "unpatch_model() first")
