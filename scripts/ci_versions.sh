@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# CI: the patch, plan, generation, export and CLI tests (and `hopscotch doctor`) on the oldest transformers the
+# package claims and on the newest release available today, each in a copy of the main venv whose only change is
+# transformers (and what it needs). The copy is hard-linked (instant, no disk), and pip replaces files rather than
+# writing into them, so the main venv is untouched.
+#   bash scripts/ci_versions.sh [oldest|newest ...]     (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+TESTS=(tests/test_hf_compat.py tests/test_patch.py tests/test_patch_integration.py tests/test_plan.py
+       tests/test_export.py tests/test_cli.py)
+
+run_with() {  # NAME, then pip arguments that choose the transformers version
+  local name=$1; shift
+  local venv=".venv-tf-$name" log
+  log=$(mktemp -t hopscotch-ci-versions.XXXXXX)
+  rm -rf "$venv"
+  cp -al "$VENV" "$venv"
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check "$@" >"$log" 2>&1; then
+    tail -30 "$log"; echo "CI versions ($name): pip install $* failed" >&2; return 1
+  fi
+  printf '\n== CI versions: %s: %s\n' "$name" "$("$venv/bin/python" - <<'PY'
+import importlib.metadata as m
+print("  ".join(f"{p} {m.version(p)}" for p in ("transformers", "torch", "huggingface_hub", "tokenizers", "accelerate", "peft")))
+PY
+)"
+  local start=$SECONDS
+  "$venv/bin/python" -m hopscotch doctor
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+  echo "CI versions ($name): took $(( SECONDS - start )) s"
+  rm -rf "$venv"
+}
+
+for which in "${@:-oldest newest}"; do
+  for w in $which; do
+    case $w in
+      # The oldest release of the range pyproject.toml claims (transformers>=5.17), with a hub it accepts.
+      oldest) run_with oldest "transformers==5.17.*" "huggingface_hub<2" ;;
+      # The newest release on the day CI runs: not pinned, so CI sees tomorrow's transformers first.
+      newest) run_with newest --upgrade transformers ;;
+      *) echo "ci_versions: unknown run $w; expected oldest or newest" >&2; exit 2 ;;
+    esac
+  done
+done
