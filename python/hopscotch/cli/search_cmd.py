@@ -14,8 +14,13 @@ DESCRIPTION = """Search which attention blocks of a model a task does not need.
 
 With no arguments: the packaged SmolLM2-135M-Instruct, calibrated on a split of the packaged ARC-Easy questions
 with Hopscotch's objective (the model's own answers), 4 blocks, the fast Hopscotch search; a few minutes on two
-CPU cores. Prints a table (blocks skipped, held-out loss and accuracy before and after, KV memory saved,
-measured speed ratio) and where it saved the plan.
+CPU cores. Prints a table (blocks skipped, held-out loss, accuracy and Wikipedia perplexity before and after,
+each with its 95% bootstrap interval over items, and a paired test of the change; KV memory saved, measured
+speed ratio, the search's work in token-passes and wall time) and where it saved the plan.
+
+A token-pass is one token forward through the whole model (every layer and the LM head, weighed by weight
+FLOPs); a backward counts as two. LLM-Drop and ShortGPT score packed Wikipedia text by default (their papers
+score C4), or the task's calibration batches with --similarity-data task.
 
 The search is resumable: every finished step is written to a state file next to the plan; run the same command
 again after an interruption and it continues from its last finished step, reaching the same plan."""
@@ -40,6 +45,9 @@ def register(sub) -> None:
                         "gold answers / the text; kl: to the original model's next-token distribution")
     d.add_argument("--max-new-tokens", type=int, default=48, help="length of the self-distillation answers")
     d.add_argument("--batch-size", type=int, default=4, help="calibration batch size (default 4)")
+    d.add_argument("--similarity-data", default="wikipedia", choices=["wikipedia", "task"],
+                   help="llm-drop / shortgpt: score similarities on packed Wikipedia text (default, as the papers "
+                        "score C4) or on the task's calibration batches")
     s = p.add_argument_group("search")
     s.add_argument("--method", default="hopscotch-fast",
                    choices=["hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random"],
@@ -50,9 +58,22 @@ def register(sub) -> None:
     s.add_argument("--lr", type=float, default=1e-2, help="Adam lr when scoring candidates (default 1e-2)")
     s.add_argument("--final-lr", type=float, default=3e-3, help="Adam lr of the final scalars (default 3e-3)")
     s.add_argument("--final-epochs", type=int, default=3, help="epochs of the final scalars (default 3)")
-    s.add_argument("--shortlist", type=int, default=2, help="hopscotch-fast: candidates trained per step")
+    s.add_argument("--candidate-epochs", type=int, default=1,
+                   help="training budget of each candidate: epochs over the calibration batches (default 1, the "
+                        "paper's); --calibration and --batch-size set the batches")
+    s.add_argument("--shortlist", type=int, default=2,
+                   help="hopscotch-fast: candidates whose training is finished per step (default 2)")
+    s.add_argument("--max-shortlist", type=int, default=6,
+                   help="hopscotch-fast: most candidates probed when screening scores are close (default 6)")
+    s.add_argument("--margin", type=float, default=0.05,
+                   help="hopscotch-fast: screening losses within this fraction of the best are 'close' (0.05)")
+    s.add_argument("--probe-fraction", type=float, default=0.25,
+                   help="hopscotch-fast: share of an epoch a widened shortlist is probed on (default 0.25)")
     s.add_argument("--screen-fraction", type=float, default=0.15,
                    help="hopscotch-fast: share of the calibration batches used to screen candidates")
+    s.add_argument("--budget-ratio", type=float, default=8.0,
+                   help="hopscotch-fast: spend at most 1/this of the faithful search's token-passes (k=8 and "
+                        "before); 0 = no budget (default 8)")
     s.add_argument("--target", default="attn", choices=["attn", "mlp", "block", "joint"],
                    help="llm-drop: which modules to drop (default attn)")
     s.add_argument("--iterative", action="store_true", help="llm-drop: rescore after each drop")
@@ -80,6 +101,12 @@ def _check(args) -> None:
         raise CliError("--calibration must be at least 1 and --evaluation at least 0")
     if not 0 < args.screen_fraction <= 1:
         raise CliError(f"--screen-fraction {args.screen_fraction}: expected a fraction in (0, 1]")
+    if not 0 < args.probe_fraction <= 1:
+        raise CliError(f"--probe-fraction {args.probe_fraction}: expected a fraction in (0, 1]")
+    if args.candidate_epochs < 1 or args.shortlist < 1 or args.max_shortlist < 1:
+        raise CliError("--candidate-epochs, --shortlist and --max-shortlist must be at least 1")
+    if args.budget_ratio and args.budget_ratio <= 1:
+        raise CliError(f"--budget-ratio {args.budget_ratio}: expected more than 1, or 0 for no budget")
     if args.data and not Path(args.data).is_file():
         raise CliError(f"--data {args.data}: no such file")
     if args.model and not Path(args.model).exists():
@@ -108,19 +135,30 @@ def run(args) -> int:
     data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
                         evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,
                         batch_size=args.batch_size, data_file=args.data, progress=progress)
-    before = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress)
+    before = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress, keep_items=True)
     if progress:
         print(f"search state: {state} (resumable)", file=sys.stderr)
+    similarity = data.text_calibration if args.similarity_data == "wikipedia" else None
     plan = search(model, data.calibration, method=args.method, num_skip=args.num_skip, objective=data.objective,
                   seed=args.seed, lr=args.lr, final_lr=args.final_lr, final_epochs=args.final_epochs,
                   target=args.target, iterative=args.iterative, shortlist=args.shortlist,
-                  screen_fraction=args.screen_fraction, state_path=state, data_info=data.info, progress=progress)
+                  max_shortlist=args.max_shortlist, margin=args.margin, probe_fraction=args.probe_fraction,
+                  budget_ratio=args.budget_ratio or None, candidate_epochs=args.candidate_epochs,
+                  screen_fraction=args.screen_fraction, similarity_batches=similarity, state_path=state,
+                  data_info=data.info, progress=progress)
     plan.provenance["model"] = args.model or "packaged SmolLM2-135M-Instruct"
     path = plan.save(out)
-    after = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress)
+    after = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress, keep_items=True)
+    comparison = {}
+    if before and after:
+        from ..tasks import compare_results
+
+        comparison = compare_results(before, after)
+    before.pop("items", None)
+    after.pop("items", None)
     result = {"plan": str(path), "skipped_attention": plan.skipped_attention, "skipped_mlp": plan.skipped_mlp,
-              "before": before, "after": after, "provenance": {k: plan.provenance.get(k) for k in
-                                                               ("method", "token_passes", "wall_seconds")}}
+              "before": before, "after": after, "change": comparison,
+              "provenance": {k: plan.provenance.get(k) for k in ("method", "token_passes", "wall_seconds")}}
     result.update(_costs(model, plan, device, args))
     emit(args, result, _table(result, model.config.num_hidden_layers))
     return 0
@@ -143,8 +181,12 @@ def _costs(model, plan, device, args) -> dict:
     return out
 
 
-def _fmt(v, spec):
-    return format(v, spec) if isinstance(v, (int, float)) else "-"
+def _fmt_ci(result: dict, key: str, spec: str) -> str:
+    if key not in result:
+        return "-"
+    ci = result.get("ci", {}).get(key)
+    v = format(result[key], spec)
+    return f"{v} [{format(ci['low'], spec)}, {format(ci['high'], spec)}]" if ci else v
 
 
 def _table(r: dict, num_layers: int) -> str:
@@ -152,12 +194,17 @@ def _table(r: dict, num_layers: int) -> str:
     lines = [f"skipped attention blocks: {r['skipped_attention'] or 'none'} ({len(r['skipped_attention'])} of "
              f"{num_layers})" + (f"; MLP blocks: {r['skipped_mlp']}" if r["skipped_mlp"] else ""), ""]
     if b or a:
-        lines.append(f"{'':<30}{'before':>10}{'after':>10}")
+        lines.append(f"{'':<30}{'before':>24}{'after':>24}   change: p (paired test)")
         for key, label, spec in (("eval_loss", "held-out loss (NLL)", ".4f"), ("acc", "accuracy", ".3f"),
                                  ("acc_norm", "accuracy (length-normalised)", ".3f"),
                                  ("wiki_ppl", "Wikipedia perplexity", ".2f")):
             if key in b or key in a:
-                lines.append(f"{label:<30}{_fmt(b.get(key), spec):>10}{_fmt(a.get(key), spec):>10}")
+                c = r.get("change", {}).get(key)
+                verdict = f"   p={c['p_value']:.3f}{' *' if c['significant'] else ''}" if c else ""
+                lines.append(f"{label:<30}{_fmt_ci(b, key, spec):>24}{_fmt_ci(a, key, spec):>24}{verdict}")
+        n = (b.get("ci") or a.get("ci") or {}).get("eval_loss", {}).get("n")
+        lines.append(f"[95% intervals: bootstrap over the {n or ''} evaluation items (Wikipedia: text blocks); "
+                     "* = significant change at 5%]")
         lines.append("")
     kv = r["kv_bytes_per_token"]
     lines.append(f"KV cache per token: {kv['original']:,} -> {kv['skipped']:,} bytes "
@@ -170,6 +217,7 @@ def _table(r: dict, num_layers: int) -> str:
                      f"prefill x{s['prefill_speedup']:.2f}")
     tp = r["provenance"].get("token_passes")
     lines.append(f"search: {r['provenance']['method']}, {r['provenance']['wall_seconds']:.0f} s"
-                 + (f", {tp['total']:,} token-passes" if tp else ""))
+                 + (f", {tp['total']:,} token-passes (1 = one token forward through the whole model; "
+                    "backward = 2)" if tp else ""))
     lines.append(f"plan saved to {r['plan']}")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from .batching import pad_id, resolve_max_length
 from .errors import DataError
 from .items import MultipleChoice, PromptAnswer
 
-__all__ = ["model_fingerprint", "self_distill_targets"]
+__all__ = ["model_fingerprint", "self_distill_targets", "prompt_token_ids"]
 
 _log = logging.getLogger(__name__)
 _FORMAT_VERSION = 1  # bump when what is generated or stored changes
@@ -49,6 +49,23 @@ def _prompt_of(item) -> tuple[str, str, str | None]:
     if isinstance(item, str):
         return "", item, None
     raise TypeError(f"expected prompts as str, PromptAnswer or MultipleChoice, got {type(item).__name__}")
+
+
+def prompt_token_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt with the tokenizer's default special tokens, except a BOS the text already holds.
+
+    A chat template that starts with ``bos_token`` (Llama 3's, Mistral's, ...) renders the BOS into the text;
+    tokenising that with the default special tokens would put a second BOS in front. Such text is tokenised
+    without added special tokens, and a doubled leading BOS that slips through anyway is cut to one.
+    """
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if bos and text.startswith(bos):
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        ids = list(tokenizer(text)["input_ids"])
+    while bos_id is not None and len(ids) >= 2 and ids[0] == ids[1] == bos_id:
+        ids = ids[1:]
+    return ids
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -122,7 +139,8 @@ def self_distill_targets(model, tokenizer, items: Sequence[str | PromptAnswer | 
     ``model`` must be the ORIGINAL (unpatched) model. An answer has up to ``max_new_tokens`` tokens and ends after
     the first EOS (kept, so the model learns to stop) or before the first of the ``stop`` strings (e.g.
     ``["\\n\\n", "Question:"]`` for few-shot prompts); an answer cut to nothing is returned empty, and
-    ``prompt_answer_batches`` refuses it. Prompts are tokenised with the tokenizer's default special tokens; one
+    ``prompt_answer_batches`` refuses it. Prompts are tokenised with the tokenizer's default special tokens, never
+    with two BOS when a chat template already put one in the text (:func:`prompt_token_ids`); one
     longer than the model allows less ``max_new_tokens`` loses tokens from the left (``truncate``) or raises
     :class:`DataError`. Returns :class:`PromptAnswer` items with ``prompt_ids`` / ``answer_ids`` set (batch them
     with ``prompt_answer_batches``); ``answer`` is the decoded text. With ``cache``, results are read from, or
@@ -134,7 +152,7 @@ def self_distill_targets(model, tokenizer, items: Sequence[str | PromptAnswer | 
     ids, texts, sources, prompt_ids = [], [], [], []
     for i, item in enumerate(items):
         item_id, text, source = _prompt_of(item)
-        toks = list(tokenizer(text)["input_ids"])
+        toks = prompt_token_ids(tokenizer, text)
         if not toks:
             raise DataError("the prompt is empty; expected text to answer", source or f"prompt {i}")
         if limit is not None and len(toks) + max_new_tokens > limit:

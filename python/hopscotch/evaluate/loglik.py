@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["model_device", "batch_nll", "continuation_logprobs"]
+__all__ = ["model_device", "batch_nll", "batch_nll_rows", "continuation_logprobs"]
 
 
 def model_device(model) -> torch.device:
@@ -22,15 +22,26 @@ def _logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def batch_nll(model, batch: dict) -> tuple[float, int]:
-    """(sum of next-token NLL, number of tokens) over a batch's labelled positions (labels != -100)."""
+def batch_nll_rows(model, batch: dict) -> tuple[list[float], list[int]]:
+    """Per row of the batch (one item: a prompt/answer pair or a packed text block): the sum of next-token NLL
+    over its labelled positions (labels != -100) and their number."""
     logits = _logits(model, batch["input_ids"], batch["attention_mask"])
     labels = batch["labels"][:, 1:].to(logits.device)
     pos = labels != -100
+    rows = labels.shape[0]
     if not bool(pos.any()):
-        return 0.0, 0
-    nll = F.cross_entropy(logits[:, :-1][pos].float(), labels[pos], reduction="sum")
-    return float(nll), int(pos.sum())
+        return [0.0] * rows, [0] * rows
+    nll = F.cross_entropy(logits[:, :-1][pos].float(), labels[pos], reduction="none").double()
+    row_of = torch.arange(rows, device=pos.device)[:, None].expand_as(pos)[pos]
+    sums = torch.zeros(rows, dtype=torch.float64, device=nll.device).index_add_(0, row_of, nll)
+    return sums.tolist(), pos.sum(1).tolist()
+
+
+@torch.no_grad()
+def batch_nll(model, batch: dict) -> tuple[float, int]:
+    """(sum of next-token NLL, number of tokens) over a batch's labelled positions (labels != -100)."""
+    sums, counts = batch_nll_rows(model, batch)
+    return float(sum(sums)), int(sum(counts))
 
 
 @torch.no_grad()

@@ -30,6 +30,13 @@ class MCResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def hits(self, normalised: bool = False) -> list[int]:
+        """Per item, 1 when the (normalised) prediction is the gold choice (needs ``return_predictions``)."""
+        if self.predictions is None:
+            raise ValueError("per-item hits need multiple_choice_accuracy(..., return_predictions=True)")
+        key = "pred_norm" if normalised else "pred"
+        return [int(p[key] == p["gold"]) for p in self.predictions]
+
 
 def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))

@@ -4,38 +4,54 @@ measured on the evaluation split)."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
-from .loglik import batch_nll
+from .loglik import batch_nll_rows
+from .stats import DEFAULT_RESAMPLES, Estimate, bootstrap_ci
 
 __all__ = ["LossResult", "mean_nll", "perplexity", "answer_loss"]
 
 
 @dataclass(frozen=True)
 class LossResult:
-    """``nll``: token-weighted mean NLL (nats); ``perplexity``: exp(nll); ``tokens``: tokens scored."""
+    """``nll``: token-weighted mean NLL (nats); ``perplexity``: exp(nll); ``tokens``: tokens scored;
+    ``item_nll`` / ``item_tokens``: per item (batch row: a prompt/answer pair or a packed text block), its NLL sum
+    and token count, kept so that intervals (:meth:`nll_ci`) and paired comparisons are possible."""
 
     nll: float
     perplexity: float
     tokens: int
+    item_nll: tuple[float, ...] = field(default=(), repr=False)
+    item_tokens: tuple[int, ...] = field(default=(), repr=False)
+
+    def nll_ci(self, *, resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95, seed: int = 0) -> Estimate:
+        """Percentile-bootstrap interval of the token-weighted NLL, resampling items."""
+        return bootstrap_ci(self.item_nll, self.item_tokens, resamples=resamples, confidence=confidence, seed=seed)
+
+    def perplexity_ci(self, **kw) -> Estimate:
+        return self.nll_ci(**kw).map(math.exp)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"nll": self.nll, "perplexity": self.perplexity, "tokens": self.tokens,
+                "items": len(self.item_nll)}
 
 
 def mean_nll(model, batches: Sequence[dict], *, progress: bool = True, desc: str = "nll") -> LossResult:
     """Token-weighted mean next-token NLL over the labelled positions of ``batches`` (no_grad)."""
     from tqdm.auto import tqdm
 
-    total, count = 0.0, 0
+    sums, counts = [], []
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-        nll, n = batch_nll(model, batch)
-        total, count = total + nll, count + n
+        s, n = batch_nll_rows(model, batch)
+        keep = [i for i, c in enumerate(n) if c > 0]  # a row with no labelled token is no item
+        sums.extend(s[i] for i in keep)
+        counts.extend(n[i] for i in keep)
+    count = sum(counts)
     if count == 0:
         raise ValueError("the batches have no labelled tokens (labels are all -100)")
-    nll = total / count
-    return LossResult(nll, math.exp(nll), count)
+    nll = sum(sums) / count
+    return LossResult(nll, math.exp(nll), count, tuple(sums), tuple(counts))
 
 
 def perplexity(model, data, tokenizer=None, *, seq_len: int = 512, batch_size: int = 4,

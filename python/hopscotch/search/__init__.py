@@ -2,11 +2,16 @@
 
 Methods:
   ``hopscotch``       the paper's greedy search (every candidate trained one epoch), then final scalars
-  ``hopscotch-fast``  the same decision rule on a screened shortlist (see ``greedy.py``), then final scalars
+  ``hopscotch-fast``  the same decision rule on an adaptive, budgeted shortlist (see ``greedy.py``), then final
+                      scalars
   ``llm-drop``        LLM-Drop cosine-similarity drop; ``target`` attn | mlp | block | joint, one-shot or iterative
   ``shortgpt``        ShortGPT block influence (whole layers: attention and MLP), one-shot
   ``random``          seeded random attention blocks (a floor for the others)
 The model is left patched with the returned plan applied.
+
+LLM-Drop and ShortGPT score on ``similarity_batches`` when given (packed plain text, as their papers score C4:
+``TaskData.text_calibration``), else on the calibration batches. Every method's provenance records its work in
+token-passes (``train.py`` defines the unit) next to its wall time.
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ from ..patch import apply_plan, is_patched, patch_model, reset_scalars, set_skip
 from ..patch.patcher import get_scalars
 from ..plan import SkipPlan, model_fingerprint
 from .baselines import select_llm_drop, select_random
-from .greedy import greedy_search
-from .objectives import OBJECTIVES, teacher_logprobs
+from .greedy import FastSettings, greedy_search, worst_case
+from .objectives import OBJECTIVES, loss_positions, teacher_logprobs
 from .similarity import similarity_scores
 from .state import SearchState
-from .train import PassCounter, batch_tokens, train_scalars
+from .train import PassCounter, TokenPassCost, batch_tokens, train_scalars
 
-__all__ = ["METHODS", "search", "data_digest"]
+__all__ = ["METHODS", "search", "data_digest", "FastSettings", "worst_case", "TokenPassCost"]
 
 METHODS = ("hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random")
 
@@ -60,19 +65,35 @@ def _check(batches, method, objective, num_skip, n_layers):
 def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fast", num_skip: int = 4,
            objective: str = "nll", seed: int = 0, lr: float = 1e-2, final_lr: float = 3e-3, final_epochs: int = 3,
            target: str = "attn", iterative: bool = False, shortlist: int = 2, screen_fraction: float = 0.15,
+           max_shortlist: int = 6, margin: float = 0.05, probe_fraction: float = 0.25,
+           budget_ratio: float | None = 8.0, candidate_epochs: int = 1,
+           similarity_batches: list[dict] | None = None,
            state_path: str | os.PathLike | None = None, data_info: dict | None = None,
            progress: bool = True) -> SkipPlan:
     """Search ``num_skip`` blocks to skip on calibration ``batches`` (dicts of input_ids, attention_mask, labels;
     labels -100 where no loss is taken); see the module docstring for the methods. ``state_path`` makes the search
-    resumable: a killed search started again with the same arguments continues from its last finished step."""
+    resumable: a killed search started again with the same arguments continues from its last finished step.
+
+    The training budget of a Hopscotch candidate is ``candidate_epochs`` epochs over ``batches`` (the paper: 1);
+    the batches' number and size are the calibration items and batch size. ``shortlist``, ``max_shortlist``,
+    ``margin``, ``probe_fraction``, ``screen_fraction`` and ``budget_ratio`` tune ``hopscotch-fast``
+    (``greedy.py``)."""
     base_cfg = model.config
     n_layers = base_cfg.num_hidden_layers
     _check(batches, method, objective, num_skip, n_layers)
+    if candidate_epochs < 1:
+        raise ValueError(f"candidate_epochs={candidate_epochs}: expected 1 or more")
+    fast = FastSettings(shortlist=shortlist, max_shortlist=max(max_shortlist, shortlist), margin=margin,
+                        probe_fraction=probe_fraction, screen_fraction=screen_fraction, budget_ratio=budget_ratio)
+    sim_batches = similarity_batches if similarity_batches else batches
     # A greedy step does not depend on num_skip: hopscotch states are shared by searches for any k.
     settings = {"method": method, "objective": objective, "seed": seed,
                 "lr": lr, "final_lr": final_lr, "final_epochs": final_epochs, "target": target,
-                "iterative": iterative, "shortlist": shortlist, "screen_fraction": screen_fraction,
+                "iterative": iterative, "candidate_epochs": candidate_epochs,
+                **({"fast": fast.as_dict()} if method == "hopscotch-fast" else {}),
                 "model": model_fingerprint(model)["config_hash"], "data": data_digest(batches)}
+    if method in ("llm-drop", "shortgpt"):
+        settings["similarity_data"] = data_digest(sim_batches)
     if not method.startswith("hopscotch"):
         settings["num_skip"] = num_skip
     state = SearchState.open(state_path, settings)
@@ -81,16 +102,20 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
             "data": data_info or {}, "data_digest": settings["data"],
             "calibration_tokens": sum(batch_tokens(b) for b in batches)}
     if method in ("llm-drop", "shortgpt"):
-        attn, mlp, log = _similarity_method(model, batches, method, target, iterative, num_skip, state, progress)
+        attn, mlp, log = _similarity_method(model, sim_batches, method, target, iterative, num_skip, state, progress)
+        passes = sum(s.get("passes", 0.0) for s in log)
         prov.update({"target": "block" if method == "shortgpt" else target,
-                     "iterative": iterative and method == "llm-drop", "steps": log})
+                     "iterative": iterative and method == "llm-drop", "steps": log,
+                     "similarity_data": "separate text batches" if similarity_batches else "calibration batches",
+                     "similarity_tokens": sum(batch_tokens(b) for b in sim_batches),
+                     "token_passes": {"forward": round(passes), "backward": 0, "total": round(passes)}})
         plan = SkipPlan.for_model(model, attn, mlp, **prov)
     elif method == "random":
         attn = select_random(n_layers, num_skip, seed)
         plan = SkipPlan.for_model(model, attn, **prov)
     else:
         plan = _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs,
-                          shortlist, screen_fraction, state, prov, progress)
+                          fast, candidate_epochs, state, prov, progress)
     # This call's wall time (search_seconds, for hopscotch: the recorded work of the steps this plan used,
     # including steps an interrupted or a longer run recorded).
     plan.provenance["wall_seconds"] = round(time.perf_counter() - t0, 2)
@@ -103,23 +128,38 @@ def _similarity_method(model, batches, method, target, iterative, num_skip, stat
         unpatch_model(model)
     resume = [s for s in state.steps if s.get("name", "").startswith("llm_drop_")]
 
+    cost = TokenPassCost.of(model)
+    tokens = sum(batch_tokens(b) for b in batches)
+    pending = []
+
     def score(attn, mlp):
+        # every module still runs (dropped ones are zeroed by hooks); no LM head
+        pending.append(tokens * cost.layers(0))
         return similarity_scores(model, batches, dropped_attn=attn, dropped_mlp=mlp, progress=progress)
+
+    def record(entry):
+        entry["passes"] = pending.pop() if pending else 0.0
+        state.record(entry)
 
     if method == "shortgpt":
         target, iterative = "block", False
-    return select_llm_drop(score, num_skip, target, iterative, on_step=state.record, resume=resume)
+    attn, mlp, log = select_llm_drop(score, num_skip, target, iterative, on_step=record, resume=resume)
+    return attn, mlp, [state.finished(e["name"]) or e for e in log]
 
 
-def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs, shortlist,
-               screen_fraction, state, prov, progress) -> SkipPlan:
+def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs, fast, candidate_epochs,
+               state, prov, progress) -> SkipPlan:
     patch_model(model)
     set_skips(model)
     reset_scalars(model)
     teacher = teacher_logprobs(model, batches) if objective == "kl" else None
     chosen, log, counter = greedy_search(model, batches, num_skip=num_skip, fast=method == "hopscotch-fast",
                                          objective=objective, state=state, seed=seed, lr=lr, teacher=teacher,
-                                         shortlist=shortlist, screen_fraction=screen_fraction, progress=progress)
+                                         fast_settings=fast, candidate_epochs=candidate_epochs,
+                                         final_epochs=final_epochs, progress=progress)
+    if teacher is not None:  # the teacher's forward over the calibration data (once)
+        cost = TokenPassCost.of(model)
+        counter.forward += sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
     final = state.finished(f"final/k{num_skip}")
     if final is None:
         reset_scalars(model)
@@ -134,7 +174,9 @@ def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, 
     counter.add_record(final)
     prov.update({"steps": log, "final_losses": final["losses"], "token_passes": counter.as_dict(),
                  "search_seconds": round(counter.seconds, 2),
+                 "token_pass_unit": "one token forward through every layer and the LM head of the unpatched model, "
+                                    "weighted by weight FLOPs; backward = 2 forward",
                  "hyperparameters": {"lr": lr, "final_lr": final_lr, "final_epochs": final_epochs,
-                                     **({"shortlist": shortlist, "screen_fraction": screen_fraction}
-                                        if method == "hopscotch-fast" else {})}})
+                                     "candidate_epochs": candidate_epochs,
+                                     **({"fast": fast.as_dict()} if method == "hopscotch-fast" else {})}})
     return SkipPlan.for_model(model, chosen, (), torch.tensor(final["scalars"]), **prov)

@@ -1,8 +1,15 @@
 """Training Hopscotch's scalars with the base weights frozen, and counting the work it takes.
 
-Work is counted in *token-passes*: one token through the whole model forward is one forward token-pass, and
-its backward one backward token-pass; a forward through only some layers counts that fraction of a pass. The
-fast search is judged against the faithful one by these counts (and by wall time), not by assumption.
+Work is counted in *token-passes*. One token-pass is one token forward through the whole unpatched model: every
+decoder layer (attention and MLP) and the LM head. Parts are weighed by their weight FLOPs (2 per parameter per
+token: the attention score and value products, a few percent at these lengths, and the embedding lookup are not
+counted), so a token that goes through only some layers, or whose position never reaches the LM head (the
+search computes the head only where a loss is taken), counts that fraction of a pass, and skipped attention
+blocks count nothing (they do not run). A backward counts twice its forward (the usual 2x of training FLOPs;
+with the base weights frozen no weight gradients are formed, so this over-counts the backward a little, the
+same way for every method). ``PassCounter.forward`` / ``backward`` hold token-passes with that weighting
+applied, and ``total`` is their sum. The fast search is judged against the faithful one by these counts (and
+by wall time), not by assumption.
 """
 
 from __future__ import annotations
@@ -16,7 +23,57 @@ from torch import nn
 from ..patch import patched_layers
 from .objectives import batch_loss, loss_positions
 
-__all__ = ["PassCounter", "batch_tokens", "frozen_base", "scalar_parameters", "train_scalars"]
+__all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "scalar_parameters", "train_scalars",
+           "train_schedule", "BACKWARD_FACTOR"]
+
+BACKWARD_FACTOR = 2.0  # a backward counts as this many forward passes of the same part
+
+
+@dataclass(frozen=True)
+class TokenPassCost:
+    """Weights of the model's parts in token-passes: per layer its attention and MLP share, and the LM head's."""
+
+    attn: tuple[float, ...]
+    mlp: tuple[float, ...]
+    head: float
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "TokenPassCost":
+        from ..arch import base_model
+
+        def numel(module) -> int:
+            return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+        layers = list(base_model(model).layers)
+        attn = [numel(getattr(lay, "self_attn", None)) + numel(getattr(lay, "input_layernorm", None))
+                for lay in layers]
+        mlp = [numel(getattr(lay, "mlp", None)) + numel(getattr(lay, "post_attention_layernorm", None))
+               for lay in layers]
+        head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head = head_module.weight.numel() if head_module is not None else 0
+        total = float(sum(attn) + sum(mlp) + head) or 1.0
+        return cls(tuple(a / total for a in attn), tuple(m / total for m in mlp), head / total)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attn)
+
+    def layers(self, start: int = 0, skipped_attn=()) -> float:
+        """Share of one token-pass of layers ``start``.. with the attention blocks ``skipped_attn`` not run."""
+        skip = set(skipped_attn)
+        return sum(m + (0.0 if i in skip else a)
+                   for i, (a, m) in enumerate(zip(self.attn, self.mlp)) if i >= start)
+
+    def forward(self, tokens: float, head_positions: float, start: int = 0, skipped_attn=()) -> float:
+        """Token-passes of a forward of ``tokens`` tokens through layers ``start``.. and of ``head_positions``
+        positions through the LM head."""
+        return tokens * self.layers(start, skipped_attn) + head_positions * self.head
+
+    def epoch(self, batches: list[dict], skipped_attn=(), backward: bool = True) -> float:
+        """Token-passes of one training epoch (forward + backward) over ``batches``."""
+        t = sum(batch_tokens(b) for b in batches)
+        n = sum(int(loss_positions(b).sum()) for b in batches)
+        return self.forward(t, n, 0, skipped_attn) * (1 + (BACKWARD_FACTOR if backward else 0.0))
 
 
 @dataclass
@@ -67,44 +124,72 @@ def frozen_base(model: nn.Module):
             p.requires_grad_(flag)
 
 
-def train_scalars(model: nn.Module, batches: list[dict], *, objective: str, epochs: int, lr: float, seed: int,
-                  teacher: list | None = None, counter: PassCounter | None = None, desc: str | None = None,
-                  progress: bool = False) -> list[float]:
-    """Adam on the scalars for ``epochs`` passes over ``batches`` (shuffled by ``seed``); returns each epoch's
-    token-weighted mean training loss."""
+def _skipped_attention(model) -> list[int]:
+    return [lay.layer_idx for lay in patched_layers(model) if lay.attn_skipped]
+
+
+def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[int]], *, objective: str, lr: float,
+                   start: int = 0, stop: int | None = None, teacher: list | None = None,
+                   optimizer_state: dict | None = None, counter: PassCounter | None = None,
+                   cost: TokenPassCost | None = None, desc: str | None = None,
+                   progress: bool = False) -> tuple[list[list[float]], dict]:
+    """Adam on the scalars over positions ``start:stop`` of a fixed batch schedule (``schedule[e]`` is epoch e's
+    order of batch indices; positions count through the epochs in turn).
+
+    Returns per epoch touched ``[epoch, loss sum, loss weight]`` (loss sums token-weighted) and the optimizer
+    state to continue from: training 0:m and then m:end with that state is the same as training 0:end at once,
+    which lets the fast search stop a candidate early and finish it later.
+    """
+    flat = [(e, i) for e, order in enumerate(schedule) for i in order]
+    stop = len(flat) if stop is None else stop
     params = scalar_parameters(model)
     opt = torch.optim.Adam(params, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    epoch_losses = []
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    if counter is not None and cost is None:
+        cost = TokenPassCost.of(model)
+    skipped = _skipped_attention(model) if counter is not None else []
+    sums: dict[int, list[float]] = {}
     was_training = model.training
     model.eval()  # no dropout: the scalars are fitted to the deterministic model
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs * len(batches), desc=desc or "train scalars", leave=False)
+        bar = tqdm(total=stop - start, desc=desc or "train scalars", leave=False)
     try:
         with frozen_base(model), torch.enable_grad():
-            for _ in range(epochs):
-                total, weight = 0.0, 0
-                for i in torch.randperm(len(batches), generator=gen).tolist():
-                    batch = batches[i]
-                    loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    n = int(loss_positions(batch).sum())
-                    total += loss.item() * n
-                    weight += n
-                    if counter is not None:
-                        counter.forward += batch_tokens(batch)
-                        counter.backward += batch_tokens(batch)
-                    if bar:
-                        bar.update()
-                        bar.set_postfix(loss=f"{total / max(weight, 1):.4f}")
-                epoch_losses.append(total / max(weight, 1))
+            for e, i in flat[start:stop]:
+                batch = batches[i]
+                loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                n = int(loss_positions(batch).sum())
+                acc = sums.setdefault(e, [0.0, 0.0])
+                acc[0] += loss.item() * n
+                acc[1] += n
+                if counter is not None:
+                    fwd = cost.forward(batch_tokens(batch), n, 0, skipped)
+                    counter.forward += fwd
+                    counter.backward += BACKWARD_FACTOR * fwd
+                if bar:
+                    bar.update()
+                    bar.set_postfix(loss=f"{acc[0] / max(acc[1], 1):.4f}")
     finally:
         if bar:
             bar.close()
         model.train(was_training)
-    return epoch_losses
+    return [[e, v[0], v[1]] for e, v in sorted(sums.items())], opt.state_dict()
+
+
+def train_scalars(model: nn.Module, batches: list[dict], *, objective: str, epochs: int, lr: float, seed: int,
+                  teacher: list | None = None, counter: PassCounter | None = None, desc: str | None = None,
+                  progress: bool = False, cost: TokenPassCost | None = None) -> list[float]:
+    """Adam on the scalars for ``epochs`` passes over ``batches`` (each epoch shuffled, seeded by ``seed``);
+    returns each epoch's token-weighted mean training loss."""
+    gen = torch.Generator().manual_seed(seed)
+    schedule = [torch.randperm(len(batches), generator=gen).tolist() for _ in range(epochs)]
+    sums, _ = train_schedule(model, batches, schedule, objective=objective, lr=lr, teacher=teacher, counter=counter,
+                             cost=cost, desc=desc, progress=progress)
+    return [s / max(w, 1) for _, s, w in sums]
