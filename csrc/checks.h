@@ -67,22 +67,47 @@ inline void check_silu_and_mul_input(const at::Tensor& gate_up, const char* op) 
               "; expected an even last dimension holding [gate | up]");
 }
 
-// query: [*P, q_heads, head_size]; key: [*P, kv_heads, head_size]; positions: [*P] integer;
-// cos_sin_cache: [max_position, rot_dim], rot_dim even and <= head_size.
+// gate_up_weight: [2 * intermediate, hidden] = [W_gate ; W_up]; x: [..., hidden]; gate_up_bias: [2 * intermediate].
+inline void check_silu_gate_up_inputs(const at::Tensor& x, const at::Tensor& gate_up_weight,
+                                      const std::optional<at::Tensor>& gate_up_bias, const char* op) {
+  check_float_dtype(x, op, "x");
+  check_same_device(x, gate_up_weight, op, "x", "gate_up_weight");
+  check_same_dtype(x, gate_up_weight, op, "x", "gate_up_weight");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (the hidden size); got a 0-d tensor");
+  TORCH_CHECK(gate_up_weight.dim() == 2 && gate_up_weight.size(0) % 2 == 0 &&
+                  gate_up_weight.size(1) == x.size(-1),
+              op, ": gate_up_weight has shape ", gate_up_weight.sizes(), "; expected [2 * intermediate, ",
+              x.size(-1), "] holding [W_gate ; W_up]");
+  if (gate_up_bias.has_value()) {
+    const at::Tensor& b = *gate_up_bias;
+    check_same_device(x, b, op, "x", "gate_up_bias");
+    check_same_dtype(x, b, op, "x", "gate_up_bias");
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == gate_up_weight.size(0), op, ": gate_up_bias has shape ", b.sizes(),
+                "; expected [", gate_up_weight.size(0), "]");
+  }
+}
+
+// Leading dims of t (name) equal positions' shape: t is [*positions.shape, heads, head_size].
+inline void check_rotary_leading(const at::Tensor& positions, const at::Tensor& t, const char* op, const char* name,
+                                 const char* heads) {
+  bool ok = t.dim() == positions.dim() + 2;
+  for (int64_t d = 0; ok && d < positions.dim(); ++d) ok = t.size(d) == positions.size(d);
+  TORCH_CHECK(ok, op, ": ", name, " has shape ", t.sizes(), " and positions ", positions.sizes(), "; expected ",
+              name, " to be [*positions.shape, ", heads, ", head_size]");
+}
+
+// query (name): [*P, q_heads, head_size]; key: [*P, kv_heads, head_size]; positions: [*P] integer;
+// cos_sin_cache: [max_position, rot_dim], rot_dim even and <= head_size. The in-place op writes through
+// query / key and needs unit-stride head features; the out-of-place op reads any layout.
 inline void check_rotary_inputs(const at::Tensor& positions, const at::Tensor& query,
                                 const std::optional<at::Tensor>& key, const at::Tensor& cos_sin_cache,
-                                const char* op) {
-  check_float_dtype(query, op, "query");
+                                const char* op, const char* name = "query", bool require_unit_stride = true) {
+  check_float_dtype(query, op, name);
   TORCH_CHECK(positions.scalar_type() == at::kLong || positions.scalar_type() == at::kInt, op,
               ": positions has dtype ", positions.scalar_type(), "; expected int64 or int32");
-  check_same_device(query, positions, op, "query", "positions");
-  check_same_device(query, cos_sin_cache, op, "query", "cos_sin_cache");
-  TORCH_CHECK(query.dim() == positions.dim() + 2, op, ": query has shape ", query.sizes(), " and positions ",
-              positions.sizes(), "; expected query to be [*positions.shape, num_heads, head_size]");
-  for (int64_t d = 0; d < positions.dim(); ++d) {
-    TORCH_CHECK(query.size(d) == positions.size(d), op, ": query has shape ", query.sizes(), " and positions ",
-                positions.sizes(), "; expected query to be [*positions.shape, num_heads, head_size]");
-  }
+  check_same_device(query, positions, op, name, "positions");
+  check_same_device(query, cos_sin_cache, op, name, "cos_sin_cache");
+  check_rotary_leading(positions, query, op, name, "num_heads");
   const int64_t head_size = query.size(-1);
   TORCH_CHECK(cos_sin_cache.dim() == 2, op, ": cos_sin_cache has shape ", cos_sin_cache.sizes(),
               "; expected [max_position, rot_dim]");
@@ -90,21 +115,18 @@ inline void check_rotary_inputs(const at::Tensor& positions, const at::Tensor& q
   TORCH_CHECK(rot_dim % 2 == 0 && rot_dim > 0 && rot_dim <= head_size, op, ": cos_sin_cache has rot_dim ",
               rot_dim, "; expected an even number between 2 and head_size (", head_size, ")");
   TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat || cos_sin_cache.scalar_type() == query.scalar_type(), op,
-              ": cos_sin_cache has dtype ", cos_sin_cache.scalar_type(), "; expected float32 or query's dtype (",
-              query.scalar_type(), ")");
-  TORCH_CHECK(query.stride(-1) == 1, op, ": query's last dimension has stride ", query.stride(-1),
-              "; expected 1 (head features contiguous)");
+              ": cos_sin_cache has dtype ", cos_sin_cache.scalar_type(), "; expected float32 or ", name,
+              "'s dtype (", query.scalar_type(), ")");
+  TORCH_CHECK(!require_unit_stride || query.stride(-1) == 1, op, ": ", name, "'s last dimension has stride ",
+              query.stride(-1), "; expected 1 (head features contiguous)");
   if (key.has_value()) {
     const at::Tensor& k = *key;
-    check_same_device(query, k, op, "query", "key");
-    check_same_dtype(query, k, op, "query", "key");
+    check_same_device(query, k, op, name, "key");
+    check_same_dtype(query, k, op, name, "key");
     TORCH_CHECK(k.dim() == query.dim() && k.size(-1) == head_size, op, ": key has shape ", k.sizes(),
                 "; expected [*positions.shape, num_kv_heads, ", head_size, "]");
-    for (int64_t d = 0; d < positions.dim(); ++d) {
-      TORCH_CHECK(k.size(d) == positions.size(d), op, ": key has shape ", k.sizes(), " and positions ",
-                  positions.sizes(), "; expected key to be [*positions.shape, num_kv_heads, head_size]");
-    }
-    TORCH_CHECK(k.stride(-1) == 1, op, ": key's last dimension has stride ", k.stride(-1),
+    check_rotary_leading(positions, k, op, "key", "num_kv_heads");
+    TORCH_CHECK(!require_unit_stride || k.stride(-1) == 1, op, ": key's last dimension has stride ", k.stride(-1),
                 "; expected 1 (head features contiguous)");
   }
 }

@@ -2,6 +2,8 @@
 // the rounding, a deterministic block sum and launch-shape helpers.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -126,6 +128,12 @@ __device__ __forceinline__ A block_sum(A v) {
   __syncthreads();
   return total;
 }
+
+// The Guard of the CUDA launcher families (csrc/ops.h): every host function runs on its input's device.
+struct DeviceGuard {
+  c10::cuda::CUDAGuard guard;
+  explicit DeviceGuard(const at::Tensor& t) : guard(t.device()) {}
+};
 
 inline bool is_aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;

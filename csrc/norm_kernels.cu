@@ -2,10 +2,9 @@
 // with the same rounding points. new_residual = fma(s, residual, b * x) in float32, rounded to the dtype and
 // stored; the sum of squares and the output use that rounded value; the output x * rstd * weight is rounded
 // once. One block per row, two passes: (1) form and store the residual sum, cache the row in shared memory,
-// accumulate its sum of squares, block-reduce; (2) scale by rstd * weight.
-#include <ATen/ops/empty.h>
+// accumulate its sum of squares, block-reduce; (2) scale by rstd * weight. The host functions (checks, layout,
+// device guard) are shared with the CPU: csrc/ops.h.
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -85,10 +84,16 @@ __global__ void __launch_bounds__(gpu::kMaxBlock)
   }
 }
 
-// All rows of contiguous [rows, hidden] tensors, on `stream`. residual == nullptr: plain rms_norm.
-void launch_norm(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight, at::Tensor& out,
-                 at::Tensor* new_residual, const at::Tensor* b, const at::Tensor* s, double eps,
-                 cudaStream_t stream) {
+// All rows of contiguous [rows, hidden] tensors, on the current stream. residual == nullptr: plain rms_norm.
+struct CudaNorm {
+  using Guard = gpu::DeviceGuard;
+  static void norm(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight, at::Tensor& out,
+                   at::Tensor* new_residual, const at::Tensor* b, const at::Tensor* s, double eps);
+};
+
+void CudaNorm::norm(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight, at::Tensor& out,
+                    at::Tensor* new_residual, const at::Tensor* b, const at::Tensor* s, double eps) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t hidden = x.size(-1);
   const int64_t rows = hidden == 0 ? 0 : x.numel() / hidden;
   if (rows == 0) return;
@@ -123,49 +128,8 @@ void launch_norm(const at::Tensor& x, const at::Tensor* residual, const at::Tens
 
 }  // namespace
 
-at::Tensor rms_norm_cuda(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  check_norm_weight(x, weight, "rms_norm");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  launch_norm(xc, nullptr, weight.contiguous(), out, nullptr, nullptr, nullptr, eps, stream);
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> scaled_add_rms_norm_cuda(const at::Tensor& x, const at::Tensor& residual,
-                                                            const at::Tensor& weight, const at::Tensor& b,
-                                                            const at::Tensor& s, double eps) {
-  check_scaled_add_inputs(x, residual, weight, b, s, "scaled_add_rms_norm");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor rc = residual.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  at::Tensor new_residual = at::empty(x.sizes(), x.options());
-  launch_norm(xc, &rc, weight.contiguous(), out, &new_residual, &b, &s, eps, stream);
-  return {out, new_residual};
-}
-
-void scaled_add_rms_norm_inplace_cuda(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
-                                      const at::Tensor& b, const at::Tensor& s, double eps) {
-  check_scaled_add_inputs(x, residual, weight, b, s, "scaled_add_rms_norm_");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (x.is_contiguous() && residual.is_contiguous()) {
-    launch_norm(x, &residual, weight.contiguous(), x, &residual, &b, &s, eps, stream);
-    return;
-  }
-  // Strided views: compute into contiguous buffers, then write back through the views (on the same stream).
-  auto [out, new_residual] = scaled_add_rms_norm_cuda(x, residual, weight, b, s, eps);
-  residual.copy_(new_residual);
-  x.copy_(out);
-}
-
 TORCH_LIBRARY_IMPL(hopscotch_ext, CUDA, m) {
-  m.impl("rms_norm", &rms_norm_cuda);
-  m.impl("scaled_add_rms_norm", &scaled_add_rms_norm_cuda);
-  m.impl("scaled_add_rms_norm_", &scaled_add_rms_norm_inplace_cuda);
+  HOPSCOTCH_REGISTER_NORM(m, CudaNorm);
 }
 
 }  // namespace hopscotch

@@ -1,12 +1,12 @@
-// CUDA kernel of rotary_embedding: in-place half rotation (Llama / NeoX layout) of each head's first rot_dim
-// features of query and key, at each token's position; the function of csrc/cpu/rotary.cpp:
+// CUDA kernel of rotary_embedding (in place) and rotary_embedding_out: half rotation (Llama / NeoX layout) of
+// each head's first rot_dim features of query and key, at each token's position; the function of
+// csrc/cpu/rotary.cpp (host functions shared with it: csrc/ops.h):
 // x1' = x1 * cos - x2 * sin, x2' = x2 * cos + x1 * sin in float32, each product rounded (no FMA, as the
 // float32 reference computes it), rounded once to the dtype.
 // An out-of-range position stops the kernel with a device-side assert (CUDA_KERNEL_ASSERT: the error surfaces
 // at the next synchronising call); the CPU kernel raises a RuntimeError naming the position instead. Checking
 // on the host would need positions on the host, i.e. a stream sync on every call.
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -30,15 +30,18 @@ struct HeadsView {
 // One token per block; thread t handles work items t, t + blockDim.x, ...: an item is V consecutive pairs
 // (x[j .. j+V), x[half + j .. half + j + V)) of one head of q (items first) or k. V = 16 bytes of scalar_t on
 // the fast path, 1 on the scalar path; the arithmetic per pair is the same, so both paths give equal bits.
-// No __restrict__ on query / key: both may be views into one fused qkv buffer (disjoint, but one allocation).
+// Reads src, writes dst: the same memory for the in-place op, so no __restrict__ on them (q and k may also be
+// views into one fused qkv buffer: disjoint, but one allocation). sign = -1: the inverse rotation (sin negated,
+// exactly, so its rounding is the forward rotation's).
 template <typename scalar_t, typename cache_t, int V, bool kVec>
 __global__ void __launch_bounds__(kRotaryMaxBlock)
     rotary_kernel(const int64_t* __restrict__ pos64,          // [tokens], or nullptr when positions are int32
                   const int32_t* __restrict__ pos32,          // [tokens], or nullptr when positions are int64
-                  scalar_t* query,                            // [tokens, q.heads, head_size] at q's strides
-                  scalar_t* key,                              // [tokens, k.heads, head_size] or nullptr
+                  const scalar_t* src_q, scalar_t* query,     // [tokens, q.heads, head_size] at their strides
+                  const scalar_t* src_k, scalar_t* key,       // [tokens, k.heads, head_size] or nullptr
                   const cache_t* __restrict__ cos_sin_cache,  // [max_position, rot_dim] = [cos | sin]
-                  HeadsView q, HeadsView k, int64_t tokens, int64_t max_position, int half) {
+                  HeadsView sq, HeadsView q, HeadsView sk, HeadsView k, int64_t tokens, int64_t max_position,
+                  int half, gpu::acc_t<scalar_t> sign) {
   using acc = gpu::acc_t<scalar_t>;
   const int per_head = half / V;
   const int items = (q.heads + (key ? k.heads : 0)) * per_head;
@@ -50,95 +53,97 @@ __global__ void __launch_bounds__(kRotaryMaxBlock)
     for (int item = threadIdx.x; item < items; item += blockDim.x) {
       const int h = item / per_head;
       const int j = (item - h * per_head) * V;
-      scalar_t* x = h < q.heads ? query + t * q.token_stride + h * q.head_stride
-                                : key + t * k.token_stride + (h - q.heads) * k.head_stride;
+      const bool is_q = h < q.heads;
+      const int hh = is_q ? h : h - q.heads;
+      const scalar_t* x = is_q ? src_q + t * sq.token_stride + hh * sq.head_stride
+                               : src_k + t * sk.token_stride + hh * sk.head_stride;
+      scalar_t* y = is_q ? query + t * q.token_stride + hh * q.head_stride
+                         : key + t * k.token_stride + hh * k.head_stride;
       auto x1 = gpu::load_vec<kVec, scalar_t, V>(x + j, V);
       auto x2 = gpu::load_vec<kVec, scalar_t, V>(x + half + j, V);
       const auto c = gpu::load_vec<kVec, cache_t, V>(cos + j, V);
       const auto s = gpu::load_vec<kVec, cache_t, V>(cos + half + j, V);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
-        const acc cf = static_cast<acc>(c.v[e]), sf = static_cast<acc>(s.v[e]);
+        const acc cf = static_cast<acc>(c.v[e]), sf = sign * static_cast<acc>(s.v[e]);
         const acc a = static_cast<acc>(x1.v[e]), b = static_cast<acc>(x2.v[e]);
         x1.v[e] = static_cast<scalar_t>(gpu::sub_rn(gpu::mul_rn(a, cf), gpu::mul_rn(b, sf)));
         x2.v[e] = static_cast<scalar_t>(gpu::add_rn(gpu::mul_rn(b, cf), gpu::mul_rn(a, sf)));
       }
-      gpu::store_vec<kVec, scalar_t, V>(x + j, x1, V);
-      gpu::store_vec<kVec, scalar_t, V>(x + half + j, x2, V);
+      gpu::store_vec<kVec, scalar_t, V>(y + j, x1, V);
+      gpu::store_vec<kVec, scalar_t, V>(y + half + j, x2, V);
     }
   }
 }
 
-HeadsView heads_view(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), static_cast<int>(t.size(1))};
+HeadsView heads_view(const at::Tensor* t) {
+  return t ? HeadsView{t->stride(0), t->stride(1), static_cast<int>(t->size(1))} : HeadsView{0, 0, 0};
 }
 
-bool heads_aligned16(const at::Tensor& t, int64_t vec_elems) {
-  return gpu::is_aligned16(t.const_data_ptr()) && t.stride(0) % vec_elems == 0 && t.stride(1) % vec_elems == 0;
+bool heads_aligned16(const at::Tensor* t, int64_t vec_elems) {
+  return !t || (gpu::is_aligned16(t->const_data_ptr()) && t->stride(0) % vec_elems == 0 &&
+                t->stride(1) % vec_elems == 0);
 }
 
 template <typename scalar_t, typename cache_t>
-void launch_rotary(const at::Tensor& pos, at::Tensor& q, at::Tensor* k, const at::Tensor& cache,
-                   cudaStream_t stream) {
+void launch_rotary(const at::Tensor& pos, const at::Tensor& src_q, at::Tensor& q, const at::Tensor* src_k,
+                   at::Tensor* k, const at::Tensor& cache, bool inverse, cudaStream_t stream) {
   constexpr int V = gpu::kPackSize<scalar_t>;
   const int64_t tokens = q.size(0);
   const int half = static_cast<int>(cache.size(1) / 2);
+  const gpu::acc_t<scalar_t> sign = inverse ? -1 : 1;
   const bool int64_pos = pos.scalar_type() == at::kLong;
   const int64_t* p64 = int64_pos ? pos.const_data_ptr<int64_t>() : nullptr;
   const int32_t* p32 = int64_pos ? nullptr : pos.const_data_ptr<int32_t>();
+  const scalar_t* sqp = src_q.const_data_ptr<scalar_t>();
   scalar_t* qp = q.mutable_data_ptr<scalar_t>();
+  const scalar_t* skp = k ? src_k->const_data_ptr<scalar_t>() : nullptr;
   scalar_t* kp = k ? k->mutable_data_ptr<scalar_t>() : nullptr;
   const cache_t* cp = cache.const_data_ptr<cache_t>();
-  const HeadsView qv = heads_view(q), kv = k ? heads_view(*k) : HeadsView{0, 0, 0};
+  const HeadsView sqv = heads_view(&src_q), qv = heads_view(&q), skv = heads_view(src_k), kv = heads_view(k);
   const int heads = qv.heads + kv.heads;
-  // 16-byte fast path: every chunk of q, k, cos and sin must start on a 16-byte boundary: half % V == 0,
-  // token / head strides multiples of V, aligned bases; V cache elements must be whole 16-byte chunks too
-  // (not so for float64 q with a float32 cache). Otherwise one pair per item.
+  // 16-byte fast path: every chunk of src / dst q and k, cos and sin must start on a 16-byte boundary:
+  // half % V == 0, token / head strides multiples of V, aligned bases; V cache elements must be whole 16-byte
+  // chunks too (not so for float64 q with a float32 cache). Otherwise one pair per item.
   if constexpr ((sizeof(cache_t) * V) % 16 == 0) {
-    const bool vec = half % V == 0 && heads_aligned16(q, V) && (!k || heads_aligned16(*k, V)) &&
-                     gpu::is_aligned16(cp);
+    const bool vec = half % V == 0 && heads_aligned16(&src_q, V) && heads_aligned16(&q, V) &&
+                     heads_aligned16(src_k, V) && heads_aligned16(k, V) && gpu::is_aligned16(cp);
     if (vec) {
       rotary_kernel<scalar_t, cache_t, V, true><<<gpu::grid_size(tokens),
                                                   gpu::block_size(int64_t{heads} * (half / V), kRotaryMaxBlock),
-                                                  0, stream>>>(p64, p32, qp, kp, cp, qv, kv, tokens,
-                                                               cache.size(0), half);
+                                                  0, stream>>>(p64, p32, sqp, qp, skp, kp, cp, sqv, qv, skv, kv,
+                                                               tokens, cache.size(0), half, sign);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
   rotary_kernel<scalar_t, cache_t, 1, false>
       <<<gpu::grid_size(tokens), gpu::block_size(int64_t{heads} * half, kRotaryMaxBlock), 0, stream>>>(
-          p64, p32, qp, kp, cp, qv, kv, tokens, cache.size(0), half);
+          p64, p32, sqp, qp, skp, kp, cp, sqv, qv, skv, kv, tokens, cache.size(0), half, sign);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+struct CudaRotary {
+  using Guard = gpu::DeviceGuard;
+
+  // int32 positions are read as they are (no conversion kernel); the CPU converts them to int64.
+  static void rotary(const at::Tensor& pos, const at::Tensor& src_q, at::Tensor& q, const at::Tensor* src_k,
+                     at::Tensor* k, const at::Tensor& cache, bool inverse) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    HOPSCOTCH_DISPATCH_FLOATING_TYPES_AND_DOUBLE(q.scalar_type(), "rotary_embedding_cuda", [&] {
+      if (cache.scalar_type() == at::kFloat) {
+        launch_rotary<scalar_t, float>(pos, src_q, q, src_k, k, cache, inverse, stream);
+      } else {
+        launch_rotary<scalar_t, scalar_t>(pos, src_q, q, src_k, k, cache, inverse, stream);
+      }
+    });
+  }
+};
+
 }  // namespace
 
-void rotary_embedding_cuda(const at::Tensor& positions, at::Tensor& query, const std::optional<at::Tensor>& key,
-                           const at::Tensor& cos_sin_cache) {
-  check_rotary_inputs(positions, query, key, cos_sin_cache, "rotary_embedding");
-  // [tokens, heads, head_size] views sharing storage with query / key (strided views of a fused qkv work).
-  at::Tensor q = rotary_token_view(query, "rotary_embedding", "query");
-  std::optional<at::Tensor> k;
-  if (key.has_value()) k = rotary_token_view(*key, "rotary_embedding", "key");
-  if (q.size(0) == 0) return;
-  const c10::cuda::CUDAGuard guard(query.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // int32 positions are read as they are (no conversion kernel); the CPU converts them to int64.
-  const at::Tensor pos = positions.reshape({-1}).contiguous();
-  const at::Tensor cache = cos_sin_cache.contiguous();
-  at::Tensor* kp = k.has_value() ? &*k : nullptr;
-  HOPSCOTCH_DISPATCH_FLOATING_TYPES_AND_DOUBLE(q.scalar_type(), "rotary_embedding_cuda", [&] {
-    if (cache.scalar_type() == at::kFloat) {
-      launch_rotary<scalar_t, float>(pos, q, kp, cache, stream);
-    } else {
-      launch_rotary<scalar_t, scalar_t>(pos, q, kp, cache, stream);
-    }
-  });
-}
-
 TORCH_LIBRARY_IMPL(hopscotch_ext, CUDA, m) {
-  m.impl("rotary_embedding", &rotary_embedding_cuda);
+  HOPSCOTCH_REGISTER_ROTARY(m, CudaRotary);
 }
 
 }  // namespace hopscotch

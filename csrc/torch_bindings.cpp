@@ -16,7 +16,13 @@ TORCH_LIBRARY(hopscotch_ext, m) {
       " -> ()");
   // out = silu(gate) * up for gate_up = [gate | up] on the last dim.
   m.def("silu_and_mul(Tensor gate_up) -> Tensor");
+  // silu(x @ W_gate^T + b_gate) * (x @ W_up^T + b_up) for gate_up_weight [2 * inter, hidden] = [W_gate ; W_up]:
+  // the gated MLP up to down_proj; one fused kernel at decode sizes, the library GEMM + silu_and_mul above.
+  m.def("silu_gate_up(Tensor x, Tensor gate_up_weight, Tensor? gate_up_bias=None) -> Tensor");
   // In place, half rotation (Llama / NeoX layout) of query [*P, q_heads, head_size] and optional key
   // [*P, kv_heads, head_size] at positions [*P]; cos_sin_cache [max_position, rot_dim] = [cos | sin].
   m.def("rotary_embedding(Tensor positions, Tensor(a!) query, Tensor(b!)? key, Tensor cos_sin_cache) -> ()");
+  // Out-of-place rotary_embedding of x [*P, heads, head_size] (any strides; the result is contiguous).
+  // inverse=True rotates by -angle (sin negated): the backward of the forward rotation.
+  m.def("rotary_embedding_out(Tensor positions, Tensor x, Tensor cos_sin_cache, bool inverse=False) -> Tensor");
 }

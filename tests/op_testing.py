@@ -1,4 +1,4 @@
-"""Shared pieces of the kernel tests: devices, dtypes, shapes and the accuracy rule of DESIGN.md invariant 3."""
+"""Shared pieces of the kernel tests: devices, dtypes, shapes and the accuracy rule of docs/ARCHITECTURE.md §2.3."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import hopscotch_ext
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOKENS = [1, 7, 83, 1000]
 HIDDEN = [64, 576, 769, 4096, 5125]
+# silu_gate_up: tokens on both sides of the fused decode path's limit (16), (hidden, intermediate) pairs of odd
+# sizes (a partial vector chunk in every row) and a real model's (SmolLM2: 576 -> 1536).
+MLP_TOKENS = [1, 7, 16, 17, 83]
+MLP_SHAPES = [(64, 96), (576, 1536), (769, 5125)]
+EPS = 1e-6
 
 _NO_GPU = "no CUDA GPU on this machine (the CUDA kernels are compiled, not run, here)"
 DEVICES = [
@@ -20,6 +25,33 @@ DEVICES = [
 needs_extension = pytest.mark.skipif(
     not hopscotch_ext.EXTENSION_LOADED, reason=f"compiled extension not loaded: {hopscotch_ext.info()['load_error']}"
 )
+
+
+def opcheck_cases(device: str) -> list[tuple]:
+    """(op overload, args) for every op of torch.ops.hopscotch_ext, small and odd-sized: what opcheck runs, with the
+    compiled kernels and with the reference fallback alike."""
+    g = torch.Generator().manual_seed(11)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
+    x, res, w = rnd(7, 83), rnd(7, 83), torch.rand(83, generator=g).to(device)
+    b = torch.tensor(0.5, device=device)
+    cache = rnd(32, 16)
+    pos = torch.randint(0, 32, (7,), generator=g).to(device)
+    gu_w, gu_b = rnd(2 * 19, 83) * 0.1, rnd(2 * 19)
+    ops = torch.ops.hopscotch_ext
+    return [
+        (ops.rms_norm.default, (x, w, EPS)),
+        (ops.scaled_add_rms_norm.default, (x, res, w, b, b, EPS)),
+        (ops.scaled_add_rms_norm_.default, (x.clone(), res.clone(), w, b, b, EPS)),
+        (ops.silu_and_mul.default, (rnd(7, 2 * 83),)),
+        (ops.silu_gate_up.default, (x, gu_w, gu_b)),  # fused decode path
+        (ops.silu_gate_up.default, (rnd(3, 9, 83), gu_w, None)),  # 27 tokens: GEMM + silu_and_mul
+        (ops.rotary_embedding.default, (pos, rnd(7, 3, 16), rnd(7, 1, 16), cache)),
+        (ops.rotary_embedding_out.default, (pos, rnd(7, 3, 16), cache, False)),
+        (ops.rotary_embedding_out.default, (pos.view(1, 7), rnd(1, 7, 2, 20), cache, True)),  # partial rotary
+    ]
 
 
 def needs_cuda_kernels(device: str) -> None:
@@ -58,3 +90,41 @@ def strided(t: torch.Tensor, pad: int = 3) -> torch.Tensor:
     view = wide[..., : t.shape[-1]]
     assert not view.is_contiguous() or t.numel() == 0 or t.shape[-1] == 0
     return view
+
+
+def gradient_probe() -> dict[str, torch.Tensor]:
+    """Outputs and float32 gradients of every differentiable op through hopscotch_ext.functional, from fixed
+    inputs: computed with the compiled kernels and with the reference fallback, they must agree."""
+    import hopscotch_ext.functional as F
+
+    g = torch.Generator().manual_seed(21)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).requires_grad_()
+
+    out: dict[str, torch.Tensor] = {}
+
+    def record(name, result, inputs):
+        results = result if isinstance(result, tuple) else (result,)
+        loss = sum((r * torch.randn(r.shape, generator=g)).sum() for r in results)
+        grads = torch.autograd.grad(loss, inputs)
+        for i, r in enumerate(results):
+            out[f"{name}.out{i}"] = r.detach()
+        for i, gr in enumerate(grads):
+            out[f"{name}.grad{i}"] = gr
+
+    delta, res, w = leaf(2, 5, 83), leaf(2, 5, 83), leaf(83, scale=0.3)
+    b, s = torch.tensor(0.8, requires_grad=True), torch.tensor(1.2, requires_grad=True)
+    record("add_rms_norm", F.add_rms_norm(delta, res, w, b, s, EPS), (delta, res, w, b, s))
+    x = leaf(7, 83)
+    record("rms_norm", F.rms_norm(x, w, EPS), (x, w))
+    qkv = leaf(2, 5, 6 * 16)
+    q, k = qkv[..., :64].view(2, 5, 4, 16), qkv[..., 64:80].view(2, 5, 1, 16)
+    cache = torch.randn(10, 16, generator=g)
+    record("rotate_qk", F.rotate_qk(q, k, torch.arange(10).view(2, 5), cache), (qkv,))
+    gu = leaf(7, 2 * 19)
+    record("silu_and_mul", F.silu_and_mul(gu), (gu,))
+    for tokens in (3, 20):
+        xm, wm, bm = leaf(tokens, 83), leaf(2 * 19, 83, scale=0.1), leaf(2 * 19)
+        record(f"silu_gate_up{tokens}", F.silu_gate_up(xm, wm, bm), (xm, wm, bm))
+    return out

@@ -102,14 +102,58 @@ def test_rotary_batched_strided_and_query_only(dtype, device):
     hopscotch_ext.rotary_embedding(torch.empty(0, dtype=torch.long, device=device), empty, None, cache)
 
 
-def test_apply_rotary_out_of_place_and_differentiable():
-    cache = _cos_sin_cache(64, 64, torch.float32, "cpu")
-    pos = torch.arange(10)
-    x = torch.randn(10, 3, 64)
-    out = hopscotch_ext.ops.apply_rotary(x, pos, cache)
-    torch.testing.assert_close(out, R.apply_rotary_ref(x, pos, cache))
-    xg = x.double().requires_grad_()
-    y = hopscotch_ext.ops.apply_rotary(xg, pos, cache.double())
-    # A rotation preserves norms, so the gradient of ||y||^2 / 2 is x itself.
-    y.pow(2).sum().div(2).backward()
-    torch.testing.assert_close(xg.grad, xg.detach())
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ROTARY_CASES)
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rotary_out_matches_reference_and_in_place(case, dtype, device, inverse):
+    """Out of place: the reference's accuracy; forward: the in-place op's bits; inverse: undoes the forward."""
+    needs_cuda_kernels(device)
+    qh, _, hs, rot = case
+    g = torch.Generator().manual_seed(qh * hs + inverse)
+    cache = _cos_sin_cache(512, rot, torch.float32, device)
+    pos = torch.randint(0, 512, (2, 9), generator=g).to(device)
+    x = torch.randn(2, 9, qh, hs, generator=g).to(dtype).to(device)
+    x_before = x.clone()
+    out = hopscotch_ext.rotary_embedding_out(pos, x, cache, inverse)
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)  # input untouched
+    assert out.is_contiguous() and out.shape == x.shape
+    assert_close_to_oracle(out, R.rotary_embedding_out_ref(pos, x, cache, inverse),
+                           R.rotary_embedding_out_ref(pos, x.double(), cache.double(), inverse))
+    if not inverse:
+        in_place = x.clone()
+        hopscotch_ext.rotary_embedding(pos, in_place, None, cache)
+        torch.testing.assert_close(out, in_place, rtol=0, atol=0)
+    if dtype == torch.float32:
+        back = hopscotch_ext.rotary_embedding_out(pos, out, cache, not inverse)
+        torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_out_reads_any_layout(device):
+    """q / k as slices of a fused qkv output, a transposed view, and every other feature: same bits as contiguous."""
+    needs_cuda_kernels(device)
+    cache = _cos_sin_cache(64, 64, torch.float32, device)
+    pos = torch.arange(12, device=device).view(2, 6)
+    qkv = torch.randn(2, 6, 5 * 64, device=device)
+    views = [qkv[..., 64:192].view(2, 6, 2, 64),
+             torch.randn(2, 2, 6, 64, device=device).transpose(1, 2),
+             torch.randn(2, 6, 2, 128, device=device)[..., ::2]]
+    for v in views:
+        assert not v.is_contiguous()
+        torch.testing.assert_close(hopscotch_ext.rotary_embedding_out(pos, v, cache),
+                                   hopscotch_ext.rotary_embedding_out(pos, v.contiguous(), cache), rtol=0, atol=0)
+
+
+def test_rotary_out_gradients():
+    cache = _cos_sin_cache(64, 48, torch.float64, "cpu")
+    pos = torch.randint(0, 64, (3, 5))
+    x = torch.randn(3, 5, 2, 64, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: hopscotch_ext.rotary_embedding_out(pos, a, cache), [x])
+    assert torch.autograd.gradgradcheck(lambda a: hopscotch_ext.rotary_embedding_out(pos, a, cache, True), [x])
+    # A rotation preserves norms, so the gradient of ||y||^2 / 2 is x itself (float32 here).
+    xf = x.detach().float().requires_grad_()
+    hopscotch_ext.rotary_embedding_out(pos, xf, cache.float()).pow(2).sum().div(2).backward()
+    torch.testing.assert_close(xf.grad, xf.detach())
+    with pytest.raises(RuntimeError, match="no gradient w.r.t. cos_sin_cache"):
+        hopscotch_ext.rotary_embedding_out(pos, x, cache.clone().requires_grad_()).sum().backward()

@@ -11,9 +11,7 @@ import torch
 
 import hopscotch_ext
 from hopscotch_ext import reference as R
-from op_testing import DEVICES, needs_cuda_kernels, needs_extension
-
-EPS = 1e-6
+from op_testing import EPS, DEVICES, needs_cuda_kernels, needs_extension, opcheck_cases
 
 
 # ---- autograd -----------------------------------------------------------------------------------------
@@ -58,33 +56,14 @@ def test_scalar_gradients_in_float32_match_reference_autograd():
 # ---- opcheck and torch.compile --------------------------------------------------------------------------
 
 
-def _opcheck_cases(device):
-    x = torch.randn(7, 83, device=device)
-    res = torch.randn(7, 83, device=device)
-    w = torch.rand(83, device=device)
-    b = torch.tensor(0.5, device=device)
-    cache = torch.randn(32, 16, device=device)
-    pos = torch.randint(0, 32, (7,), device=device)
-    ops = torch.ops.hopscotch_ext
-    return [
-        (ops.rms_norm.default, (x, w, EPS)),
-        (ops.scaled_add_rms_norm.default, (x, res, w, b, b, EPS)),
-        (ops.scaled_add_rms_norm_.default, (x.clone(), res.clone(), w, b, b, EPS)),
-        (ops.silu_and_mul.default, (torch.randn(7, 2 * 83, device=device),)),
-        (ops.rotary_embedding.default, (pos, torch.randn(7, 3, 16, device=device),
-                                        torch.randn(7, 1, 16, device=device), cache)),
-    ]
-
-
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_every_op(device):
+    """Every op, whichever implementation is registered (the fallback runs it too: test_ops_registration.py)."""
     needs_cuda_kernels(device)
-    for op, args in _opcheck_cases(device):
+    for op, args in opcheck_cases(device):
         torch.library.opcheck(op, args)
 
 
-@needs_extension
 def test_torch_compile_fullgraph_block():
     """A decoder-block-shaped function of the ops compiles without graph breaks and matches eager."""
     hidden, inter, heads, hs = 64, 96, 4, 16
@@ -138,6 +117,15 @@ def _bad_input_cases():
          r"positions has dtype Float; expected int64 or int32"),
         (lambda: hopscotch_ext.rotary_embedding(torch.arange(4), torch.randn(4, 2, 8), torch.randn(4, 2, 6), cache),
          r"key has shape \[4, 2, 6\]"),
+        (lambda: hopscotch_ext.rotary_embedding_out(torch.arange(3), torch.randn(4, 2, 8), cache),
+         r"rotary_embedding_out: x has shape \[4, 2, 8\] and positions \[3\]; expected x to be"),
+        (lambda: hopscotch_ext.silu_gate_up(x, torch.randn(6, 9)),
+         r"gate_up_weight has shape \[6, 9\]; expected \[2 \* intermediate, 8\]"),
+        (lambda: hopscotch_ext.silu_gate_up(x, torch.randn(7, 8)), r"gate_up_weight has shape \[7, 8\]"),
+        (lambda: hopscotch_ext.silu_gate_up(x, torch.randn(6, 8), torch.randn(5)),
+         r"gate_up_bias has shape \[5\]; expected \[6\]"),
+        (lambda: hopscotch_ext.silu_gate_up(x, torch.randn(6, 8).half()),
+         r"gate_up_weight has dtype Half but x has dtype Float"),
     ]
 
 

@@ -1,4 +1,6 @@
-// CPU kernel of silu_and_mul: out[r, j] = silu(gate_up[r, j]) * gate_up[r, d + j], d = half the last dim.
+// CPU kernels of silu_and_mul (out[r, j] = silu(gate_up[r, j]) * gate_up[r, d + j]) and of silu_gate_up's
+// fused decode path (silu(x W_gate^T + b_gate) * (x W_up^T + b_up) for a few tokens, in one pass over the
+// weights). The host functions (checks, the fused-vs-GEMM choice) are shared with CUDA: csrc/ops.h.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -13,59 +15,136 @@
 namespace hopscotch {
 namespace {
 
+using cpu::acc_t;
 using cpu::kChunk;
 using cpu::Vec;
 
+// silu(g) = g / (1 + exp(-g)); exp of a large -g gives inf and g / inf = -0, the right limit.
+template <typename A>
+inline A silu(A g) {
+  return g / (A(1) + std::exp(-g));
+}
+
+// One row; the last partial chunk goes through the same vector code (load2 / store2 with a count).
 template <typename scalar_t>
 void silu_and_mul_row(const scalar_t* __restrict__ gate,  // [d]
                       const scalar_t* __restrict__ up,    // [d]
                       scalar_t* __restrict__ out,         // [d]
                       int64_t d) {
-  int64_t j = 0;
-  if constexpr (!std::is_same_v<scalar_t, double>) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    for (int64_t j = 0; j < d; ++j) out[j] = silu(gate[j]) * up[j];
+  } else {
     const Vec one(1.f);
-    for (; j + kChunk <= d; j += kChunk) {
+    for (int64_t j = 0; j < d; j += kChunk) {
+      const int64_t n = std::min<int64_t>(kChunk, d - j);
       Vec ga, gb, ua, ub;
-      cpu::load2(gate + j, ga, gb);
-      cpu::load2(up + j, ua, ub);
-      // silu(g) = g / (1 + exp(-g)); exp of a large -g gives inf and g / inf = -0, the right limit.
+      cpu::load2(gate + j, ga, gb, n);
+      cpu::load2(up + j, ua, ub, n);
       const Vec sa = ga / (one + ga.neg().exp());
       const Vec sb = gb / (one + gb.neg().exp());
-      cpu::store2(out + j, sa * ua, sb * ub);
+      cpu::store2(out + j, sa * ua, sb * ub, n);
     }
   }
-  using acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  for (; j < d; ++j) {
-    const acc g = static_cast<acc>(gate[j]);
-    out[j] = static_cast<scalar_t>(g / (acc(1) + std::exp(-g)) * static_cast<acc>(up[j]));
+}
+
+// Tokens whose dot products one pass over a weight row accumulates at once: 2 rows x 4 tokens x 2 vectors =
+// 16 accumulators would spill AVX2's 16 registers, so 2 x kTokenBlock x 1 vector pair, re-using the weight
+// chunk from registers for every token of the block.
+constexpr int64_t kTokenBlock = 4;
+
+// Output column j for every token: dot products of x [tokens, hidden] (float32) with W_gate row j and W_up row
+// j, float32 accumulation in vector lanes (the partial last chunk zero-padded: same arithmetic as the others).
+template <typename scalar_t>
+void gate_up_column(const float* __restrict__ x,         // [tokens, hidden], float32
+                    const scalar_t* __restrict__ wg,     // [hidden]: W_gate row j
+                    const scalar_t* __restrict__ wu,     // [hidden]: W_up row j
+                    int64_t tokens, int64_t hidden, float* __restrict__ g,  // [tokens]
+                    float* __restrict__ u) {                                // [tokens]
+  for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
+    const int64_t nt = std::min(kTokenBlock, tokens - t0);
+    Vec ag[kTokenBlock], au[kTokenBlock];
+    for (int64_t t = 0; t < kTokenBlock; ++t) ag[t] = au[t] = Vec(0.f);
+    for (int64_t i = 0; i < hidden; i += kChunk) {
+      const int64_t n = std::min<int64_t>(kChunk, hidden - i);
+      Vec ga, gb, ua, ub;
+      cpu::load2(wg + i, ga, gb, n);
+      cpu::load2(wu + i, ua, ub, n);
+      for (int64_t t = 0; t < nt; ++t) {
+        Vec xa, xb;
+        cpu::load2(x + (t0 + t) * hidden + i, xa, xb, n);
+        ag[t] = at::vec::fmadd(xb, gb, at::vec::fmadd(xa, ga, ag[t]));
+        au[t] = at::vec::fmadd(xb, ub, at::vec::fmadd(xa, ua, au[t]));
+      }
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      g[t0 + t] = cpu::lane_sum(ag[t]);
+      u[t0 + t] = cpu::lane_sum(au[t]);
+    }
   }
 }
+
+// float64 (gradcheck only): plain loops.
+void gate_up_column(const double* x, const double* wg, const double* wu, int64_t tokens, int64_t hidden, double* g,
+                    double* u) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    double sg = 0, su = 0;
+    for (int64_t i = 0; i < hidden; ++i) {
+      sg = std::fma(x[t * hidden + i], wg[i], sg);
+      su = std::fma(x[t * hidden + i], wu[i], su);
+    }
+    g[t] = sg;
+    u[t] = su;
+  }
+}
+
+struct CpuActivation {
+  using Guard = NoGuard;
+
+  static void silu_and_mul(const at::Tensor& in, at::Tensor& out) {
+    const int64_t d = out.size(-1);
+    const int64_t rows = out.numel() / d;
+    HOPSCOTCH_DISPATCH_FLOATING_TYPES_AND_DOUBLE(in.scalar_type(), "silu_and_mul_cpu", [&] {
+      const scalar_t* ip = in.const_data_ptr<scalar_t>();
+      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, rows, cpu::row_grain(2 * d), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          silu_and_mul_row<scalar_t>(ip + r * 2 * d, ip + r * 2 * d + d, op + r * d, d);
+        }
+      });
+    });
+  }
+
+  // One task per block of output columns: each column reads its two weight rows once for all tokens, so the
+  // weights (the bulk of the traffic at decode) stream through memory once and nothing of size 2 * inter is
+  // written. x is converted to float32 once, up front (it is tokens x hidden, tiny next to the weights).
+  static void silu_gate_up_small(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias,
+                                 at::Tensor& out) {
+    const int64_t tokens = x.size(0), hidden = x.size(1), inter = out.size(1);
+    HOPSCOTCH_DISPATCH_FLOATING_TYPES_AND_DOUBLE(x.scalar_type(), "silu_gate_up_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const at::Tensor xf = x.to(std::is_same_v<acc, double> ? at::kDouble : at::kFloat).contiguous();
+      const acc* xp = xf.const_data_ptr<acc>();
+      const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+      const scalar_t* bp = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      const int64_t grain = cpu::row_grain(2 * hidden * tokens);
+      at::parallel_for(0, inter, grain, [&](int64_t begin, int64_t end) {
+        acc g[kFusedMlpMaxTokens], u[kFusedMlpMaxTokens];
+        for (int64_t j = begin; j < end; ++j) {
+          gate_up_column(xp, wp + j * hidden, wp + (inter + j) * hidden, tokens, hidden, g, u);
+          const acc bg = bp ? static_cast<acc>(bp[j]) : acc(0);
+          const acc bu = bp ? static_cast<acc>(bp[inter + j]) : acc(0);
+          for (int64_t t = 0; t < tokens; ++t) op[t * inter + j] = static_cast<scalar_t>(silu(g[t] + bg) * (u[t] + bu));
+        }
+      });
+    });
+  }
+};
 
 }  // namespace
 
-at::Tensor silu_and_mul_cpu(const at::Tensor& gate_up) {
-  check_silu_and_mul_input(gate_up, "silu_and_mul");
-  const at::Tensor in = gate_up.contiguous();
-  const int64_t d = in.size(-1) / 2;
-  std::vector<int64_t> out_shape(in.sizes().begin(), in.sizes().end());
-  out_shape.back() = d;
-  at::Tensor out = at::empty(out_shape, in.options());
-  const int64_t rows = d == 0 ? 0 : in.numel() / (2 * d);
-  if (rows == 0) return out;
-  HOPSCOTCH_DISPATCH_FLOATING_TYPES_AND_DOUBLE(in.scalar_type(), "silu_and_mul_cpu", [&] {
-    const scalar_t* ip = in.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, cpu::row_grain(2 * d), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        silu_and_mul_row<scalar_t>(ip + r * 2 * d, ip + r * 2 * d + d, op + r * d, d);
-      }
-    });
-  });
-  return out;
-}
-
 TORCH_LIBRARY_IMPL(hopscotch_ext, CPU, m) {
-  m.impl("silu_and_mul", &silu_and_mul_cpu);
+  HOPSCOTCH_REGISTER_ACTIVATION(m, CpuActivation);
 }
 
 }  // namespace hopscotch

@@ -1,9 +1,9 @@
 // CPU kernels of rms_norm and scaled_add_rms_norm (+ its in-place form).
-// One task per block of rows (at::parallel_for); within a row two passes: (1) form the residual sum,
-// round it to the model dtype, store it and accumulate its sum of squares; (2) scale by rstd * weight.
-// The row is re-read in pass 2 from L1/L2, not from memory, for every hidden size a model has.
+// The host functions (checks, layout) are shared with CUDA: csrc/ops.h. One task per block of rows
+// (at::parallel_for); within a row two passes: (1) form the residual sum, round it to the model dtype, store it
+// and accumulate its sum of squares; (2) scale by rstd * weight. The row is re-read in pass 2 from L1/L2, not
+// from memory, for every hidden size a model has.
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "../checks.h"
@@ -14,15 +14,15 @@
 namespace hopscotch {
 namespace {
 
+using cpu::acc_t;
 using cpu::kChunk;
 using cpu::Vec;
 
-template <typename scalar_t>
-using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 // One row. residual == nullptr means plain rms_norm of x. No __restrict__ on x / out and on residual /
 // new_residual: the in-place op passes the same pointer for each pair (every element is read before the
-// same index is written).
+// same index is written). float / bf16 / fp16 rows run entirely in float32 vectors, the last partial chunk
+// included (load2 / store2 with a count), so every element is rounded the same way wherever it sits in the
+// row; float64 (gradcheck only) takes a scalar loop with the same FMAs.
 template <typename scalar_t>
 void norm_row(const scalar_t* x,                       // [hidden]
               const scalar_t* residual,                // [hidden] or nullptr
@@ -32,57 +32,54 @@ void norm_row(const scalar_t* x,                       // [hidden]
               acc_t<scalar_t> b, acc_t<scalar_t> s, double eps, int64_t hidden) {
   using acc = acc_t<scalar_t>;
   const scalar_t* normed_src = residual ? new_residual : x;
-  acc sumsq = 0;
-  int64_t i = 0;
-  if constexpr (!std::is_same_v<scalar_t, double>) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    double sumsq = 0;
+    for (int64_t i = 0; i < hidden; ++i) {
+      double v = x[i];
+      if (residual) v = new_residual[i] = std::fma(s, residual[i], b * v);
+      sumsq = std::fma(v, v, sumsq);
+    }
+    const double rstd = 1.0 / std::sqrt(sumsq / static_cast<double>(hidden) + eps);
+    for (int64_t i = 0; i < hidden; ++i) out[i] = normed_src[i] * rstd * weight[i];
+  } else {
     Vec acc0(0.f), acc1(0.f);
     const Vec bv(b), sv(s);
-    for (; i + kChunk <= hidden; i += kChunk) {
+    for (int64_t i = 0; i < hidden; i += kChunk) {
+      const int64_t n = std::min<int64_t>(kChunk, hidden - i);
       Vec va, vb;
-      cpu::load2(x + i, va, vb);
+      cpu::load2(x + i, va, vb, n);
       if (residual) {
         Vec ra, rb;
-        cpu::load2(residual + i, ra, rb);
+        cpu::load2(residual + i, ra, rb, n);
         va = at::vec::fmadd(sv, ra, bv * va);
         vb = at::vec::fmadd(sv, rb, bv * vb);
-        cpu::store2(new_residual + i, va, vb);
+        cpu::store2(new_residual + i, va, vb, n);
         cpu::round_trip2<scalar_t>(va, vb);  // normalise what was stored, as an unfused model does
       }
-      acc0 = at::vec::fmadd(va, va, acc0);
+      acc0 = at::vec::fmadd(va, va, acc0);  // padding lanes are zero and add nothing
       acc1 = at::vec::fmadd(vb, vb, acc1);
     }
-    float lanes[Vec::size()];
-    (acc0 + acc1).store(lanes);
-    for (int64_t l = 0; l < Vec::size(); ++l) sumsq += lanes[l];
-  }
-  for (; i < hidden; ++i) {
-    acc v = static_cast<acc>(x[i]);
-    if (residual) {
-      const scalar_t r = static_cast<scalar_t>(s * static_cast<acc>(residual[i]) + b * v);
-      new_residual[i] = r;
-      v = static_cast<acc>(r);
-    }
-    sumsq += v * v;
-  }
-  const acc rstd = acc(1) / std::sqrt(sumsq / static_cast<acc>(hidden) + static_cast<acc>(eps));
-  i = 0;
-  if constexpr (!std::is_same_v<scalar_t, double>) {
-    const Vec rv(rstd);
-    for (; i + kChunk <= hidden; i += kChunk) {
+    const acc sumsq = cpu::lane_sum(acc0 + acc1);
+    const Vec rv(acc(1) / std::sqrt(sumsq / static_cast<acc>(hidden) + static_cast<acc>(eps)));
+    for (int64_t i = 0; i < hidden; i += kChunk) {
+      const int64_t n = std::min<int64_t>(kChunk, hidden - i);
       Vec va, vb, wa, wb;
-      cpu::load2(normed_src + i, va, vb);
-      cpu::load2(weight + i, wa, wb);
-      cpu::store2(out + i, va * rv * wa, vb * rv * wb);
+      cpu::load2(normed_src + i, va, vb, n);
+      cpu::load2(weight + i, wa, wb, n);
+      cpu::store2(out + i, va * rv * wa, vb * rv * wb, n);
     }
-  }
-  for (; i < hidden; ++i) {
-    out[i] = static_cast<scalar_t>(static_cast<acc>(normed_src[i]) * rstd * static_cast<acc>(weight[i]));
   }
 }
 
 // All rows of contiguous [rows, hidden] tensors.
-void launch_norm(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight, at::Tensor& out,
-                 at::Tensor* new_residual, const at::Tensor* b, const at::Tensor* s, double eps) {
+struct CpuNorm {
+  using Guard = NoGuard;
+  static void norm(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight, at::Tensor& out,
+                   at::Tensor* new_residual, const at::Tensor* b, const at::Tensor* s, double eps);
+};
+
+void CpuNorm::norm(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight, at::Tensor& out,
+                   at::Tensor* new_residual, const at::Tensor* b, const at::Tensor* s, double eps) {
   const int64_t hidden = x.size(-1);
   const int64_t rows = hidden == 0 ? 0 : x.numel() / hidden;
   if (rows == 0) return;
@@ -107,43 +104,8 @@ void launch_norm(const at::Tensor& x, const at::Tensor* residual, const at::Tens
 
 }  // namespace
 
-at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  check_norm_weight(x, weight, "rms_norm");
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  launch_norm(xc, nullptr, weight.contiguous(), out, nullptr, nullptr, nullptr, eps);
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> scaled_add_rms_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
-                                                           const at::Tensor& weight, const at::Tensor& b,
-                                                           const at::Tensor& s, double eps) {
-  check_scaled_add_inputs(x, residual, weight, b, s, "scaled_add_rms_norm");
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor rc = residual.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  at::Tensor new_residual = at::empty(x.sizes(), x.options());
-  launch_norm(xc, &rc, weight.contiguous(), out, &new_residual, &b, &s, eps);
-  return {out, new_residual};
-}
-
-void scaled_add_rms_norm_inplace_cpu(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
-                                     const at::Tensor& b, const at::Tensor& s, double eps) {
-  check_scaled_add_inputs(x, residual, weight, b, s, "scaled_add_rms_norm_");
-  if (x.is_contiguous() && residual.is_contiguous()) {
-    launch_norm(x, &residual, weight.contiguous(), x, &residual, &b, &s, eps);
-    return;
-  }
-  // Strided views: compute into contiguous buffers, then write back through the views.
-  auto [out, new_residual] = scaled_add_rms_norm_cpu(x, residual, weight, b, s, eps);
-  residual.copy_(new_residual);
-  x.copy_(out);
-}
-
 TORCH_LIBRARY_IMPL(hopscotch_ext, CPU, m) {
-  m.impl("rms_norm", &rms_norm_cpu);
-  m.impl("scaled_add_rms_norm", &scaled_add_rms_norm_cpu);
-  m.impl("scaled_add_rms_norm_", &scaled_add_rms_norm_inplace_cpu);
+  HOPSCOTCH_REGISTER_NORM(m, CpuNorm);
 }
 
 }  // namespace hopscotch

@@ -1,9 +1,12 @@
 """hopscotch_ext: the kernels as Python functions.
 
 Loads the compiled ``_C`` module (which registers the ops in ``torch.ops.hopscotch_ext``). If it cannot load
-(not built, or built against another torch), the package still imports, the pure-torch references in
-``hopscotch_ext.reference`` serve instead, and one warning says why and how to rebuild.
-``HOPSCOTCH_DISABLE_EXTENSION=1`` forces that fallback (to test it, or to rule the kernels out).
+(not built, or built against another torch), the package still imports, the same ops are registered with the
+pure-torch references of ``hopscotch_ext.reference`` as their implementation, and one warning says why and how to
+rebuild. ``HOPSCOTCH_DISABLE_EXTENSION=1`` forces that fallback (to test it, or to rule the kernels out). This is
+the only place that chooses an implementation: ``torch.ops.hopscotch_ext.<op>``, ``hopscotch_ext.ops`` and
+``hopscotch_ext.functional`` work the same either way (``info()["loaded"]`` and ``reference_calls()`` say which
+one ran).
 """
 
 from __future__ import annotations
@@ -39,17 +42,25 @@ except (ImportError, OSError) as exc:  # not built, or undefined symbols from an
 if _load_error is not None:
     warnings.warn(f"{_load_error}; {_REBUILD_HINT}", RuntimeWarning, stacklevel=2)
 
+# Informational only: the registration below decides, callers never branch on it.
 EXTENSION_LOADED: bool = _C is not None
 
-from . import functional, ops, reference  # noqa: E402
+from . import ops, reference  # noqa: E402
+
+ops.register(compiled=EXTENSION_LOADED)
+
+from . import functional  # noqa: E402
 from .functional import add_rms_norm, rotate_qk, silu_gate_up  # noqa: E402
-from .ops import rms_norm, rotary_embedding, scaled_add_rms_norm, scaled_add_rms_norm_, silu_and_mul  # noqa: E402
+from .ops import (reference_calls, rms_norm, rotary_embedding, rotary_embedding_out, scaled_add_rms_norm,  # noqa: E402
+                  scaled_add_rms_norm_, silu_and_mul)
 
 
 def info() -> dict[str, Any]:
     """What was built and what loaded: torch version built against, compiled backends, CUDA archs."""
     d: dict[str, Any] = {
         "loaded": EXTENSION_LOADED,
+        # What serves torch.ops.hopscotch_ext.*: the compiled kernels or the pure-torch references.
+        "implementation": "compiled" if EXTENSION_LOADED else "reference",
         "load_error": _load_error,
         "torch_version_runtime": torch.__version__,
         "cuda_available_runtime": torch.cuda.is_available(),
@@ -72,14 +83,16 @@ __all__ = [
     "EXTENSION_LOADED",
     "add_rms_norm",
     "functional",
-    "rotate_qk",
-    "silu_gate_up",
     "info",
     "ops",
     "reference",
+    "reference_calls",
     "rms_norm",
     "rotary_embedding",
+    "rotary_embedding_out",
+    "rotate_qk",
     "scaled_add_rms_norm",
     "scaled_add_rms_norm_",
     "silu_and_mul",
+    "silu_gate_up",
 ]

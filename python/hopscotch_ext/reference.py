@@ -1,6 +1,6 @@
 """Pure-torch references of every hopscotch_ext op.
 
-They are the test oracle (DESIGN.md invariant 3) and the fallback when the compiled extension is not
+They are the test oracle (docs/ARCHITECTURE.md §2.3) and the fallback when the compiled extension is not
 available. Each computes in float32 and rounds once to the input dtype, which is what the kernels do, so
 that a kernel and its reference differ only by the order of float32 operations.
 """
@@ -14,7 +14,9 @@ __all__ = [
     "scaled_add_rms_norm_ref",
     "scaled_add_rms_norm_inplace_ref",
     "silu_and_mul_ref",
+    "silu_gate_up_ref",
     "rotary_embedding_ref",
+    "rotary_embedding_out_ref",
     "apply_rotary_ref",
 ]
 
@@ -32,14 +34,8 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     return (xf * rstd * weight.to(cdt)).to(x.dtype)
 
 
-def scaled_add_rms_norm_ref(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    b: torch.Tensor,
-    s: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, b: torch.Tensor,
+                            s: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``new_residual = s * residual + b * x`` and ``normed = rms_norm(new_residual) * weight``.
 
     The sum is rounded to the input dtype before it is normalised, exactly as an unfused model does
@@ -51,14 +47,8 @@ def scaled_add_rms_norm_ref(
     return rms_norm_ref(new_residual, weight, eps), new_residual
 
 
-def scaled_add_rms_norm_inplace_ref(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    b: torch.Tensor,
-    s: torch.Tensor,
-    eps: float,
-) -> None:
+def scaled_add_rms_norm_inplace_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, b: torch.Tensor,
+                                    s: torch.Tensor, eps: float) -> None:
     """In-place form: ``residual`` receives the new residual and ``x`` the normalised output."""
     normed, new_residual = scaled_add_rms_norm_ref(x, residual, weight, b, s, eps)
     residual.copy_(new_residual)
@@ -72,6 +62,13 @@ def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     gate = gate_up[..., :d].to(cdt)
     up = gate_up[..., d:].to(cdt)
     return (torch.nn.functional.silu(gate) * up).to(gate_up.dtype)
+
+
+def silu_gate_up_ref(x: torch.Tensor, gate_up_weight: torch.Tensor,
+                     gate_up_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(x @ W_gate^T + b_gate) * (x @ W_up^T + b_up)`` for ``gate_up_weight = [W_gate ; W_up]``: the unfused
+    composition (``F.linear`` in the input dtype, then ``silu_and_mul``), as an HF model computes it."""
+    return silu_and_mul_ref(torch.nn.functional.linear(x, gate_up_weight, gate_up_bias))
 
 
 def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
@@ -93,12 +90,18 @@ def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: to
     return rotated.to(x.dtype)
 
 
-def rotary_embedding_ref(
-    positions: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-) -> None:
-    """In place: rotate ``query`` [*P, q_heads, head_size] and ``key`` [*P, kv_heads, head_size]."""
+def rotary_embedding_out_ref(positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor,
+                             inverse: bool = False) -> torch.Tensor:
+    """Out of place; ``inverse`` rotates by the opposite angle (sin negated), the backward of the rotation."""
+    if inverse:
+        half = cos_sin_cache.shape[-1] // 2
+        cos_sin_cache = torch.cat([cos_sin_cache[..., :half], -cos_sin_cache[..., half:]], dim=-1)
+    return apply_rotary_ref(x, positions, cos_sin_cache)
+
+
+def rotary_embedding_ref(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor | None,
+                         cos_sin_cache: torch.Tensor) -> None:
+    """In place: rotate ``query`` [*P, q_heads, head_size] and ``key`` [*P, kv_heads, head_size] (optional)."""
     query.copy_(apply_rotary_ref(query, positions, cos_sin_cache))
-    key.copy_(apply_rotary_ref(key, positions, cos_sin_cache))
+    if key is not None:
+        key.copy_(apply_rotary_ref(key, positions, cos_sin_cache))

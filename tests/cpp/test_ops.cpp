@@ -72,6 +72,18 @@ void rotary_embedding(const at::Tensor& pos, at::Tensor& q, const std::optional<
   h.call(pos, q, k, cache);
 }
 
+at::Tensor silu_gate_up(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+  static auto h = op<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>(
+      "hopscotch_ext::silu_gate_up");
+  return h.call(x, w, b);
+}
+
+at::Tensor rotary_embedding_out(const at::Tensor& pos, const at::Tensor& x, const at::Tensor& cache, bool inverse) {
+  static auto h = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>(
+      "hopscotch_ext::rotary_embedding_out");
+  return h.call(pos, x, cache, inverse);
+}
+
 // ---- float64 references: plain loops over CPU double tensors -----------------------------------------------
 
 at::Tensor f64(const at::Tensor& t) {
@@ -124,11 +136,16 @@ at::Tensor rotary_ref(const at::Tensor& x, const at::Tensor& pos, const at::Tens
   return out;
 }
 
+at::Tensor silu_gate_up_ref(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {  // float64, CPU
+  return silu_and_mul_ref((at::matmul(x, w.t()) + b).contiguous());
+}
+
 // |out - ref| <= atol + rtol * |ref| everywhere. rtol: float32 sums a row in another order than the float64 loop
 // (1e-4 is far above that, far below any indexing bug); bfloat16 rounds the result once: half an ulp, 2^-9.
-bool close(const char* what, const at::Tensor& out, const at::Tensor& ref, at::ScalarType dtype) {
+bool close(const char* what, const at::Tensor& out, const at::Tensor& ref, at::ScalarType dtype,
+           double bf16_atol = 1e-4) {
   const double rtol = dtype == at::kFloat ? 1e-4 : 1.0 / 256;
-  const double atol = dtype == at::kFloat ? 1e-6 : 1e-4;
+  const double atol = dtype == at::kFloat ? 1e-6 : bf16_atol;
   const at::Tensor o = f64(out);
   const at::Tensor err = (o - ref).abs();
   const bool ok = o.sizes() == ref.sizes() && (err <= atol + rtol * ref.abs()).all().item<bool>() &&
@@ -181,6 +198,23 @@ void test_silu_and_mul(at::Device dev, at::ScalarType dtype, int64_t rows, int64
   close("silu_and_mul", silu_and_mul(gu), silu_and_mul_ref(f64(gu)), dtype);
 }
 
+// Both paths: the fused decode kernel (tokens <= 16) and GEMM + silu_and_mul (tokens > 16), with and without bias.
+void test_silu_gate_up(at::Device dev, at::ScalarType dtype, int64_t hidden) {
+  const auto opt = at::TensorOptions().dtype(dtype).device(dev);
+  const int64_t inter = 37;
+  const at::Tensor w = (at::randn({2 * inter, hidden}) / std::sqrt(static_cast<double>(hidden))).to(opt);
+  const at::Tensor b = at::randn({2 * inter}).to(opt);
+  for (int64_t tokens : {1, 16, 17}) {
+    // Above 16 tokens gate and up come out of the GEMM rounded to bfloat16 (as in the unfused model): an error
+    // of about 2^-9 |gate| |up|, not relative to the output, which is small where gate is near zero.
+    const double bf16_atol = tokens > 16 ? 0.1 : 1e-4;
+    const at::Tensor x = at::randn({tokens, hidden}).to(opt);
+    close("silu_gate_up", silu_gate_up(x, w, b), silu_gate_up_ref(f64(x), f64(w), f64(b)), dtype, bf16_atol);
+    close("silu_gate_up (no bias)", silu_gate_up(x, w, std::nullopt),
+          silu_gate_up_ref(f64(x), f64(w), at::zeros({2 * inter}, at::kDouble)), dtype, bf16_atol);
+  }
+}
+
 // q and k as views into one fused qkv buffer (token stride (qh + 2 kh) * hs), as an attention layer makes them.
 void test_rotary(at::Device dev, at::ScalarType dtype, at::ScalarType cache_dtype, at::ScalarType pos_dtype,
                  int64_t rot_dim) {
@@ -195,7 +229,14 @@ void test_rotary(at::Device dev, at::ScalarType dtype, at::ScalarType cache_dtyp
       at::randn({max_pos, rot_dim}).to(at::TensorOptions().dtype(cache_dtype).device(dev));
   const at::Tensor q_expect = rotary_ref(f64(q), pos, f64(cache));
   const at::Tensor k_expect = rotary_ref(f64(k), pos, f64(cache));
+  // Out of place from the same views: the in-place op's bits; inverse: the rotation with sin negated.
+  const at::Tensor q_out = rotary_embedding_out(pos, q, cache, false);
+  const at::Tensor c64 = f64(cache);
+  const at::Tensor neg_sin = at::cat({c64.narrow(1, 0, rot_dim / 2), -c64.narrow(1, rot_dim / 2, rot_dim / 2)}, 1);
+  close("rotary_embedding_out inverse", rotary_embedding_out(pos, q, cache, true), rotary_ref(f64(q), pos, neg_sin),
+        dtype);
   rotary_embedding(pos, q, k, cache);
+  equal("rotary_embedding_out == rotary_embedding", q_out, q);
   close("rotary_embedding q", q, q_expect, dtype);
   close("rotary_embedding k", k, k_expect, dtype);
   equal("rotary_embedding leaves v alone", qkv.narrow(1, (qh + kh) * hs, kh * hs), v_before);
@@ -218,6 +259,9 @@ void test_errors(at::Device dev) {
                "rms_norm: weight has shape [9]; expected [8] (the last dimension of x)");
   expect_error("silu_and_mul odd width", [&] { silu_and_mul(at::randn({3, 7}, opt)); },
                "gate_up has shape [3, 7]; expected an even last dimension");
+  expect_error("silu_gate_up weight shape",
+               [&] { silu_gate_up(at::randn({3, 8}, opt), at::randn({6, 9}, opt), std::nullopt); },
+               "silu_gate_up: gate_up_weight has shape [6, 9]; expected [2 * intermediate, 8]");
 }
 
 void run_device(at::Device dev) {
@@ -226,6 +270,7 @@ void run_device(at::Device dev) {
     for (auto [rows, hidden] : std::vector<std::pair<int64_t, int64_t>>{{7, 769}, {5, 1024}}) {
       test_norms(dev, dtype, rows, hidden);
       test_silu_and_mul(dev, dtype, rows, hidden);
+      test_silu_gate_up(dev, dtype, hidden);
     }
     for (at::ScalarType cache_dtype : {at::kFloat, dtype}) {
       test_rotary(dev, dtype, cache_dtype, at::kLong, 64);  // rot_dim 64 of head 80: partial, 16-byte path
