@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 # The nvcc on PATH may be a wrapper outside the toolkit, which makes torch guess the wrong CUDA_HOME
-# (BUILD_NOTES.md). Point at the toolkit root before torch.utils.cpp_extension reads it at import.
+# (docs/BUILDING.md). Point at the toolkit root before torch.utils.cpp_extension reads it at import.
 if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
@@ -93,7 +93,7 @@ def _extension():
         return cpp_extension.CppExtension("hopscotch_ext._C", sources, define_macros=macros,
                                           extra_compile_args=extra, extra_link_args=["-fopenmp"])
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        # With no GPU visible torch's arch detection crashes (BUILD_NOTES.md); default to the lent GPUs' archs.
+        # With no GPU visible torch's arch detection crashes (docs/BUILDING.md); default to the lent GPUs' archs.
         visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
         if not visible:
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS

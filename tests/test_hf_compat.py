@@ -135,7 +135,7 @@ def test_op_counter_sees_the_patched_ops():
         model(torch.tensor([[5, 6, 7]]))
     ops = counter.hopscotch_ops()
     assert ops["hopscotch_ext::rotary_embedding"] == model.config.num_hidden_layers
-    assert ops["hopscotch_ext::silu_and_mul"] == model.config.num_hidden_layers
+    assert ops["hopscotch_ext::silu_gate_up"] == model.config.num_hidden_layers  # the fused MLP op
 
 
 def test_doctor_cli_exit_status_and_fallback(tmp_path):

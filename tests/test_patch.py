@@ -79,7 +79,7 @@ def test_kv_memory_is_exactly_the_kept_fraction(skips, cache_impl):
     cache = output_cache(out)
     assert kv_cache_bytes(cache) * n_layers == full * (n_layers - len(skips))
     assert len(cache.layers) == n_layers - len(skips)
-    # The length the cache reports is right even when block 0 is skipped (invariant 2): every token but the
+    # The length the cache reports is right even when block 0 is skipped (ARCHITECTURE.md §2.2): every token but the
     # last generated one has been written.
     assert int(cache.get_seq_length()) == ids.shape[1] + new - 1
 

@@ -115,7 +115,7 @@ def test_smollm2_skips_match_reference_and_shrink_the_cache(smollm2_fresh):
 
 
 def test_patched_model_without_the_compiled_kernels(tmp_path):
-    """With the pure-torch references standing in (HOPSCOTCH_DISABLE_EXTENSION=1), patching still keeps invariant 1
+    """With the pure-torch references standing in (HOPSCOTCH_DISABLE_EXTENSION=1), patching still keeps ARCHITECTURE.md §2.1
     and compiles."""
     import os
     import subprocess

@@ -1,4 +1,4 @@
-"""SkipPlan: which blocks a model skips, its learned scalars, and where the plan came from (DESIGN.md invariant 4).
+"""SkipPlan: which blocks a model skips, its learned scalars, and where the plan came from (docs/ARCHITECTURE.md §2.4).
 
 A plan is data, not code: ``plan.save(path)`` writes a small JSON (fingerprint, skipped blocks, provenance)
 and a safetensors file with the scalars, each written atomically. ``SkipPlan.load`` reads them back and checks

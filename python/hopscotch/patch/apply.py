@@ -15,7 +15,7 @@ def apply_plan(model: nn.Module, plan: SkipPlan, *, free_skipped: bool = False) 
 
     The plan is validated against the model first (architecture, layer count, indices, scalars); a plan that does
     not fit raises ``PlanError`` and leaves the model exactly as it was. Applying another plan later needs no
-    reload (DESIGN.md invariant 5). ``free_skipped=True`` releases the weights of the skipped attention blocks
+    reload (docs/ARCHITECTURE.md §2.5). ``free_skipped=True`` releases the weights of the skipped attention blocks
     and skipped MLP blocks (they can then never be kept again without reloading the model).
     """
     plan.validate(model)

@@ -1,4 +1,4 @@
-"""The compact KV cache: entries for kept attention blocks only (DESIGN.md invariant 2).
+"""The compact KV cache: entries for kept attention blocks only (docs/ARCHITECTURE.md §2.2).
 
 Kept attention blocks get compact cache indices 0..K-1. Whatever cache object the caller brings (a
 ``DynamicCache`` or ``StaticCache`` that ``generate()`` built from the config with one layer per decoder layer,

@@ -3,9 +3,10 @@
     h1  = b_att * Attn(Norm(h))  + s_att * h        (h1 = h exactly when the attention block is skipped)
     out = b_mlp * MLP(Norm(h1))  + s_mlp * h1       (out = h1 exactly when the MLP block is skipped)
 
-A layer does not add its own residuals: it returns each block's output (the "delta") and the decoder stack
-(``stack.py``) fuses "residual = s * residual + b * delta" with the *next* RMSNorm in one
-``scaled_add_rms_norm``, across the layer boundary (the last one with the model's final norm).
+A layer does not add its own residuals: its ``forward`` leaves each block's output (the "delta") pending on the
+residual stream (``stack.Stream``), and the *next* RMSNorm that reads the stream applies it and normalises in one
+``add_rms_norm``, across the layer boundary (the last one with the model's final norm). Which kernel runs
+(compiled or reference, in place or differentiable) is hopscotch_ext's choice, never this module's.
 """
 
 from __future__ import annotations
@@ -108,6 +109,19 @@ class HopscotchDecoderLayer(nn.Module):
             setattr(self._original, name, getattr(self, name))
         self.mlp_freed = True
 
+    # ---- the layer ---------------------------------------------------------------------------------------
+
+    def forward(self, stream, run) -> None:
+        """Advance the residual ``stream`` (``stack.Stream``) through this layer's kept blocks; ``run`` is the
+        forward's shared ``stack.StackRun`` (cache, masks, rotary table). A skipped block does nothing at all."""
+        if not self.attn_skipped:
+            x = stream.norm(self.input_layernorm)
+            out = self.attention(x, run.rope, run.cache, run.mask(self.attention_type, x.device))
+            stream.pending = (out, self.attn_scale, self.attn_residual_scale)
+        if not self.mlp_skipped:
+            x = stream.norm(self.post_attention_layernorm)
+            stream.pending = (self.mlp_block(x), self.mlp_scale, self.mlp_residual_scale)
+
     # ---- blocks ----------------------------------------------------------------------------------------
 
     def _use_fused(self, fused: FusedLinear | None) -> bool:
@@ -128,7 +142,7 @@ class HopscotchDecoderLayer(nn.Module):
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary
             q = hopscotch_ext.rms_norm(q, attn.q_norm.weight, attn.q_norm.variance_epsilon)
             k = hopscotch_ext.rms_norm(k, attn.k_norm.weight, attn.k_norm.variance_epsilon)
-        q, k = rope.apply(q, k, x.device)
+        q, k = rope.rotate(q, k, x.device)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v, self.cache_index)
@@ -138,10 +152,11 @@ class HopscotchDecoderLayer(nn.Module):
         return attn.o_proj(out.reshape(bsz, seq, -1))
 
     def mlp_block(self, x: torch.Tensor) -> torch.Tensor:
-        """MLP(x) for normed input x: gate|up in one matmul + silu_and_mul where possible."""
+        """MLP(x) for normed input x: silu(gate) * up in one fused op over the concatenated gate|up weight where
+        the projections allow it (plain nn.Linear, SiLU), else the modules one by one."""
         mlp = self.mlp
         if self._use_fused(self._gate_up):
-            h = hopscotch_ext.silu_and_mul(self._gate_up(x))
+            h = hopscotch_ext.silu_gate_up(x, self._gate_up.weight, self._gate_up.bias)
         elif self._fuse_silu:
             g, u = mlp.gate_proj(x), mlp.up_proj(x)
             h = F.silu(g) * u

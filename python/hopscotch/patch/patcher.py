@@ -73,7 +73,7 @@ def patch_model(model: nn.Module) -> nn.Module:
     """Patch ``model`` in place (and return it). Patching an already patched model does nothing.
 
     Nothing is skipped and every scalar is 1 afterwards, so the model computes what it computed before
-    (DESIGN.md invariant 1); ``apply_plan`` or ``set_skips`` choose what to skip.
+    (docs/ARCHITECTURE.md §2.1); ``apply_plan`` or ``set_skips`` choose what to skip.
     """
     model_type = check_supported(model)
     base = base_model(model)

@@ -3,8 +3,8 @@
 The model's own rotary module gives cos and sin at each token's position (so every RoPE variant the model
 supports, scaled or dynamic, stays exactly the model's). They are computed once per forward in float32 and laid
 out as a per-token table ``[B*T, rot_dim] = [cos | sin]``; the ``rotary_embedding`` kernel then rotates q and k
-in place with row index = token index. With gradients needed (Hopscotch training), the out-of-place
-differentiable reference is used on the same table.
+in place with row index = token index (``hopscotch_ext.rotate_qk`` rotates out of place, differentiably, when
+gradients are needed: Hopscotch training).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import torch
 
 import hopscotch_ext
-from hopscotch_ext.ops import apply_rotary
-from hopscotch_ext.reference import apply_rotary_ref
 
 __all__ = ["RopeContext"]
 
@@ -33,12 +31,7 @@ class RopeContext:
             self._per_device[device] = (self.table.to(device), self.rows.to(device))
         return self._per_device[device]
 
-    def apply(self, q: torch.Tensor, k: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q [B, T, Hq, D] and k [B, T, Hkv, D]; in place when no gradient is needed."""
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q [B, T, Hq, D] and k [B, T, Hkv, D] (in place when no gradient is needed)."""
         table, rows = self._on(device)
-        if not hopscotch_ext.EXTENSION_LOADED:  # the reference, out of place (no in-place writes into views)
-            return apply_rotary_ref(q, rows, table), apply_rotary_ref(k, rows, table)
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-            return apply_rotary(q, rows, table), apply_rotary(k, rows, table)
-        hopscotch_ext.rotary_embedding(rows, q, k, table)
-        return q, k
+        return hopscotch_ext.rotate_qk(q, k, rows, table)

@@ -60,13 +60,9 @@ class Stream:
             return hopscotch_ext.rms_norm(self.residual, w, eps)
         delta, b, s = (t.to(w.device) for t in self.pending)
         self.pending = None
-        if not hopscotch_ext.EXTENSION_LOADED or (
-                torch.is_grad_enabled() and any(t.requires_grad for t in (delta, self.residual, w, b, s))):
-            x, self.residual = hopscotch_ext.scaled_add_rms_norm(delta, self.residual, w, b, s, eps)
-            return x
-        # Inference with the kernels: in place (the delta buffer becomes the normed output), no allocation.
-        hopscotch_ext.scaled_add_rms_norm_(delta, self.residual, w, b, s, eps)
-        return delta
+        # In place at inference (the delta's buffer becomes the normed output), differentiable when training.
+        x, self.residual = hopscotch_ext.add_rms_norm(delta, self.residual, w, b, s, eps)
+        return x
 
 
 def _masks(base, state, hidden, attention_mask, cache, position_ids) -> dict:
@@ -112,23 +108,19 @@ class StackRun:
         self.hidden = hidden
         self.final_norm = base.norm
 
+    def mask(self, attention_type: str, device: torch.device):
+        """The attention mask for layers of ``attention_type`` (None: plain causal), on ``device``."""
+        mask = self.masks[attention_type]
+        return mask.to(device) if mask is not None and mask.device != device else mask
+
     def run_layer(self, layer, stream: Stream) -> None:
-        """Advance ``stream`` through one decoder layer (its kept blocks)."""
-        if not layer.attn_skipped:
-            x = stream.norm(layer.input_layernorm)
-            mask = self.masks[layer.attention_type]
-            if mask is not None and mask.device != x.device:
-                mask = mask.to(x.device)
-            stream.pending = (layer.attention(x, self.rope, self.cache, mask), layer.attn_scale,
-                              layer.attn_residual_scale)
-        if not layer.mlp_skipped:
-            x = stream.norm(layer.post_attention_layernorm)
-            stream.pending = (layer.mlp_block(x), layer.mlp_scale, layer.mlp_residual_scale)
+        """Advance ``stream`` through one decoder layer (``HopscotchDecoderLayer.forward``)."""
+        layer(stream, self)
 
     def run(self, stream: Stream, start: int = 0) -> torch.Tensor:
         """Layers ``start``.. of the stack, then the final norm: the last hidden state."""
         for layer in self.layers[start:]:
-            self.run_layer(layer, stream)
+            layer(stream, self)
         return stream.norm(self.final_norm)
 
 

@@ -1,4 +1,4 @@
-"""Resumable search state (DESIGN.md invariant 6).
+"""Resumable search state (docs/ARCHITECTURE.md §2.6).
 
 Every finished step of a search is written to a JSON file before the next step starts (write to a temporary
 file, fsync, rename: a kill at any moment leaves either the old or the new file, never half of one). A search
