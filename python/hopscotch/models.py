@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_directory
+
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "ModelNotFoundError",
@@ -100,16 +102,9 @@ def _convert_gguf(folder: Path, gguf: str, out: Path) -> None:
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(f"converting {gguf}: state dicts differ (missing {missing}, unexpected {unexpected})")
     plain.tie_weights()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process converted it first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(out) as tmp:  # kept as it is if another process converted it first
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
 
 
 def load_model(

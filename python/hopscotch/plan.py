@@ -14,17 +14,20 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["PlanError", "SkipPlan", "model_fingerprint", "FINGERPRINT_FIELDS", "package_versions"]
+from .atomic import atomic_write_bytes, atomic_write_text
+
+__all__ = ["SCALAR_NAMES", "PlanError", "SkipPlan", "model_fingerprint", "FINGERPRINT_FIELDS", "package_versions"]
 
 _FORMAT = "hopscotch-plan/1"
-SCALAR_KEYS = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
+# The four scalars of every layer, in the paper's order (b_att, s_att, b_mlp, s_mlp): the patched layers'
+# parameter names, the plan's safetensors keys and the columns of every [num_layers, 4] scalar tensor.
+SCALAR_NAMES = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
 # The config fields that decide whether a plan's block indices and scalars mean the same thing on a model.
 FINGERPRINT_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
                       "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps", "max_position_embeddings",
@@ -65,20 +68,6 @@ def package_versions() -> dict[str, str]:
     return {"hopscotch": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path)
     if p.suffix == ".json":
@@ -114,7 +103,7 @@ class SkipPlan:
     def scalar_tensor(self) -> torch.Tensor:
         """The scalars as [num_layers, 4] float32 (all ones when the plan has none)."""
         if self.scalars is None:
-            return torch.ones(self.num_layers, len(SCALAR_KEYS))
+            return torch.ones(self.num_layers, len(SCALAR_NAMES))
         return self.scalars.detach().float().cpu()
 
     # ---- checks -------------------------------------------------------------------------------------------
@@ -135,8 +124,8 @@ class SkipPlan:
                 raise PlanError(f"{name} holds {bad}, out of range for a model with {n} layers (0..{n - 1})")
         if self.scalars is not None:
             shape = tuple(self.scalars.shape)
-            if shape != (n, len(SCALAR_KEYS)):
-                raise PlanError(f"plan scalars have shape {shape}; expected ({n}, {len(SCALAR_KEYS)})")
+            if shape != (n, len(SCALAR_NAMES)):
+                raise PlanError(f"plan scalars have shape {shape}; expected ({n}, {len(SCALAR_NAMES)})")
             if not torch.isfinite(self.scalars).all():
                 bad = sorted({int(i) for i in (~torch.isfinite(self.scalars)).nonzero()[:, 0]})
                 raise PlanError(f"plan scalars of layers {bad} are NaN or infinite")
@@ -163,13 +152,13 @@ class SkipPlan:
         self.check()
         json_path, st_path = _paths(path)
         scalars = self.scalar_tensor().contiguous()
-        blob = st_save({k: scalars[:, j].contiguous() for j, k in enumerate(SCALAR_KEYS)})
+        blob = st_save({k: scalars[:, j].contiguous() for j, k in enumerate(SCALAR_NAMES)})
         doc = {"format": _FORMAT, "fingerprint": self.fingerprint, "skipped_attention": self.skipped_attention,
                "skipped_mlp": self.skipped_mlp, "scalars_file": st_path.name,
                "scalars_sha256": hashlib.sha256(blob).hexdigest(), "provenance": self.provenance}
         text = json.dumps(doc, indent=1, default=str)
-        _atomic_write(st_path, blob)
-        _atomic_write(json_path, text.encode())
+        atomic_write_bytes(st_path, blob)
+        atomic_write_text(json_path, text)
         return json_path
 
     @classmethod
@@ -200,7 +189,7 @@ class SkipPlan:
                             "from another plan)")
         try:
             tensors = st_load(blob)
-            scalars = torch.stack([tensors[k].float() for k in SCALAR_KEYS], dim=1)
+            scalars = torch.stack([tensors[k].float() for k in SCALAR_NAMES], dim=1)
         except Exception as exc:  # safetensors raises its own error types
             raise PlanError(f"{st_path} is not a valid scalars file ({exc})") from None
         plan = cls(doc["fingerprint"], list(doc["skipped_attention"]), list(doc["skipped_mlp"]), scalars,

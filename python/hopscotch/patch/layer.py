@@ -17,12 +17,11 @@ from torch import nn
 
 import hopscotch_ext
 
+from ..plan import SCALAR_NAMES
 from .fuse import FusedLinear, can_fuse
 
 __all__ = ["HopscotchDecoderLayer", "SCALAR_NAMES", "FreedBlock"]
 
-# Parameter names of the four scalars, in the paper's order (b_att, s_att, b_mlp, s_mlp).
-SCALAR_NAMES = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
 
 
 class FreedBlock(nn.Module):
