@@ -64,6 +64,7 @@ def test_hopscotch_format_round_trip(arch, shard, tmp_path):
     assert kv_cache_bytes(output_cache(res)) > 0
 
 
+@pytest.mark.filterwarnings("ignore:attention block 0 is skipped")
 def test_decilm_format_read_by_a_minimal_reader_of_its_semantics(tmp_path):
     model = tiny_model("llama", intermediate_size=256, tie_word_embeddings=True)  # ffn_mult = 6 exactly
     plan = _plan(model, attn=(0, 2), mlp=(4,))
@@ -166,3 +167,72 @@ def test_smollm2_exports_in_every_format(smollm2_fresh, tmp_path):
     torch.testing.assert_close(_logits(from_pretrained(out), ids), ref, **tol)
     deci = export_model(model, plan, tmp_path / "d", format="decilm")
     torch.testing.assert_close(decilm_logits(deci, ids).float(), ref, **tol)
+
+
+def _vllm_ffn_width(ffn_mult: float, hidden: int) -> int:
+    width = int(2 * ffn_mult * hidden / 3)
+    return width if width % 256 == 0 else width + 256 - width % 256
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_decilm_export_holds_what_vllms_nemotron_nas_loader_reads(tied, tmp_path):
+    """Checked against vLLM's reader, not served by vLLM (vLLM needs a GPU and is not installed here).
+
+    What vllm/model_executor/models/nemotron_nas.py reads, at vllm-project/vllm commit
+    00bd1493b3e82d6c13c68ee8a0e1c5a96707e190: the config through transformers (no built-in "nemotron-nas" type:
+    trust_remote_code and config.json's auto_map), ``block_configs[i].attention.no_op`` / ``.n_heads_in_group``
+    (KV heads = num_attention_heads // n_heads_in_group), ``.ffn.no_op`` / ``.ffn_mult`` (width = the multiple
+    of 256 at or above int(2 * ffn_mult * hidden / 3)), hidden_act, rms_norm_eps, attention_bias / mlp_bias,
+    ``rope_parameters`` (get_rope), tie_word_embeddings ("lm_head." skipped when tied). Weights: q/k/v_proj load
+    into qkv_proj and gate/up_proj into gate_up_proj; every other name must be a parameter of the model it
+    builds (params_dict[name], a KeyError otherwise) and every parameter must be loaded.
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    model = tiny_model("llama", intermediate_size=256, tie_word_embeddings=tied)
+    out = export_model(model, _plan(model, attn=(1, 3), mlp=(4,)), tmp_path / "deci", format="decilm")
+    raw = json.loads((out / "config.json").read_text())
+    assert "_name_or_path" not in raw  # no local path leaks into the export
+    assert raw["rope_theta"] == model.config.rope_parameters["rope_theta"]  # engine converters read it top-level
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    assert config.model_type == "nemotron-nas" and config.architectures == ["DeciLMForCausalLM"]
+    assert config.rope_parameters["rope_theta"] == raw["rope_theta"] and config.tie_word_embeddings == tied
+    assert not config.attention_bias and not config.mlp_bias and config.hidden_act == "silu"
+    hidden, heads, hd = config.hidden_size, config.num_attention_heads, config.head_dim
+    shapes = {"model.embed_tokens.weight": (97, hidden), "model.norm.weight": (hidden,)}
+    if not tied:
+        shapes["lm_head.weight"] = (97, hidden)
+    for i, block in enumerate(config.block_configs):
+        p = f"model.layers.{i}."
+        if not block.attention.no_op:
+            kv = heads // block.attention.n_heads_in_group
+            shapes.update({p + "self_attn.qkv_proj.weight": ((heads + 2 * kv) * hd, hidden),
+                           p + "self_attn.o_proj.weight": (hidden, heads * hd), p + "input_layernorm.weight": (hidden,)})
+        if not block.ffn.no_op:
+            assert hasattr(block.ffn, "ffn_mult")
+            width = _vllm_ffn_width(block.ffn.ffn_mult, hidden)
+            shapes.update({p + "mlp.gate_up_proj.weight": (2 * width, hidden), p + "mlp.down_proj.weight": (hidden, width),
+                           p + "post_attention_layernorm.weight": (hidden,)})
+    assert [b.attention.no_op for b in config.block_configs] == [False, True, False, True, False]
+    loaded: dict[str, int] = {}
+    with safe_open(str(out / "model.safetensors"), "pt") as st:
+        for name in st.keys():
+            if tied and name.startswith("lm_head."):
+                continue
+            rows, rest = st.get_slice(name).get_shape()[0], tuple(st.get_slice(name).get_shape()[1:])
+            for param, shard in ((".qkv_proj", ".q_proj"), (".qkv_proj", ".k_proj"), (".qkv_proj", ".v_proj"),
+                                 (".gate_up_proj", ".gate_proj"), (".gate_up_proj", ".up_proj")):
+                if shard in name:
+                    name = name.replace(shard, param)
+                    break
+            assert name in shapes, f"vLLM builds no parameter {name}"
+            assert rest == shapes[name][1:], name
+            loaded[name] = loaded.get(name, 0) + rows
+    assert {k: (v,) for k, v in loaded.items()} == {k: s[:1] for k, s in shapes.items()}
+
+
+def test_decilm_warns_that_vllm_cannot_skip_attention_block_0(tmp_path):
+    model = tiny_model("llama", intermediate_size=256)
+    with pytest.warns(UserWarning, match=r"attention block 0 is skipped: vLLM's DeciLM model"):
+        export_model(model, _plan(model, attn=(0,)), tmp_path / "deci", format="decilm")

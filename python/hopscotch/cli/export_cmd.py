@@ -16,7 +16,12 @@ formats:
   decilm     DeciLMForCausalLM (block_configs with attention.no_op): served by vLLM, llama.cpp, MLX and
              TensorRT-LLM, tensor parallelism included. Llama-layer models without biases only.
   vanilla    the original architecture, skipped blocks kept with zeroed output projections: loads with plain
-             AutoModelForCausalLM.from_pretrained, same outputs, but NO speed or memory gain."""
+             AutoModelForCausalLM.from_pretrained, same outputs, but NO speed or memory gain.
+  gguf       one llama.cpp file (--out NAME.gguf), DeciLM architecture: skipped attention blocks have 0 heads
+             and no tensors, no KV cache. --save-dtype f32 / f16 / bf16 / q8_0 (other types: llama-quantize
+             on the f16 file). The tokenizer and chat template come from the GGUF model (--model x.gguf, or
+             the packaged SmolLM2); Llama-layer models without biases, attention block 0 kept, no MLP skips
+             unless the layer's attention is skipped too."""
 
 
 def register(sub) -> None:
@@ -24,9 +29,11 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--plan", metavar="PLAN.json", required=True, help="the plan to apply (from `hopscotch search`)")
-    p.add_argument("--out", metavar="DIR", required=True, help="output directory (must be empty or absent)")
-    p.add_argument("--format", default="hopscotch", choices=["hopscotch", "decilm", "vanilla"])
-    p.add_argument("--save-dtype", default=None, help="dtype of the written weights (default: as loaded)")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="output directory (must be empty or absent); a NAME.gguf file for --format gguf")
+    p.add_argument("--format", default="hopscotch", choices=["hopscotch", "decilm", "vanilla", "gguf"])
+    p.add_argument("--save-dtype", default=None,
+                   help="dtype of the written weights (default: as loaded); gguf: f32, f16, bf16 or q8_0")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(handler=run)
@@ -40,19 +47,35 @@ def run(args) -> int:
     if not Path(args.plan).exists():
         raise CliError(f"--plan {args.plan}: no such file")
     out = Path(args.out)
+    gguf = args.format == "gguf"
+    if gguf and out.suffix != ".gguf":
+        raise CliError(f"--out {out}: --format gguf writes one file; give a path ending in .gguf")
+    if gguf and out.exists() and not args.overwrite:
+        raise CliError(f"--out {out} exists; pass --overwrite to replace it")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise CliError(f"--out {out} is not empty; pass --overwrite to replace it")
-    save_dtype = parse_dtype(args.save_dtype) if args.save_dtype else None
+    if gguf:
+        from ..export.gguf_export import GGUF_DTYPES
+
+        if args.save_dtype and args.save_dtype.lower() not in (*GGUF_DTYPES, "float32", "float16", "bfloat16"):
+            raise CliError(f"--save-dtype {args.save_dtype!r}: --format gguf writes {', '.join(GGUF_DTYPES)}")
+        save_dtype = args.save_dtype
+    else:
+        save_dtype = parse_dtype(args.save_dtype) if args.save_dtype else None
     plan = SkipPlan.load(args.plan)
     model, tok, _ = load_from_args(args)
+    source = args.model if gguf and args.model and str(args.model).endswith(".gguf") else None
     path = export_model(model, plan, out, format=args.format, tokenizer=tok, overwrite=args.overwrite,
-                        max_shard_size=args.max_shard_size, dtype=save_dtype)
-    files = sorted(p.name for p in path.iterdir())
-    size = sum(p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))
+                        max_shard_size=args.max_shard_size, dtype=save_dtype, gguf_tokenizer=source)
+    files = [path.name] if gguf else sorted(p.name for p in path.iterdir())
+    size = path.stat().st_size if gguf else sum(
+        p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))
     how = {"hopscotch": "hopscotch.from_pretrained(dir)", "decilm": "vLLM / llama.cpp / MLX / TensorRT-LLM "
-           "(DeciLMForCausalLM)", "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)"}[args.format]
+           "(DeciLMForCausalLM)", "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)",
+           "gguf": "llama.cpp (llama-cli -m FILE, llama-server, llama-cpp-python)"}[args.format]
     emit(args, {"out": str(path), "format": args.format, "files": files, "weight_bytes": size},
-         f"wrote {args.format} checkpoint to {path} ({size / 1e6:.1f} MB of weights, {len(files)} files)\n"
+         f"wrote {args.format} {'file' if gguf else 'checkpoint'} to {path} ({size / 1e6:.1f} MB"
+         f"{'' if gguf else ' of weights'}, {len(files)} files)\n"
          f"skipped attention blocks {plan.skipped_attention or '-'}, MLP blocks {plan.skipped_mlp or '-'}\n"
          f"load it with {how}")
     return 0

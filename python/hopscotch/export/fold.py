@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["FoldError", "output_scales"]
+__all__ = ["FoldError", "base_state_dict", "folded_weights", "output_scales"]
+
+_SCALAR_NAMES = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
 
 
 class FoldError(ValueError):
@@ -41,3 +43,41 @@ def output_scales(scalars: torch.Tensor, skipped_attention, skipped_mlp) -> tupl
                                 "invariant to a sign flip, so these scalars cannot be folded into the weights")
             out.append(b / c)
     return attn, mlp
+
+
+def base_state_dict(model) -> dict[str, torch.Tensor]:
+    """The HF model's own tensors (no hopscotch scalars), with tied weights named once."""
+    from ..arch import causal_lm
+
+    lm = causal_lm(model)
+    sd = {k: v for k, v in lm.state_dict().items() if k.rsplit(".", 1)[-1] not in _SCALAR_NAMES}
+    if getattr(lm.config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def folded_weights(model, plan, *, keep_skipped: bool = False):
+    """``(tensors, materialize)``: the model's tensors by HF name (the skipped blocks' left out unless
+    ``keep_skipped``) and ``materialize(name, dtype=None)``, which returns one tensor on the CPU with the plan's
+    scalars folded in (a kept skipped block's output projection is zeroed). Tensors are folded one at a time, so
+    an export never holds a second copy of the whole model."""
+    from .formats import skipped_weight, weight_scale_key
+
+    attn_scale, mlp_scale = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
+    sd = base_state_dict(model)
+    if not keep_skipped:
+        sd = {k: v for k, v in sd.items() if not skipped_weight(k, plan)}
+
+    def materialize(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = sd[name].detach()
+        out_dtype = dtype or t.dtype
+        layer, kind = weight_scale_key(name)
+        if kind is not None:
+            if layer in (plan.skipped_attention if kind == "attn" else plan.skipped_mlp):
+                return torch.zeros(t.shape, dtype=out_dtype)
+            factor = (attn_scale if kind == "attn" else mlp_scale)[layer]
+            if factor != 1.0:
+                return (t.double() * factor).to(out_dtype).contiguous()
+        return t.to(device="cpu", dtype=out_dtype).contiguous().clone()
+
+    return sd, materialize

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 from ..plan import SkipPlan
 
-__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "decilm_config", "hopscotch_config", "skipped_weight",
-           "weight_scale_key"]
+__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "decilm_config", "hopscotch_config", "rope_settings",
+           "skipped_weight", "weight_scale_key"]
 
-FORMATS = ("hopscotch", "decilm", "vanilla")
+FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 # Weights that belong to an attention block / an MLP block (the norm in front of each block included).
@@ -80,9 +81,34 @@ def decilm_config(config, plan: SkipPlan) -> dict:
     if problems:
         raise ExportError("the decilm format cannot represent this model exactly: " + "; ".join(problems)
                           + ". Use format='hopscotch' or 'vanilla'.")
+    if 0 in plan.skipped_attention:
+        warnings.warn("attention block 0 is skipped: vLLM's DeciLM model (nemotron_nas.py) assumes the first layer "
+                      "has attention (its residual stream starts there) and fails on such a checkpoint, and "
+                      "llama.cpp does not load it (it reads the head size from layer 0); transformers does",
+                      stacklevel=3)
     group = config.num_attention_heads // config.num_key_value_heads
     blocks = [{"attention": {"no_op": i in plan.skipped_attention, "replace_with_linear": False,
                              "n_heads_in_group": group},
                "ffn": {"no_op": i in plan.skipped_mlp, "replace_with_linear": False, "ffn_mult": ffn_mult}}
               for i in range(config.num_hidden_layers)]
-    return {"model_type": "nemotron-nas", "architectures": ["DeciLMForCausalLM"], "block_configs": blocks}
+    theta, rope = rope_settings(config)
+    out = {"model_type": "nemotron-nas", "architectures": ["DeciLMForCausalLM"], "block_configs": blocks,
+           # Engine converters (llama.cpp's convert_hf_to_gguf, TensorRT-LLM) read a top-level rope_theta.
+           "rope_theta": theta,
+           # transformers knows no "nemotron-nas": the config class ships with the checkpoint (trust_remote_code).
+           "auto_map": {"AutoConfig": "configuration_decilm.DeciLMConfig"}}
+    if rope.get("rope_type", "default") != "default":
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}  # the pre-v5 spelling
+    return out
+
+
+def rope_settings(config) -> tuple[float, dict]:
+    """(rope_theta, rope parameters) of a transformers config, v5 (``rope_parameters``) or older spelling."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if not rope and getattr(config, "rope_scaling", None):
+        rope = dict(config.rope_scaling)
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        raise ExportError("the model config has no rope_theta (neither top-level nor in rope_parameters)")
+    rope.setdefault("rope_type", rope.pop("type", "default"))
+    return float(theta), rope

@@ -22,20 +22,15 @@ import torch
 
 from ..arch import causal_lm, check_supported
 from ..plan import SkipPlan
-from .fold import output_scales
-from .formats import FORMATS, ExportError, decilm_config, hopscotch_config, skipped_weight, weight_scale_key
+from .fold import folded_weights
+from .formats import FORMATS, ExportError, decilm_config, hopscotch_config
 
 __all__ = ["export_model", "ExportError", "FORMATS"]
 
 
-def _base_state_dict(model) -> dict[str, torch.Tensor]:
-    """The HF model's own tensors (no hopscotch scalars), with tied weights named once."""
-    lm = causal_lm(model)
-    sd = {k: v for k, v in lm.state_dict().items()
-          if not k.rsplit(".", 1)[-1] in ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")}
-    if getattr(lm.config, "tie_word_embeddings", False):
-        sd.pop("lm_head.weight", None)
-    return sd
+def write_decilm_config_module(out: Path) -> None:
+    """The config class a decilm export needs to load with trust_remote_code (config.json's auto_map names it)."""
+    shutil.copyfile(Path(__file__).with_name("configuration_decilm.py"), out / "configuration_decilm.py")
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
@@ -77,37 +72,32 @@ def _write_shards(tensors: dict[str, torch.Tensor], materialize, out: Path, max_
 
 def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: str = "hopscotch", tokenizer=None,
                  overwrite: bool = False, max_shard_size: int | str = "5GB",
-                 dtype: torch.dtype | None = None) -> Path:
+                 dtype: torch.dtype | str | None = None, gguf_tokenizer: str | os.PathLike | None = None) -> Path:
     """Write ``model`` with ``plan`` (skips and scalars, folded into the weights) to ``out_dir``; returns it.
 
     ``model`` is the loaded HF model (patched or not: its own weights are read, never changed). ``dtype`` casts
     the written weights (default: as loaded). ``tokenizer`` is saved alongside when given.
+    ``format="gguf"`` writes one file, ``out_dir`` ending in ``.gguf`` (see ``gguf_export.export_gguf``: ``dtype``
+    may also be ``"q8_0"``; ``gguf_tokenizer`` is the GGUF file whose tokenizer is carried over).
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format == "gguf":
+        from .gguf_export import export_gguf
+
+        return export_gguf(model, plan, out_dir, dtype=dtype, overwrite=overwrite, tokenizer_gguf=gguf_tokenizer)
+    if isinstance(dtype, str):
+        raise ExportError(f"dtype {dtype!r} is for format='gguf' only; give a torch dtype for {format!r}")
     check_supported(model)
     plan.validate(model)
     lm = causal_lm(model)
     config = lm.config
     if format == "decilm":
         new_config = decilm_config(config, plan)  # refuses what it cannot represent, before anything is written
-    attn_scale, mlp_scale = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
-    sd = _base_state_dict(model)
-    if format != "vanilla":
-        sd = {k: v for k, v in sd.items() if not skipped_weight(k, plan)}
+    sd, fold = folded_weights(model, plan, keep_skipped=format == "vanilla")
 
     def materialize(name: str) -> torch.Tensor:
-        t = sd[name].detach()
-        out_dtype = dtype or t.dtype
-        layer, kind = weight_scale_key(name)
-        if kind is not None:
-            skipped = (plan.skipped_attention if kind == "attn" else plan.skipped_mlp)
-            if format == "vanilla" and layer in skipped:
-                return torch.zeros(t.shape, dtype=out_dtype)
-            factor = (attn_scale if kind == "attn" else mlp_scale)[layer]
-            if factor != 1.0:
-                return (t.double() * factor).to(out_dtype).contiguous()
-        return t.to(device="cpu", dtype=out_dtype).contiguous().clone()
+        return fold(name, dtype)
 
     out_dir = Path(out_dir)
     tmp = _prepare_out_dir(out_dir, overwrite)
@@ -115,12 +105,14 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
         _write_shards(sd, materialize, tmp, max_shard_size)
         cfg = config.to_dict()
         cfg.pop("quantization_config", None)  # the written weights are plain tensors
+        cfg.pop("_name_or_path", None)  # where the model was loaded from: a local path, not the export's business
         if dtype is not None:
             cfg["dtype"] = str(dtype).removeprefix("torch.")
         if format == "hopscotch":
             cfg = hopscotch_config(cfg, plan)
         elif format == "decilm":
             cfg = {**cfg, **new_config}
+            write_decilm_config_module(tmp)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
         gen = getattr(lm, "generation_config", None)
         if gen is not None:

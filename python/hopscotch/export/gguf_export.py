@@ -1,0 +1,232 @@
+"""``format="gguf"``: llama.cpp's DeciLM architecture ("deci"), written directly with the ``gguf`` package.
+
+llama.cpp's deci model reads per-layer arrays ``deci.attention.head_count`` / ``head_count_kv`` /
+``feed_forward_length``; a layer with 0 heads is attention-free (``cur = inpL``: no norm, no projections, no KV
+cache), so a skipped attention block is written as 0 heads and none of its tensors. Tensor names are llama.cpp's
+(``blk.N.attn_q.weight`` ...). Like llama.cpp's own converter for this architecture, q_proj / k_proj rows are
+permuted per head: transformers rotates the two halves of a head, llama.cpp's "normal" RoPE rotates adjacent
+pairs. The scalars are folded into attn_output / ffn_down as in every other format (``fold.py``).
+
+What llama.cpp's deci graph cannot express is refused: biases, q/k norms, sliding windows, non-default RoPE, a
+skipped MLP block whose attention is kept or in the last layer (llama.cpp's graph ``continue``s before carrying
+the layer's output forward: only a fully skipped inner layer comes out right) and a skipped attention block 0
+(llama.cpp takes the head size from layer 0's head count: it refuses to load such a file). The tokenizer and chat template
+are GGUF metadata copied from a GGUF file (the packaged model's own, or ``tokenizer_gguf``); an HF tokenizer is
+not converted (llama.cpp's convert_hf_to_gguf.py does that, on a ``format="decilm"`` export).
+
+Weight types: f32, f16, bf16 (1-D tensors stay f32) and q8_0 (2-D tensors whose rows are a multiple of 32; others
+f16), the types llama.cpp's converter writes itself. Other quantisations: llama.cpp's quantizer on the f16 or
+f32 file (``llama-quantize in.gguf out.gguf Q4_K_M``, or ``llama_cpp.llama_model_quantize`` from Python).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..arch import causal_lm, check_supported
+from ..plan import SkipPlan
+from .fold import folded_weights
+from .formats import ExportError, rope_settings
+
+__all__ = ["GGUF_DTYPES", "export_gguf", "gguf_problems", "source_gguf"]
+
+ARCH = "deci"
+# name -> (GGML type of 2-D tensors, llama.cpp file type)
+GGUF_DTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
+               "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+_ALIASES = {"float32": "f32", "fp32": "f32", "float16": "f16", "fp16": "f16", "half": "f16", "bfloat16": "bf16"}
+_TOKENIZER_PREFIX = "tokenizer."
+_GENERAL_KEEP = ("general.name", "general.organization", "general.basename", "general.finetune",
+                 "general.size_label", "general.license", "general.languages")
+
+
+def _gguf_dtype(dtype, loaded: torch.dtype) -> str:
+    if dtype is None:
+        dtype = loaded
+    name = str(dtype).removeprefix("torch.").lower()
+    name = _ALIASES.get(name, name)
+    if name not in GGUF_DTYPES:
+        raise ExportError(f"dtype {dtype!r} cannot be written to gguf; expected one of {', '.join(GGUF_DTYPES)} "
+                          "(other llama.cpp types: run llama-quantize on the f16 or f32 file)")
+    return name
+
+
+def gguf_problems(config, plan: SkipPlan) -> list[str]:
+    """What llama.cpp's deci architecture cannot express for this model and plan (empty: it can)."""
+    problems = []
+    if config.model_type not in ("llama", "mistral"):
+        problems.append(f"model_type {config.model_type!r} (its layers are not Llama layers"
+                        f"{': per-head q/k norms' if config.model_type == 'qwen3' else ''})")
+    if getattr(config, "attention_bias", False) or config.model_type == "qwen2":
+        problems.append("attention biases")
+    if getattr(config, "mlp_bias", False):
+        problems.append("MLP biases")
+    if getattr(config, "sliding_window", None) is not None:
+        problems.append(f"sliding-window attention (window {config.sliding_window})")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {config.hidden_act!r} (llama.cpp's deci FFN is SiLU-gated)")
+    rope_type = rope_settings(config)[1].get("rope_type", "default")
+    if rope_type != "default":
+        problems.append(f"rope_type {rope_type!r} (only default RoPE is written)")
+    # llama.cpp's deci graph `continue`s past an FFN-free layer before carrying its output forward: right when
+    # the whole layer is skipped, wrong (the attention output is dropped) when its attention is kept, and an
+    # abort on the last layer (its output rows were already selected).
+    half = [i for i in plan.skipped_mlp if i not in plan.skipped_attention]
+    if half:
+        problems.append(f"skipped MLP blocks {half} whose attention is kept (llama.cpp's deci graph drops that "
+                        "attention output)")
+    if config.num_hidden_layers - 1 in plan.skipped_mlp:
+        problems.append("a skipped MLP block in the last layer (llama.cpp's deci graph aborts)")
+    if 0 in plan.skipped_attention:
+        problems.append("a skipped attention block 0 (llama.cpp reads the head size from layer 0's head count)")
+    return problems
+
+
+def source_gguf(model, tokenizer_gguf=None) -> Path:
+    """The GGUF file whose tokenizer metadata the export carries: ``tokenizer_gguf``, else the packaged
+    SmolLM2's when ``model`` was loaded from it; refuses otherwise."""
+    if tokenizer_gguf is not None:
+        path = Path(tokenizer_gguf)
+        if not path.is_file():
+            raise ExportError(f"tokenizer_gguf {path}: no such file")
+        return path
+    from .. import models
+
+    loaded_from = getattr(causal_lm(model).config, "_name_or_path", "") or ""
+    if loaded_from and Path(loaded_from).resolve() == models._converted_dir().resolve():
+        return models.smollm2_gguf_path()
+    raise ExportError(
+        "format='gguf' carries the tokenizer over from a GGUF file, and this model was not loaded from the packaged "
+        f"one (loaded from {loaded_from or 'an unknown place'!r}): pass gguf_tokenizer='model.gguf' (hopscotch "
+        "export --model model.gguf does it). An HF tokenizer is not converted here: export format='decilm' and run "
+        "llama.cpp's convert_hf_to_gguf.py on it instead")
+
+
+def _copy_field(writer, reader, key: str) -> None:
+    import gguf
+
+    field = reader.fields[key]
+    vtype = field.types[0]
+    if vtype == gguf.GGUFValueType.ARRAY:
+        sub = field.types[-1]
+        if len(field.types) != 2:
+            raise ExportError(f"{key}: nested GGUF arrays are not copied")
+        if sub == gguf.GGUFValueType.STRING:  # raw bytes: byte-level tokens need not be valid UTF-8
+            value = [bytes(field.parts[i]) for i in field.data]
+        else:
+            value = [field.parts[i].tolist()[0] for i in field.data]
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+    elif vtype == gguf.GGUFValueType.STRING:
+        writer.add_key_value(key, bytes(field.parts[field.data[0]]), vtype)
+    else:
+        writer.add_key_value(key, field.parts[field.data[0]].tolist()[0], vtype)
+
+
+def _permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Per head, rows [x0..x(d/2-1), y0..y(d/2-1)] (rotate-half RoPE) -> [x0, y0, x1, y1, ...] (adjacent pairs)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, overwrite: bool = False,
+                tokenizer_gguf=None) -> Path:
+    """Write ``model`` with ``plan`` to one llama.cpp GGUF file ``out`` (``*.gguf``); returns its path."""
+    import gguf
+
+    out = Path(out)
+    if out.suffix != ".gguf":
+        raise ExportError(f"format='gguf' writes one file: {out} should end in .gguf")
+    if out.exists() and (out.is_dir() or not overwrite):
+        raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it" if not out.is_dir()
+                          else f"{out} is a directory")
+    check_supported(model)
+    plan.validate(model)
+    lm = causal_lm(model)
+    config = lm.config
+    problems = gguf_problems(config, plan)
+    if problems:
+        raise ExportError("llama.cpp's deci architecture (format='gguf') cannot represent this model exactly: "
+                          + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
+    weight_dtype, file_type = GGUF_DTYPES[_gguf_dtype(dtype, next(lm.parameters()).dtype)]
+    src_path = source_gguf(model, tokenizer_gguf)
+    src = gguf.GGUFReader(src_path)
+    n_vocab_src = len(src.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in src.fields else None
+    if n_vocab_src != config.vocab_size:
+        raise ExportError(f"{src_path} has {n_vocab_src} tokenizer tokens, the model {config.vocab_size}: not "
+                          "this model's tokenizer")
+
+    n_layers, n_heads, n_kv = config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    theta, _ = rope_settings(config)
+    tensors, fold = folded_weights(model, plan)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    writer = gguf.GGUFWriter(tmp, ARCH)
+    try:
+        for key in _GENERAL_KEEP:
+            if key in src.fields:
+                _copy_field(writer, src, key)
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_block_count(n_layers)
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_feed_forward_length([0 if i in plan.skipped_mlp else config.intermediate_size
+                                        for i in range(n_layers)])
+        writer.add_head_count([0 if i in plan.skipped_attention else n_heads for i in range(n_layers)])
+        writer.add_head_count_kv([0 if i in plan.skipped_attention else n_kv for i in range(n_layers)])
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(theta)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_file_type(int(getattr(gguf.LlamaFileType, file_type)))
+        if weight_dtype == "Q8_0":
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_string("hopscotch.skipped_attention", json.dumps(plan.skipped_attention))  # no empty GGUF arrays
+        writer.add_string("hopscotch.method", str(plan.provenance.get("method")))
+        writer.add_string("hopscotch.fingerprint", str(plan.fingerprint["config_hash"]))
+        for key in src.fields:
+            if key.startswith(_TOKENIZER_PREFIX):
+                _copy_field(writer, src, key)
+
+        plans = []  # (gguf name, HF name, ggml type, logical shape)
+        for hf_name, t in tensors.items():
+            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if name is None:
+                raise ExportError(f"no llama.cpp tensor name for {hf_name}")
+            qtype = gguf.GGMLQuantizationType[weight_dtype] if t.dim() == 2 else gguf.GGMLQuantizationType.F32
+            block = gguf.GGML_QUANT_SIZES[qtype][0]
+            if t.shape[-1] % block:
+                qtype = gguf.GGMLQuantizationType.F16  # what llama.cpp's converter falls back to
+            plans.append((name, hf_name, qtype, tuple(t.shape)))
+        for name, _, qtype, shape in plans:
+            byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if qtype not in (
+                gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else shape
+            itemsize = {gguf.GGMLQuantizationType.F32: 4, gguf.GGMLQuantizationType.F16: 2}.get(qtype, 1)
+            raw = None if itemsize > 1 else qtype
+            np_dtype = {4: np.float32, 2: np.float16, 1: np.uint8}[itemsize]
+            writer.add_tensor_info(name, byte_shape, np.dtype(np_dtype), int(np.prod(byte_shape)) * itemsize,
+                                   raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for name, hf_name, qtype, _ in plans:
+            t = fold(hf_name, torch.float32)
+            if name.endswith(("attn_q.weight", "attn_k.weight")):
+                t = _permute_rows(t, n_heads if "attn_q" in name else n_kv)
+            writer.write_tensor_data(gguf.quants.quantize(t.numpy(), qtype))
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
