@@ -2,6 +2,10 @@
 
     pytest benchmarks/bench_ops.py --benchmark-disable-gc -q            # all defaults
     pytest benchmarks/bench_ops.py --ops scaled_add_rms_norm --tokens 512,4096 --dtypes bfloat16
+    pytest benchmarks/bench_ops.py --ops silu_gate_up --tokens 1,8,64,512 --hidden 576,2048
+
+silu_gate_up (the fused gated MLP up to down_proj) is compared with the unfused composition a model runs,
+``F.linear`` + ``silu(gate) * up``, eager and compiled; its rows also carry TFLOP/s.
 
 Every (op, dtype, tokens, hidden) is timed for each provider in the same run; a row per case goes to
 benchmarks/results/ops.csv with the median time, GB/s, the speed-up over the eager reference and, on CUDA,
@@ -45,8 +49,18 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("provider", _csv_list(cfg.getoption("--providers")))
 
 
+def _linear_silu_mul(x, w):
+    """The unfused MLP up-projection of an HF model: one GEMM for [gate ; up], then silu(gate) * up."""
+    gate, up = torch.nn.functional.linear(x, w).chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def _intermediate(hidden):
+    return _INTERMEDIATE.get(hidden, (8 * hidden // 3 + 63) // 64 * 64)
+
+
 def _setup(op, dtype, tokens, hidden, device):
-    """(kernel callable, reference callable, bytes that must move) for one case."""
+    """(kernel callable, reference caller, reference function, bytes that must move) for one case."""
     g = torch.Generator().manual_seed(0)
     es = dtype.itemsize
 
@@ -61,8 +75,13 @@ def _setup(op, dtype, tokens, hidden, device):
                 (2 * tokens * hidden + hidden) * es
         return (lambda: hopscotch_ext.scaled_add_rms_norm(x, res, w, b, s, 1e-6)), \
             (lambda f: f(x, res, w, b, s, 1e-6)), R.scaled_add_rms_norm_ref, (4 * tokens * hidden + hidden) * es
+    if op == "silu_gate_up":
+        inter = _intermediate(hidden)
+        x, w = rnd(tokens, hidden), rnd(2 * inter, hidden) * hidden ** -0.5
+        return (lambda: hopscotch_ext.silu_gate_up(x, w)), (lambda f: f(x, w)), _linear_silu_mul, \
+            (2 * inter * hidden + tokens * (hidden + inter)) * es
     if op == "silu_and_mul":
-        d = _INTERMEDIATE.get(hidden, (8 * hidden // 3 + 63) // 64 * 64)
+        d = _intermediate(hidden)
         gu = rnd(tokens, 2 * d)
         return (lambda: hopscotch_ext.silu_and_mul(gu)), (lambda f: f(gu)), R.silu_and_mul_ref, 3 * tokens * d * es
     if op == "rotary_embedding":
@@ -111,6 +130,8 @@ def test_op(benchmark, case, provider, request):
     row = {"op": op, "provider": provider, "dtype": dtype_name, "tokens": tokens, "hidden": hidden,
            "ms_median": round(st.median * 1e3, 5), "ms_q20": round(st.q1 * 1e3, 5), "ms_q80": round(st.q3 * 1e3, 5),
            "gbs": round(nbytes / st.median / 1e9, 2)}
+    if op == "silu_gate_up":
+        row["tflops"] = round(2 * tokens * hidden * 2 * _intermediate(hidden) / st.median / 1e12, 4)
     bw = _copy_bw(device)
     if bw:
         row["copy_gbs"] = round(bw, 1)

@@ -8,7 +8,7 @@
 //   L::Guard  constructed from the first tensor argument (CUDA: device guard; CPU: nothing)
 //   norm:       L::norm(x, residual*, weight, out, new_residual*, b*, s*, eps)      [rows, hidden]
 //   activation: L::silu_and_mul(gate_up, out)                                      [rows, 2d] -> [rows, d]
-//               L::silu_gate_up_small(x, weight, bias*, out)       x: [tokens <= kFusedMlpMaxTokens, hidden]
+//               L::silu_gate_up_small(x, weight, bias*, out)       x: [tokens <= L::kFusedMaxTokens, hidden]
 //   rotary:     L::rotary(positions, src_q, q, src_k*, k*, cache, inverse)  [tokens, heads, head_size] views
 #pragma once
 
@@ -24,9 +24,10 @@
 
 namespace hopscotch {
 
-// Up to this many tokens silu_gate_up runs one fused kernel that streams each gate / up weight row once for
-// all tokens (decode: the weights dominate the traffic); above, the library GEMM does better (it reuses each
-// weight tile across many tokens) and the activation follows as silu_and_mul.
+// silu_gate_up runs one fused kernel that streams each gate / up weight row once for all tokens while there are
+// at most L::kFusedMaxTokens of them (decode: the weights dominate the traffic); above, the library GEMM does
+// better (it reuses each weight tile across many tokens) and the activation follows as silu_and_mul. Each
+// backend sets its crossover (measured), at most kFusedMlpMaxTokens (the kernels' register / stack arrays).
 constexpr int64_t kFusedMlpMaxTokens = 16;
 
 struct NoGuard {
@@ -103,7 +104,8 @@ at::Tensor silu_gate_up_host(const at::Tensor& x, const at::Tensor& gate_up_weig
   const int64_t tokens = inter == 0 ? 0 : out.numel() / inter;
   if (out.numel() == 0) return out;
   const at::Tensor* bias = gate_up_bias.has_value() ? &*gate_up_bias : nullptr;
-  if (tokens <= kFusedMlpMaxTokens) {
+  static_assert(L::kFusedMaxTokens <= kFusedMlpMaxTokens);
+  if (tokens <= L::kFusedMaxTokens) {
     const at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
     at::Tensor out2d = out.view({tokens, inter});
     L::silu_gate_up_small(x.reshape({tokens, hidden}).contiguous(), gate_up_weight.contiguous(),

@@ -10,9 +10,9 @@ import hopscotch_ext
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOKENS = [1, 7, 83, 1000]
 HIDDEN = [64, 576, 769, 4096, 5125]
-# silu_gate_up: tokens on both sides of the fused decode path's limit (16), (hidden, intermediate) pairs of odd
-# sizes (a partial vector chunk in every row) and a real model's (SmolLM2: 576 -> 1536).
-MLP_TOKENS = [1, 7, 16, 17, 83]
+# silu_gate_up: tokens on both sides of the fused decode path's limits (CPU 2, CUDA 16), (hidden, intermediate)
+# pairs of odd sizes (a partial vector chunk in every row) and a real model's (SmolLM2: 576 -> 1536).
+MLP_TOKENS = [1, 2, 3, 7, 16, 17, 83]
 MLP_SHAPES = [(64, 96), (576, 1536), (769, 5125)]
 EPS = 1e-6
 
@@ -46,7 +46,8 @@ def opcheck_cases(device: str) -> list[tuple]:
         (ops.scaled_add_rms_norm.default, (x, res, w, b, b, EPS)),
         (ops.scaled_add_rms_norm_.default, (x.clone(), res.clone(), w, b, b, EPS)),
         (ops.silu_and_mul.default, (rnd(7, 2 * 83),)),
-        (ops.silu_gate_up.default, (x, gu_w, gu_b)),  # fused decode path
+        (ops.silu_gate_up.default, (x[:2], gu_w, gu_b)),  # fused decode path (CPU and CUDA)
+        (ops.silu_gate_up.default, (x, gu_w, gu_b)),  # 7 tokens: fused on CUDA, GEMM + silu_and_mul on the CPU
         (ops.silu_gate_up.default, (rnd(3, 9, 83), gu_w, None)),  # 27 tokens: GEMM + silu_and_mul
         (ops.rotary_embedding.default, (pos, rnd(7, 3, 16), rnd(7, 1, 16), cache)),
         (ops.rotary_embedding_out.default, (pos, rnd(7, 3, 16), cache, False)),

@@ -1,5 +1,6 @@
 """silu_gate_up (the fused gated-MLP op) against its reference: every dtype, odd shapes, both kernel paths (fused
-decode kernel at tokens <= 16, GEMM + silu_and_mul above), strided inputs, gradients and torch.compile."""
+decode kernel up to 2 tokens on the CPU and 16 on CUDA, GEMM + silu_and_mul above), strided inputs, gradients
+and torch.compile."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_silu_gate_up_matches_reference(tokens, shape, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tokens", [1, 16, 40])
+@pytest.mark.parametrize("tokens", [1, 2, 16, 40])
 def test_silu_gate_up_strided_batched_and_empty(tokens, dtype, device):
     needs_cuda_kernels(device)
     hidden, inter = 769, 133
@@ -62,7 +63,7 @@ def test_silu_gate_up_strided_batched_and_empty(tokens, dtype, device):
     torch.testing.assert_close(zero_hidden, R.silu_and_mul_ref(b.expand(tokens, -1)))
 
 
-@pytest.mark.parametrize("tokens", [5, 20])
+@pytest.mark.parametrize("tokens", [2, 5, 20])
 def test_gradcheck_silu_gate_up(tokens):
     """float64 gradcheck through both forward paths, w.r.t. x, the weight and the bias."""
     g = torch.Generator().manual_seed(tokens)

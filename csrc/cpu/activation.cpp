@@ -47,40 +47,49 @@ void silu_and_mul_row(const scalar_t* __restrict__ gate,  // [d]
   }
 }
 
-// Tokens whose dot products one pass over a weight row accumulates at once: 2 rows x 4 tokens x 2 vectors =
-// 16 accumulators would spill AVX2's 16 registers, so 2 x kTokenBlock x 1 vector pair, re-using the weight
-// chunk from registers for every token of the block.
-constexpr int64_t kTokenBlock = 4;
-
-// Output column j for every token: dot products of x [tokens, hidden] (float32) with W_gate row j and W_up row
-// j, float32 accumulation in vector lanes (the partial last chunk zero-padded: same arithmetic as the others).
-template <typename scalar_t>
-void gate_up_column(const float* __restrict__ x,         // [tokens, hidden], float32
-                    const scalar_t* __restrict__ wg,     // [hidden]: W_gate row j
-                    const scalar_t* __restrict__ wu,     // [hidden]: W_up row j
-                    int64_t tokens, int64_t hidden, float* __restrict__ g,  // [tokens]
-                    float* __restrict__ u) {                                // [tokens]
-  for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
-    const int64_t nt = std::min(kTokenBlock, tokens - t0);
-    Vec ag[kTokenBlock], au[kTokenBlock];
-    for (int64_t t = 0; t < kTokenBlock; ++t) ag[t] = au[t] = Vec(0.f);
-    for (int64_t i = 0; i < hidden; i += kChunk) {
-      const int64_t n = std::min<int64_t>(kChunk, hidden - i);
-      Vec ga, gb, ua, ub;
-      cpu::load2(wg + i, ga, gb, n);
-      cpu::load2(wu + i, ua, ub, n);
-      for (int64_t t = 0; t < nt; ++t) {
-        Vec xa, xb;
-        cpu::load2(x + (t0 + t) * hidden + i, xa, xb, n);
-        ag[t] = at::vec::fmadd(xb, gb, at::vec::fmadd(xa, ga, ag[t]));
-        au[t] = at::vec::fmadd(xb, ub, at::vec::fmadd(xa, ua, au[t]));
-      }
-    }
-    for (int64_t t = 0; t < nt; ++t) {
-      g[t0 + t] = cpu::lane_sum(ag[t]);
-      u[t0 + t] = cpu::lane_sum(au[t]);
+// Dot products of NT tokens of x (float32) with one W_gate row and one W_up row, in one pass over the rows.
+// Four independent accumulators per token (gate / up x the two float32 halves of a chunk) keep FMA latency
+// hidden even for one token: 4 NT accumulators + 4 weight + 2 x vectors fit AVX2's 16 registers for NT <= 2.
+// The partial last chunk is zero-padded and goes through the same FMAs (same rounding as the others).
+template <int NT, typename w_t>
+void dot_block(const float* __restrict__ x,  // [NT, hidden] at row stride hidden
+               const w_t* __restrict__ wg,   // [hidden]
+               const w_t* __restrict__ wu,   // [hidden]
+               int64_t hidden, float* __restrict__ g, float* __restrict__ u) {
+  Vec acc[NT][4];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = Vec(0.f);
+  for (int64_t i = 0; i < hidden; i += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, hidden - i);
+    Vec ga, gb, ua, ub;
+    cpu::load2(wg + i, ga, gb, n);
+    cpu::load2(wu + i, ua, ub, n);
+#pragma GCC unroll 2
+    for (int t = 0; t < NT; ++t) {
+      Vec xa, xb;
+      cpu::load2(x + t * hidden + i, xa, xb, n);
+      acc[t][0] = at::vec::fmadd(xa, ga, acc[t][0]);
+      acc[t][1] = at::vec::fmadd(xb, gb, acc[t][1]);
+      acc[t][2] = at::vec::fmadd(xa, ua, acc[t][2]);
+      acc[t][3] = at::vec::fmadd(xb, ub, acc[t][3]);
     }
   }
+  for (int t = 0; t < NT; ++t) {
+    g[t] = cpu::lane_sum(acc[t][0] + acc[t][1]);
+    u[t] = cpu::lane_sum(acc[t][2] + acc[t][3]);
+  }
+}
+
+// Output column j for every token: W_gate row j and W_up row j against x [tokens, hidden] (float32), float32
+// accumulation, two tokens per pass over the rows.
+template <typename scalar_t>
+void gate_up_column(const float* __restrict__ x,      // [tokens, hidden], float32
+                    const scalar_t* __restrict__ wg,  // [hidden]: W_gate row j
+                    const scalar_t* __restrict__ wu,  // [hidden]: W_up row j
+                    int64_t tokens, int64_t hidden, float* __restrict__ g,  // [tokens]
+                    float* __restrict__ u) {                                // [tokens]
+  int64_t t = 0;
+  for (; t + 2 <= tokens; t += 2) dot_block<2>(x + t * hidden, wg, wu, hidden, g + t, u + t);
+  if (t < tokens) dot_block<1>(x + t * hidden, wg, wu, hidden, g + t, u + t);
 }
 
 // float64 (gradcheck only): plain loops.
@@ -99,6 +108,9 @@ void gate_up_column(const double* x, const double* wg, const double* wu, int64_t
 
 struct CpuActivation {
   using Guard = NoGuard;
+  // Measured on AVX2 (benchmarks/bench_ops.py, 2 threads): the fused kernel beats F.linear + silu * mul at 1 and
+  // 2 tokens, fp32 and bf16; from 4 on, oneDNN's blocked GEMM, which re-uses x across weight tiles, wins.
+  static constexpr int64_t kFusedMaxTokens = 2;
 
   static void silu_and_mul(const at::Tensor& in, at::Tensor& out) {
     const int64_t d = out.size(-1);
