@@ -26,20 +26,24 @@ def _f64(*ts):
     return [t.double() for t in ts]
 
 
+def _check_scaled_add(x, res, w, b, s):
+    """The op against the accuracy rule; returns its (normed, new_residual)."""
+    normed, new_res = hopscotch_ext.scaled_add_rms_norm(x, res, w, b, s, EPS)
+    ref_normed, ref_res = R.scaled_add_rms_norm_ref(x, res, w, b, s, EPS)
+    # The float64 oracle normalises the rounded residual, as the op is defined to.
+    _, o_res = R.scaled_add_rms_norm_ref(*_f64(x, res, w, b, s), EPS)
+    assert_close_to_oracle(new_res, ref_res, o_res)
+    assert_close_to_oracle(normed, ref_normed, R.rms_norm_ref(ref_res.double(), w.double(), EPS))
+    return normed, new_res
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("tokens", TOKENS)
 def test_scaled_add_rms_norm_matches_reference(tokens, hidden, dtype, device):
     needs_cuda_kernels(device)
-    x, res, w, b, s = _inputs(tokens, hidden, dtype, device, seed=tokens * 7919 + hidden)
-    normed, new_res = hopscotch_ext.scaled_add_rms_norm(x, res, w, b, s, EPS)
-    ref_normed, ref_res = R.scaled_add_rms_norm_ref(x, res, w, b, s, EPS)
-    # The float64 oracle normalises the rounded residual, as the op is defined to.
-    _, o_res = R.scaled_add_rms_norm_ref(*_f64(x, res, w, b, s), EPS)
-    o_normed = R.rms_norm_ref(ref_res.double(), w.double(), EPS)
-    assert_close_to_oracle(new_res, ref_res, o_res)
-    assert_close_to_oracle(normed, ref_normed, o_normed)
+    _check_scaled_add(*_inputs(tokens, hidden, dtype, device, seed=tokens * 7919 + hidden))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -94,11 +98,7 @@ def test_long_rows(hidden, dtype, device):
     """Rows longer than the CUDA kernel keeps in shared memory (32 KB) are re-read in its second pass."""
     needs_cuda_kernels(device)
     x, res, w, b, s = _inputs(3, hidden, dtype, device, seed=hidden)
-    normed, new_res = hopscotch_ext.scaled_add_rms_norm(x, res, w, b, s, EPS)
-    ref_normed, ref_res = R.scaled_add_rms_norm_ref(x, res, w, b, s, EPS)
-    _, o_res = R.scaled_add_rms_norm_ref(*_f64(x, res, w, b, s), EPS)
-    assert_close_to_oracle(new_res, ref_res, o_res)
-    assert_close_to_oracle(normed, ref_normed, R.rms_norm_ref(ref_res.double(), w.double(), EPS))
+    normed, new_res = _check_scaled_add(x, res, w, b, s)
     assert_close_to_oracle(hopscotch_ext.rms_norm(x, w, EPS), R.rms_norm_ref(x, w, EPS),
                            R.rms_norm_ref(x.double(), w.double(), EPS))
     x2, res2 = x.clone(), res.clone()
