@@ -9,8 +9,8 @@ import torch
 
 import hopscotch_ext
 from hopscotch_ext import reference as R
-from op_testing import (DEVICES, DTYPES, MLP_SHAPES, MLP_TOKENS, assert_close_to_oracle, needs_cuda_kernels,
-                        strided)
+from op_testing import (DEVICES, DTYPES, MLP_SHAPES, MLP_TOKENS, SAME_BITS, assert_close_to_oracle,
+                        needs_cuda_kernels, strided)
 
 
 def _inputs(tokens, hidden, inter, dtype, device, seed, bias=True):
@@ -54,10 +54,10 @@ def test_silu_gate_up_strided_batched_and_empty(tokens, dtype, device):
     every_other = torch.empty(tokens, 2 * hidden, dtype=dtype, device=device)[:, ::2]
     every_other.copy_(x)
     for view in ((strided(x),) if tokens > 1 else ()) + (every_other,):
-        torch.testing.assert_close(hopscotch_ext.silu_gate_up(view, w, b), expect, rtol=0, atol=0)
+        torch.testing.assert_close(hopscotch_ext.silu_gate_up(view, w, b), expect, **SAME_BITS)
     # Leading batch dimensions are flattened into tokens.
     torch.testing.assert_close(hopscotch_ext.silu_gate_up(x.view(1, tokens, hidden), w, b),
-                               expect.view(1, tokens, inter), rtol=0, atol=0)
+                               expect.view(1, tokens, inter), **SAME_BITS)
     assert hopscotch_ext.silu_gate_up(x[:0], w, b).shape == (0, inter)
     zero_hidden = hopscotch_ext.silu_gate_up(x[:, :0], w[:, :0], b)  # x @ W^T = 0: silu(b_gate) * b_up
     torch.testing.assert_close(zero_hidden, R.silu_and_mul_ref(b.expand(tokens, -1)))

@@ -7,7 +7,8 @@ import torch
 
 import hopscotch_ext
 from hopscotch_ext import reference as R
-from op_testing import DEVICES, DTYPES, HIDDEN, TOKENS, assert_close_to_oracle, needs_cuda_kernels, strided
+from op_testing import (DEVICES, DTYPES, HIDDEN, SAME_BITS, TOKENS, assert_close_to_oracle, needs_cuda_kernels,
+                        strided)
 
 EPS = 1e-6
 
@@ -79,16 +80,16 @@ def test_non_contiguous_inputs(dtype, device):
     xs, rs = strided(x), strided(res)
     normed, new_res = hopscotch_ext.scaled_add_rms_norm(xs, rs, w, b, s, EPS)
     exp_normed, exp_res = hopscotch_ext.scaled_add_rms_norm(x, res, w, b, s, EPS)
-    torch.testing.assert_close(normed, exp_normed, rtol=0, atol=0)
-    torch.testing.assert_close(new_res, exp_res, rtol=0, atol=0)
-    torch.testing.assert_close(hopscotch_ext.rms_norm(xs, w, EPS), hopscotch_ext.rms_norm(x, w, EPS), rtol=0, atol=0)
+    torch.testing.assert_close(normed, exp_normed, **SAME_BITS)
+    torch.testing.assert_close(new_res, exp_res, **SAME_BITS)
+    torch.testing.assert_close(hopscotch_ext.rms_norm(xs, w, EPS), hopscotch_ext.rms_norm(x, w, EPS), **SAME_BITS)
     # In place through strided views: the wide buffers' padding columns stay untouched.
     hopscotch_ext.scaled_add_rms_norm_(xs, rs, w, b, s, EPS)
-    torch.testing.assert_close(xs, exp_normed, rtol=0, atol=0)
-    torch.testing.assert_close(rs, exp_res, rtol=0, atol=0)
+    torch.testing.assert_close(xs, exp_normed, **SAME_BITS)
+    torch.testing.assert_close(rs, exp_res, **SAME_BITS)
     # Transposed input (leading dims permuted) works too.
     xt = x.reshape(83, 769).t().contiguous().t()
-    torch.testing.assert_close(hopscotch_ext.rms_norm(xt, w, EPS), hopscotch_ext.rms_norm(x, w, EPS), rtol=0, atol=0)
+    torch.testing.assert_close(hopscotch_ext.rms_norm(xt, w, EPS), hopscotch_ext.rms_norm(x, w, EPS), **SAME_BITS)
 
 
 @pytest.mark.parametrize("device", DEVICES)
