@@ -17,11 +17,12 @@ quiet() { if ! "$@" >"$LOG" 2>&1; then grep -v "^WARNING: Location" "$LOG" | tai
 rm -rf "$DIST" "$WVENV"
 quiet "$VENV/bin/python" -m build --sdist --no-isolation --outdir "$DIST" .
 sdist=$(ls "$DIST"/hopscotch-*.tar.gz)
+listing=$(tar tzf "$sdist" | sed 's|^[^/]*/||')
 for needed in csrc/torch_bindings.cpp csrc/checks.h csrc/cpu/vec_utils.h CMakeLists.txt setup.py pyproject.toml \
               python/hopscotch_ext/__init__.py python/hopscotch/patch/stack.py constraints.txt; do
-  tar tzf "$sdist" | grep -q "^[^/]*/$needed\$" || { echo "CI wheel: the sdist lacks $needed" >&2; exit 1; }
+  grep -qx "$needed" <<<"$listing" || { echo "CI wheel: the sdist lacks $needed" >&2; exit 1; }
 done
-echo "CI wheel: sdist $(basename "$sdist") ($(tar tzf "$sdist" | wc -l) entries)"
+echo "CI wheel: sdist $(basename "$sdist") ($(wc -l <<<"$listing") entries)"
 
 # A clean venv: torch and the build tools at the pinned versions, then the wheel built from the sdist with them.
 python3 -m venv "$WVENV"
