@@ -187,6 +187,25 @@ def test_gguf_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.gguf"]
 
 
+def test_bench_costs_count_the_weights_read_and_the_kept_kv_cache(tmp_path):
+    from hopscotch.bench.llama_cpp import decode_bytes, gguf_costs, prompt_flops
+
+    model = tiny_model("llama")  # untied head: one embedding row read per token, the output matrix in full
+    tok = _tokenizer_gguf(tmp_path / "tok.gguf", 97)
+    out = export_model(model, SkipPlan.for_model(model, [1, 3]), tmp_path / "m.gguf", format="gguf", dtype="f16",
+                       gguf_tokenizer=tok)
+    costs = gguf_costs(out)
+    _, _, tensors = _read(out)
+    emb = int(tensors["token_embd.weight"].n_bytes)
+    assert costs["weight_bytes"] == sum(int(t.n_bytes) for t in tensors.values()) - emb + emb // 97
+    assert (costs["kv_layers"], costs["kv_width"], costs["q_width"]) == (3, 3 * 2 * 16, 3 * 4 * 16)
+    assert decode_bytes(costs, 100) == costs["weight_bytes"] + 2 * 96 * 100 * 2  # K and V, f16
+    matmul_params = sum(int(t.n_elements) for n, t in tensors.items() if n.endswith(("attn_q.weight", "attn_k.weight",
+                        "attn_v.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight",
+                        "output.weight")))
+    assert prompt_flops(costs, 9) == 2 * matmul_params + 4 * 192 * 5
+
+
 def test_tiny_gguf_runs_in_llama_cpp_like_the_patched_model(tmp_path):
     """Grouped-query attention, an untied head, skips and scalars, through llama.cpp (no real model needed)."""
     _need_llama_cpp()

@@ -7,10 +7,12 @@ comparisons with a float32 reference. Install llama.cpp with ``bash scripts/inst
 The benchmark (``run_llama_cpp_bench``; ``python benchmarks/bench_llama_cpp.py``) exports the model once in full
 and once per k with the last k attention blocks skipped (which blocks does not change the speed), loads all of
 them, and measures prompt processing (a ``context``-token prompt) and decoding (``new_tokens`` single-token steps
-after it) for each, the cases interleaved over ``rounds`` rounds. Ratios are against the full model in the same
-run. The ideal decode speed-up is the ratio of bytes read per decoded token (every weight once, the embedding row
-aside, plus the KV cache of the kept attention layers at the mean decode context); the ideal prompt speed-up
-is the ratio of FLOPs per prompt token (weights plus attention scores over the mean causal context).
+after it) for each, the cases interleaved over ``rounds`` rounds. Speed-ups are against the full model in the
+same run: the median over rounds of each round's full/thin time ratio (steadier than a ratio of medians when the
+machine's speed drifts between rounds). k = 0 is a second copy of the full model: its row is the noise floor.
+The ideal decode speed-up is the ratio of bytes read per decoded token (every weight once, the embedding row
+aside, plus the KV cache of the kept attention layers at the mean decode context); the ideal prompt speed-up is
+the ratio of FLOPs per prompt token (weights plus attention scores over the mean causal context).
 """
 
 from __future__ import annotations
@@ -186,6 +188,9 @@ def run_llama_cpp_bench(model, cfg: LlamaCppBenchConfig, work_dir: str | os.Path
     times: dict[tuple, list[float]] = {}
     keys = list(runners)
     try:
+        for run in runners.values():  # untimed: page the weights in, size the compute buffers
+            run.eval(prompts[min(cfg.contexts)][:64], reset=True)
+            run.eval(steps[:4])
         for r in range(cfg.rounds):
             order = keys[r % len(keys):] + keys[: r % len(keys)]  # rotate who goes first
             for c in cfg.contexts:
@@ -214,11 +219,12 @@ def run_llama_cpp_bench(model, cfg: LlamaCppBenchConfig, work_dir: str | os.Path
             continue
         tokens = c if phase == "prompt" else cfg.new_tokens
         full_s, thin_s = statistics.median(times[(phase, c, "full")]), statistics.median(ts)
+        speedup = statistics.median(f / t for f, t in zip(times[(phase, c, "full")], ts))
         if phase == "decode":  # memory-bound: bytes read per token at the mean decode context
             cost_full, cost_thin = (decode_bytes(costs[m], c + cfg.new_tokens / 2) for m in ("full", key))
         else:  # compute-bound: FLOPs per prompt token
             cost_full, cost_thin = (prompt_flops(costs[m], c) for m in ("full", key))
-        ideal, speedup = cost_full / cost_thin, full_s / thin_s
+        ideal = cost_full / cost_thin
         rows.append({"engine": "llama.cpp", "phase": phase, "k": key, "context": c, "tokens": tokens,
                      "tok_s_full": tokens / full_s, "tok_s_thin": tokens / thin_s, "speedup": speedup,
                      "ideal_speedup": ideal, "ideal_basis": "bytes/token" if phase == "decode" else "flops/token",

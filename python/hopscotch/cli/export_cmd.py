@@ -13,8 +13,9 @@ folded into the output projections; skipped blocks are not written.
 formats:
   hopscotch  safetensors + config naming the skipped blocks; load with hopscotch.from_pretrained(dir):
              a patched model with the compact KV cache (the speed and memory gains)
-  decilm     DeciLMForCausalLM (block_configs with attention.no_op): served by vLLM, llama.cpp, MLX and
-             TensorRT-LLM, tensor parallelism included. Llama-layer models without biases only.
+  decilm     DeciLMForCausalLM (block_configs with attention.no_op), for vLLM, llama.cpp's converter, MLX
+             and TensorRT-LLM; its config class ships with it (load with trust_remote_code=True).
+             Llama-layer models without biases only.
   vanilla    the original architecture, skipped blocks kept with zeroed output projections: loads with plain
              AutoModelForCausalLM.from_pretrained, same outputs, but NO speed or memory gain.
   gguf       one llama.cpp file (--out NAME.gguf), DeciLM architecture: skipped attention blocks have 0 heads

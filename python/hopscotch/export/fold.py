@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from ..plan import SCALAR_NAMES
+
 __all__ = ["FoldError", "base_state_dict", "folded_weights", "output_scales"]
 
-_SCALAR_NAMES = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
 
 
 class FoldError(ValueError):
@@ -50,7 +51,7 @@ def base_state_dict(model) -> dict[str, torch.Tensor]:
     from ..arch import causal_lm
 
     lm = causal_lm(model)
-    sd = {k: v for k, v in lm.state_dict().items() if k.rsplit(".", 1)[-1] not in _SCALAR_NAMES}
+    sd = {k: v for k, v in lm.state_dict().items() if k.rsplit(".", 1)[-1] not in SCALAR_NAMES}
     if getattr(lm.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight", None)
     return sd

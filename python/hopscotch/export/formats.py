@@ -7,8 +7,8 @@ import warnings
 
 from ..plan import SkipPlan
 
-__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "decilm_config", "hopscotch_config", "rope_settings",
-           "skipped_weight", "weight_scale_key"]
+__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "decilm_config", "hopscotch_config",
+           "llama_layer_problems", "rope_settings", "skipped_weight", "weight_scale_key"]
 
 FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
@@ -57,13 +57,9 @@ def _find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - n % k
 
 
-def decilm_config(config, plan: SkipPlan) -> dict:
-    """The DeciLM (``nemotron-nas``) config entries for this model and plan; refuses what the format cannot hold.
-
-    DeciLM layers are Llama layers whose attention or FFN may be a no-op; an FFN's width is ``ffn_mult``
-    (intermediate = multiple of 256 at or above int(2 * ffn_mult * hidden / 3)), KV heads per layer
-    ``num_attention_heads / n_heads_in_group``.
-    """
+def llama_layer_problems(config) -> list[str]:
+    """Why this model's layers are not plain Llama layers (no biases, no q/k norms, full attention), if they are
+    not: what the DeciLM formats (decilm, gguf) cannot write."""
     problems = []
     if config.model_type not in ("llama", "mistral"):
         problems.append(f"model_type {config.model_type!r} (its layers are not Llama layers"
@@ -74,6 +70,17 @@ def decilm_config(config, plan: SkipPlan) -> dict:
         problems.append("MLP biases")
     if getattr(config, "sliding_window", None) is not None:
         problems.append(f"sliding-window attention (window {config.sliding_window})")
+    return problems
+
+
+def decilm_config(config, plan: SkipPlan) -> dict:
+    """The DeciLM (``nemotron-nas``) config entries for this model and plan; refuses what the format cannot hold.
+
+    DeciLM layers are Llama layers whose attention or FFN may be a no-op; an FFN's width is ``ffn_mult``
+    (intermediate = multiple of 256 at or above int(2 * ffn_mult * hidden / 3)), KV heads per layer
+    ``num_attention_heads / n_heads_in_group``.
+    """
+    problems = llama_layer_problems(config)
     hidden, inter = config.hidden_size, config.intermediate_size
     ffn_mult = 1.5 * inter / hidden
     if _find_multiple(int(2 * ffn_mult * hidden / 3), 256) != inter:

@@ -31,7 +31,7 @@ import torch
 from ..arch import causal_lm, check_supported
 from ..plan import SkipPlan
 from .fold import folded_weights
-from .formats import ExportError, rope_settings
+from .formats import ExportError, llama_layer_problems, rope_settings
 
 __all__ = ["GGUF_DTYPES", "export_gguf", "gguf_problems", "source_gguf"]
 
@@ -58,16 +58,7 @@ def _gguf_dtype(dtype, loaded: torch.dtype) -> str:
 
 def gguf_problems(config, plan: SkipPlan) -> list[str]:
     """What llama.cpp's deci architecture cannot express for this model and plan (empty: it can)."""
-    problems = []
-    if config.model_type not in ("llama", "mistral"):
-        problems.append(f"model_type {config.model_type!r} (its layers are not Llama layers"
-                        f"{': per-head q/k norms' if config.model_type == 'qwen3' else ''})")
-    if getattr(config, "attention_bias", False) or config.model_type == "qwen2":
-        problems.append("attention biases")
-    if getattr(config, "mlp_bias", False):
-        problems.append("MLP biases")
-    if getattr(config, "sliding_window", None) is not None:
-        problems.append(f"sliding-window attention (window {config.sliding_window})")
+    problems = llama_layer_problems(config)
     if getattr(config, "hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {config.hidden_act!r} (llama.cpp's deci FFN is SiLU-gated)")
     rope_type = rope_settings(config)[1].get("rope_type", "default")
@@ -207,14 +198,10 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
             if t.shape[-1] % block:
                 qtype = gguf.GGMLQuantizationType.F16  # what llama.cpp's converter falls back to
             plans.append((name, hf_name, qtype, tuple(t.shape)))
-        for name, _, qtype, shape in plans:
-            byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if qtype not in (
-                gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else shape
-            itemsize = {gguf.GGMLQuantizationType.F32: 4, gguf.GGMLQuantizationType.F16: 2}.get(qtype, 1)
-            raw = None if itemsize > 1 else qtype
-            np_dtype = {4: np.float32, 2: np.float16, 1: np.uint8}[itemsize]
-            writer.add_tensor_info(name, byte_shape, np.dtype(np_dtype), int(np.prod(byte_shape)) * itemsize,
-                                   raw_dtype=raw)
+        for name, _, qtype, shape in plans:  # the header first, then the tensors one at a time (streamed)
+            block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), int(np.prod(shape)) // block * block_bytes,
+                                   raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()

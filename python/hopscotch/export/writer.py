@@ -7,6 +7,7 @@ Formats:
                  the heterogeneous-layer format vLLM, llama.cpp, MLX and TensorRT-LLM serve.
   ``vanilla``    the original architecture with skipped blocks kept and their output projection zeroed: stock
                  ``AutoModelForCausalLM.from_pretrained`` loads it, same outputs, no speed gain.
+  ``gguf``       one llama.cpp file, its DeciLM ("deci") architecture (``gguf_export.py``).
 In every format the scalars are folded into the weights (``fold.py``). The checkpoint is written to a temporary
 directory next to ``out_dir`` and renamed at the end: an interrupted export leaves nothing half-written.
 """
