@@ -22,7 +22,7 @@ import torch
 
 from .atomic import atomic_write_bytes, atomic_write_text
 
-__all__ = ["SCALAR_NAMES", "PlanError", "SkipPlan", "model_fingerprint", "FINGERPRINT_FIELDS", "package_versions"]
+__all__ = ["SCALAR_NAMES", "PlanError", "SkipPlan", "architecture_fingerprint", "FINGERPRINT_FIELDS", "package_versions"]
 
 _FORMAT = "hopscotch-plan/1"
 # The four scalars of every layer, in the paper's order (b_att, s_att, b_mlp, s_mlp): the patched layers'
@@ -46,8 +46,9 @@ def _config_of(model_or_config):
     return cfg
 
 
-def model_fingerprint(model_or_config) -> dict[str, Any]:
-    """Identity of a model's architecture: the fields above and a hash of them."""
+def architecture_fingerprint(model_or_config) -> dict[str, Any]:
+    """Identity of a model's architecture (the config fields above and a hash of them), not of its weights: a plan
+    fits every model with this architecture. ``data.targets.weights_fingerprint`` identifies the weights."""
     cfg = _config_of(model_or_config)
     fields = {}
     for name in FINGERPRINT_FIELDS:
@@ -95,7 +96,7 @@ class SkipPlan:
         """A plan for ``model`` (scalars default to 1). Provenance gets versions and a timestamp."""
         prov = {"versions": package_versions(),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **provenance}
-        plan = cls(model_fingerprint(model), sorted(int(i) for i in skipped_attention),
+        plan = cls(architecture_fingerprint(model), sorted(int(i) for i in skipped_attention),
                    sorted(int(i) for i in skipped_mlp), scalars, prov)
         plan.check()
         return plan
@@ -133,7 +134,7 @@ class SkipPlan:
     def validate(self, model) -> None:
         """Raise PlanError naming the first mismatch if this plan does not fit ``model``."""
         self.check()
-        mine, theirs = self.fingerprint, model_fingerprint(model)
+        mine, theirs = self.fingerprint, architecture_fingerprint(model)
         for key in ("model_type", "num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads"):
             if mine.get(key) != theirs.get(key):
                 raise PlanError(f"plan is for {key}={mine.get(key)!r} but the model has {key}={theirs.get(key)!r}")

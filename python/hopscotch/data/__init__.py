@@ -13,7 +13,7 @@ from .olmo_eval_tasks import (DEFAULT_VARIANT, load_task, load_task_prompt_answe
 from .readers import (read_data_file, read_multiple_choice_jsonl, read_prompt_answer_jsonl, read_text_file,
                       read_text_jsonl)
 from .split import DataSplit, split_items
-from .targets import model_fingerprint, self_distill_targets
+from .targets import weights_fingerprint, self_distill_targets
 from .wikipedia import wikipedia_documents, wikipedia_split
 
 __all__ = [
@@ -24,6 +24,6 @@ __all__ = [
     "task_split", "load_task_prompt_answers",
     "DataSplit", "split_items",
     "pad_id", "resolve_max_length", "encode_pair", "pack_texts", "prompt_answer_batches",
-    "model_fingerprint", "self_distill_targets",
+    "weights_fingerprint", "self_distill_targets",
     "chat_prompts", "has_chat_template",
 ]

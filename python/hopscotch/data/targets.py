@@ -10,25 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..models import cache_dir
 from .batching import pad_id, resolve_max_length
 from .errors import DataError
 from .items import MultipleChoice, PromptAnswer
 
-__all__ = ["model_fingerprint", "self_distill_targets", "prompt_token_ids"]
+__all__ = ["weights_fingerprint", "self_distill_targets", "prompt_token_ids"]
 
 _log = logging.getLogger(__name__)
 _FORMAT_VERSION = 1  # bump when what is generated or stored changes
 
 
-def model_fingerprint(model) -> str:
-    """A hash of the model's config (without paths and versions) and of 64 evenly spaced values of every weight."""
+def weights_fingerprint(model) -> str:
+    """Identity of a model's weights: a hash of its config (without paths and versions) and of 64 evenly spaced
+    values of every weight (cached targets belong to the weights that generated them). The architecture alone:
+    ``plan.architecture_fingerprint``."""
     config = {k: v for k, v in model.config.to_dict().items()
               if not k.startswith("_") and k != "transformers_version"}
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
@@ -123,13 +124,6 @@ def _cut_at_stop(tokenizer, answer: list[int], stop: Sequence[str]) -> list[int]
     return answer[:n]
 
 
-def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def self_distill_targets(model, tokenizer, items: Sequence[str | PromptAnswer | MultipleChoice], *,
                          max_new_tokens: int = 32, stop: Sequence[str] = (), batch_size: int = 8,
                          max_length: int | None = None, truncate: bool = True, cache: bool = True,
@@ -167,7 +161,7 @@ def self_distill_targets(model, tokenizer, items: Sequence[str | PromptAnswer | 
     eos = _eos_ids(model, tokenizer)
     settings = {"max_new_tokens": max_new_tokens, "decoding": "greedy", "eos_token_ids": eos,
                 "stop": list(stop), "format": _FORMAT_VERSION}
-    key = hashlib.sha256(json.dumps({"model": model_fingerprint(model), "settings": settings,
+    key = hashlib.sha256(json.dumps({"model": weights_fingerprint(model), "settings": settings,
                                      "prompts": prompt_ids}).encode()).hexdigest()[:32]
     path = cache_dir() / "targets" / f"{key}.json"
     answers = None
@@ -183,6 +177,7 @@ def self_distill_targets(model, tokenizer, items: Sequence[str | PromptAnswer | 
         answers = _generate(model, prompt_ids, eos, pad_id(tokenizer), max_new_tokens, batch_size, progress)
         answers = [_cut_at_stop(tokenizer, a, stop) for a in answers]
         if cache:
-            _write_atomic(path, {"key": key, "settings": settings, "n": len(answers), "answers": answers})
+            atomic_write_text(path, json.dumps({"key": key, "settings": settings, "n": len(answers),
+                                                "answers": answers}))
     return [PromptAnswer(item_id, text, tokenizer.decode(ans, skip_special_tokens=True), tuple(p), tuple(ans), src)
             for item_id, text, src, p, ans in zip(ids, texts, sources, prompt_ids, answers)]

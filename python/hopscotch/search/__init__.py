@@ -25,7 +25,7 @@ from torch import nn
 
 from ..patch import apply_plan, is_patched, patch_model, reset_scalars, set_skips, unpatch_model
 from ..patch.patcher import get_scalars
-from ..plan import SkipPlan, model_fingerprint
+from ..plan import SkipPlan, architecture_fingerprint
 from .baselines import select_llm_drop, select_random
 from .greedy import FastSettings, greedy_search, worst_case
 from .objectives import OBJECTIVES, loss_positions, teacher_logprobs
@@ -91,7 +91,7 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
                 "lr": lr, "final_lr": final_lr, "final_epochs": final_epochs, "target": target,
                 "iterative": iterative, "candidate_epochs": candidate_epochs,
                 **({"fast": fast.as_dict()} if method == "hopscotch-fast" else {}),
-                "model": model_fingerprint(model)["config_hash"], "data": data_digest(batches)}
+                "model": architecture_fingerprint(model)["config_hash"], "data": data_digest(batches)}
     if method in ("llm-drop", "shortgpt"):
         settings["similarity_data"] = data_digest(sim_batches)
     if not method.startswith("hopscotch"):

@@ -12,49 +12,19 @@ identities by the same hooks, as the LLM-Drop code does.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 from torch import nn
 
 from ..arch import base_model, decoder_layers
 
-__all__ = ["ModuleScores", "similarity_scores", "zeroed_blocks"]
+__all__ = ["ModuleScores", "similarity_scores"]
 
 
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
-
-
-@contextlib.contextmanager
-def zeroed_blocks(model: nn.Module, attn: Iterable[int] = (), mlp: Iterable[int] = ()) -> Iterator[None]:
-    """Make attention blocks ``attn`` and MLP blocks ``mlp`` identities by zeroing their outputs with hooks.
-
-    This is how LLM-Drop (and the "HF + Python identity" benchmark baseline) skips a module: the module still
-    runs, so it saves no compute and its attention still writes to the KV cache.
-    """
-    layers = decoder_layers(model)
-    handles = []
-
-    def zero_attn(module, args, out):
-        if isinstance(out, tuple):
-            return (torch.zeros_like(out[0]), *out[1:])
-        return torch.zeros_like(out)
-
-    def zero_mlp(module, args, out):
-        return torch.zeros_like(out)
-
-    try:
-        for i in attn:
-            handles.append(layers[i].self_attn.register_forward_hook(zero_attn))
-        for i in mlp:
-            handles.append(layers[i].mlp.register_forward_hook(zero_mlp))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @dataclass

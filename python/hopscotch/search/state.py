@@ -10,41 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SearchState", "StateMismatchError", "atomic_write_text"]
+from ..atomic import atomic_write_text
+
+__all__ = ["SearchState", "StateMismatchError"]
 
 _FORMAT = "hopscotch-search-state/1"
 
 
 class StateMismatchError(ValueError):
     """A state file exists for a search with other settings: resuming it would mix two searches."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 @dataclass
