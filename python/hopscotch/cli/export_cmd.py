@@ -71,8 +71,8 @@ def run(args) -> int:
     files = [path.name] if gguf else sorted(p.name for p in path.iterdir())
     size = path.stat().st_size if gguf else sum(
         p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))
-    how = {"hopscotch": "hopscotch.from_pretrained(dir)", "decilm": "vLLM / llama.cpp / MLX / TensorRT-LLM "
-           "(DeciLMForCausalLM)", "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)",
+    how = {"hopscotch": "hopscotch.from_pretrained(dir)", "decilm": "vLLM's DeciLM / Nemotron-NAS loader (checked "
+           "against it, not served here) or transformers with trust_remote_code=True", "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)",
            "gguf": "llama.cpp (llama-cli -m FILE, llama-server, llama-cpp-python)"}[args.format]
     emit(args, {"out": str(path), "format": args.format, "files": files, "weight_bytes": size},
          f"wrote {args.format} {'file' if gguf else 'checkpoint'} to {path} ({size / 1e6:.1f} MB"
