@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-TESTS=(tests/test_hf_compat.py tests/test_patch.py tests/test_patch_integration.py tests/test_plan.py
-       tests/test_export.py tests/test_cli.py)
+# Tiny-model tests of everything that touches transformers' API, plus the real-model patch tests (SmolLM2:
+# cached == uncached generation, the compact cache, PEFT); the slower real-model export tests run in the main run.
+TESTS=(tests/test_hf_compat.py tests/test_patch.py tests/test_plan.py tests/test_export.py tests/test_cli.py
+       tests/test_dispatch.py)
 
 run_with() {  # NAME, then pip arguments that choose the transformers version
   local name=$1; shift
@@ -26,7 +28,8 @@ PY
 )"
   local start=$SECONDS
   "$venv/bin/python" -m hopscotch doctor
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not real_model" "${TESTS[@]}"
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_patch_integration.py
   echo "CI versions ($name): took $(( SECONDS - start )) s"
   rm -rf "$venv"
 }
