@@ -112,7 +112,7 @@ def test_op(benchmark, case, provider, request):
     op, dtype_name, tokens, hidden = case
     device = _device(request.config)
     dtype = getattr(torch, dtype_name)
-    if provider == "hopscotch" and not hopscotch_ext.EXTENSION_LOADED:
+    if provider == "hopscotch" and not hopscotch_ext.info()["loaded"]:
         pytest.skip("compiled extension not loaded")
     kernel, call_ref, ref_fn, nbytes = _setup(op, dtype, tokens, hidden, device)
     fn = {"hopscotch": kernel, "torch_eager": lambda: call_ref(ref_fn),

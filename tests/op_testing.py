@@ -23,7 +23,7 @@ DEVICES = [
 ]
 
 needs_extension = pytest.mark.skipif(
-    not hopscotch_ext.EXTENSION_LOADED, reason=f"compiled extension not loaded: {hopscotch_ext.info()['load_error']}"
+    not hopscotch_ext.info()["loaded"], reason=f"compiled extension not loaded: {hopscotch_ext.info()['load_error']}"
 )
 
 
@@ -57,7 +57,7 @@ def opcheck_cases(device: str) -> list[tuple]:
 
 # assert_close keywords for "same bits whatever the layout": a property of the kernels (one code path per row);
 # the reference fallback's torch ops may sum a strided or transposed input in another order.
-SAME_BITS: dict = {"rtol": 0, "atol": 0} if hopscotch_ext.EXTENSION_LOADED else {}
+SAME_BITS: dict = {"rtol": 0, "atol": 0} if hopscotch_ext.info()["loaded"] else {}
 
 
 def needs_cuda_kernels(device: str) -> None:

@@ -183,7 +183,7 @@ def test_import_without_extension_warns_once_and_falls_back():
         msgs = [str(w.message) for w in caught if "hopscotch_ext._C" in str(w.message)]
         assert len(msgs) == 1, msgs
         assert "pip install --no-build-isolation -e ." in msgs[0], msgs[0]
-        assert not hopscotch_ext.EXTENSION_LOADED and hopscotch_ext.info()["backends"] == []
+        assert not hopscotch_ext.info()["loaded"] and hopscotch_ext.info()["backends"] == []
         x = torch.randn(3, 8); w = torch.rand(8)
         out = hopscotch_ext.rms_norm(x, w, 1e-6)
         assert torch.allclose(out, hopscotch_ext.reference.rms_norm_ref(x, w, 1e-6))
