@@ -128,9 +128,9 @@ def _check_cached_generation(arch: str) -> str:
 
 
 def _check_compact_cache(arch: str) -> str:
-    from .patch import patch_model, set_skips
     from .hf_compat import output_cache
-    from .patch import kv_cache_bytes
+    from .patch.kv_cache import kv_cache_bytes, kv_layer_bytes
+    from .patch import patch_model, set_skips
     from .testing import tiny_model
 
     model = tiny_model(arch)
@@ -141,7 +141,7 @@ def _check_compact_cache(arch: str) -> str:
     n = model.config.num_hidden_layers
     skips = [0, 1, 4]
     # Per kept block, the bytes the full cache holds for it (sliding-window layers hold fewer tokens than others).
-    expected = sum(kv_cache_bytes(_one_layer(full_cache, i)) for i in range(n) if i not in skips)
+    expected = sum(kv_layer_bytes(full_cache.layers[i]) for i in range(n) if i not in skips)
     patch_model(model)
     set_skips(model, attention=skips)
     thin_cache = output_cache(model.generate(**kw))
@@ -151,12 +151,6 @@ def _check_compact_cache(arch: str) -> str:
     assert expected > 0 and thin == expected, \
         f"KV bytes {thin} with {len(skips)} of {n} blocks skipped; expected {expected} (the kept blocks' share)"
     return f"{thin} of {kv_cache_bytes(full_cache)} bytes with {len(skips)}/{n} blocks skipped"
-
-
-def _one_layer(cache, i: int):
-    class _View:
-        layers = [cache.layers[i]]
-    return _View
 
 
 def _check_compiled_ops(arch: str) -> str:

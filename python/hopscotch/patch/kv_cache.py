@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CacheMismatchError", "compact_cache", "kv_cache_bytes"]
+__all__ = ["CacheMismatchError", "compact_cache", "kv_cache_bytes", "kv_layer_bytes"]
 
 
 class CacheMismatchError(ValueError):
@@ -64,11 +64,12 @@ def _describe(tag, num_layers: int) -> str:
     return f"kept attention blocks {list(tag)}"
 
 
+def kv_layer_bytes(layer) -> int:
+    """Bytes held by the keys and values of one cache layer."""
+    return sum(t.numel() * t.element_size() for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+               if isinstance(t, torch.Tensor))
+
+
 def kv_cache_bytes(cache) -> int:
     """Bytes held by the keys and values of every layer of a transformers cache."""
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
+    return sum(kv_layer_bytes(layer) for layer in getattr(cache, "layers", []))

@@ -23,7 +23,6 @@ from .fuse import FusedLinear, can_fuse
 __all__ = ["HopscotchDecoderLayer", "SCALAR_NAMES", "FreedBlock"]
 
 
-
 class FreedBlock(nn.Module):
     """Stands in for a skipped block's module (or its norm) whose weights were released
     (``apply_plan(..., free_skipped=True)``, or never loaded: ``hopscotch.from_pretrained``)."""

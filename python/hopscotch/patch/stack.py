@@ -17,7 +17,6 @@ import torch
 import hopscotch_ext
 
 from ..hf_compat import cache_kwargs, check_forward_kwargs, model_output, pop_cache
-
 from .kv_cache import compact_cache
 from .rope import RopeContext
 
@@ -97,8 +96,7 @@ class StackRun:
                 from transformers.cache_utils import DynamicCache
 
                 cache = DynamicCache(config=base.config)
-            self.cache = compact_cache(cache, state.kept_attention(), len(state.layers))
-        self.given_cache = cache  # the caller's object (compacted in place), returned in the output
+            self.cache = compact_cache(cache, state.kept_attention(), len(state.layers))  # the caller's own object
         if position_ids is None:
             past = self.cache.get_seq_length() if self.cache is not None else 0
             position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
@@ -112,10 +110,6 @@ class StackRun:
         """The attention mask for layers of ``attention_type`` (None: plain causal), on ``device``."""
         mask = self.masks[attention_type]
         return mask.to(device) if mask is not None and mask.device != device else mask
-
-    def run_layer(self, layer, stream: Stream) -> None:
-        """Advance ``stream`` through one decoder layer (``HopscotchDecoderLayer.forward``)."""
-        layer(stream, self)
 
     def run(self, stream: Stream, start: int = 0) -> torch.Tensor:
         """Layers ``start``.. of the stack, then the final norm: the last hidden state."""
@@ -136,5 +130,5 @@ def patched_forward(self, input_ids=None, attention_mask=None, position_ids=None
     if use_cache is None:
         use_cache = getattr(self.config, "use_cache", False)
     run = StackRun(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
-    out = model_output(run.run(Stream(run.hidden)), run.given_cache if use_cache else None)
+    out = model_output(run.run(Stream(run.hidden)), run.cache if use_cache else None)
     return out if return_dict is not False else out.to_tuple()

@@ -123,7 +123,7 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
                                       hidden=hidden)
                     sums[c] += loss.item() * n
                     counter.forward += cost.forward(tokens, n, c, chosen + [c])
-                run.run_layer(layers[c], stream)
+                layers[c](stream, run)
             counter.forward += cost.forward(tokens, 0, 0, chosen)  # the shared stream, no head
             weight += n
     finally:
