@@ -27,3 +27,11 @@ def smollm2_fresh():
         return load_model(None)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A 4-layer random Llama and its tokenizer saved as an HF model directory (shared by the CLI tests)."""
+    from cli_testing import save_tiny_llama_dir
+
+    return save_tiny_llama_dir(tmp_path_factory.mktemp("tiny") / "model")

@@ -8,29 +8,7 @@ import sys
 
 import pytest
 
-from hopscotch.cli import main
-from data_fixtures.tiny_models import tiny_llama, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A 4-layer random Llama and its tokenizer saved as an HF model directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = tiny_tokenizer()
-    base = tiny_llama(tok, max_position_embeddings=256)
-    config = LlamaConfig(**{**base.config.to_dict(), "num_hidden_layers": 4})
-    model = LlamaForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_testing import run_cli
 
 
 SEARCH = ["--task", "arc_easy", "--calibration", 4, "--evaluation", 4, "--max-new-tokens", 4, "--final-epochs", 1,
@@ -39,7 +17,7 @@ SEARCH = ["--task", "arc_easy", "--calibration", 4, "--evaluation", 4, "--max-ne
 
 def test_search_eval_export_round(tiny_dir, tmp_path, capsys):
     plan = tmp_path / "plans" / "p.json"
-    code, out, err = _run(capsys, "search", "--model", tiny_dir, *SEARCH, "--num-skip", 1, "--out", plan, "--json")
+    code, out, err = run_cli(capsys, "search", "--model", tiny_dir, *SEARCH, "--num-skip", 1, "--out", plan, "--json")
     assert code == 0, err
     res = json.loads(out)
     assert res["plan"] == str(plan) and plan.is_file() and len(res["skipped_attention"]) == 1
@@ -48,20 +26,20 @@ def test_search_eval_export_round(tiny_dir, tmp_path, capsys):
     assert res["speed"]["decode_speedup"] > 0
     assert (tmp_path / "plans" / "p.state.json").is_file()  # resumable
     # Human-readable output of a second search (resumed from the state file: same plan).
-    code, out, _ = _run(capsys, "search", "--model", tiny_dir, *SEARCH, "--num-skip", 1, "--out", plan, "--no-speed")
+    code, out, _ = run_cli(capsys, "search", "--model", tiny_dir, *SEARCH, "--num-skip", 1, "--out", plan, "--no-speed")
     assert code == 0 and f"plan saved to {plan}" in out and "held-out loss" in out and "KV cache per token" in out
-    code, out, err = _run(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--task", "arc_easy",
+    code, out, err = run_cli(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--task", "arc_easy",
                           "--calibration", 4, "--evaluation", 4, "--quiet", "--json")
     assert code == 0, err
     assert json.loads(out)["skipped_attention"] == res["skipped_attention"]
     for fmt in ("hopscotch", "vanilla"):
-        code, out, err = _run(capsys, "export", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / fmt,
+        code, out, err = run_cli(capsys, "export", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / fmt,
                               "--format", fmt, "--quiet")
         assert code == 0, err
         assert f"wrote {fmt} checkpoint" in out and (tmp_path / fmt / "config.json").is_file()
-    code, _, err = _run(capsys, "export", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / "hopscotch")
+    code, _, err = run_cli(capsys, "export", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / "hopscotch")
     assert code == 2 and "is not empty; pass --overwrite" in err
-    code, _, err = _run(capsys, "export", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / "d",
+    code, _, err = run_cli(capsys, "export", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / "d",
                         "--format", "decilm", "--quiet")
     assert code == 2 and "decilm format cannot represent this model exactly" in err
 
@@ -71,7 +49,7 @@ def test_search_baselines_and_local_data(tiny_dir, tmp_path, capsys):
     data.write_text("\n".join(json.dumps({"prompt": f"Question: {i} plus {i}?\nAnswer:", "answer": f" {2 * i}"})
                               for i in range(12)) + "\n")
     for method in ("llm-drop", "random"):
-        code, out, err = _run(capsys, "search", "--model", tiny_dir, "--data", data, "--objective", "nll",
+        code, out, err = run_cli(capsys, "search", "--model", tiny_dir, "--data", data, "--objective", "nll",
                               "--calibration", 6, "--evaluation", 6, "--method", method, "-k", 2, "--no-speed",
                               "--out", tmp_path / f"{method}.json", "--json", "--quiet")
         assert code == 0, err
@@ -79,7 +57,7 @@ def test_search_baselines_and_local_data(tiny_dir, tmp_path, capsys):
 
 
 def test_bench_and_info(tmp_path, capsys):
-    code, out, err = _run(capsys, "bench", "--random-shape", "tiny", "--ks", "0,1", "--batches", 1, "--contexts", 16,
+    code, out, err = run_cli(capsys, "bench", "--random-shape", "tiny", "--ks", "0,1", "--batches", 1, "--contexts", 16,
                           "--new-tokens", 2, "--budget", 0.01, "--rounds", 2, "--csv", tmp_path / "e2e.csv", "--json",
                           "--quiet")
     assert code == 0, err
@@ -90,7 +68,7 @@ def test_bench_and_info(tmp_path, capsys):
     keys = [(r["provider"], r["k"], r["phase"], r["batch"]) for r in res["rows"]]
     assert len(keys) == len(set(keys)) == 4 * 2 and all(r["reps"] >= 6 for r in res["rows"])
     assert (tmp_path / "e2e.csv").is_file() and res["plot"].endswith(".png")
-    code, out, _ = _run(capsys, "info", "--json")
+    code, out, _ = run_cli(capsys, "info", "--json")
     assert code == 0 and "arc_easy" in json.loads(out)["tasks"]
 
 
@@ -112,7 +90,7 @@ def test_bench_and_info(tmp_path, capsys):
 def test_bad_arguments_give_one_line_and_a_nonzero_exit(argv, message, capsys):
     if "--device" in argv and __import__("torch").cuda.is_available():
         pytest.skip("a GPU is present")
-    code, _, err = _run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
@@ -120,11 +98,11 @@ def test_bad_arguments_give_one_line_and_a_nonzero_exit(argv, message, capsys):
 def test_corrupt_plan_and_bad_data_are_one_line(tiny_dir, tmp_path, capsys):
     bad_plan = tmp_path / "bad.json"
     bad_plan.write_text("{ not json")
-    code, _, err = _run(capsys, "eval", "--model", tiny_dir, "--plan", bad_plan)
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_dir, "--plan", bad_plan)
     assert code == 2 and "is not a valid plan file" in err and "Traceback" not in err
     bad_data = tmp_path / "bad.jsonl"
     bad_data.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": 3}\n')
-    code, _, err = _run(capsys, "search", "--model", tiny_dir, "--data", str(bad_data), "-k", 1, "--quiet")
+    code, _, err = run_cli(capsys, "search", "--model", tiny_dir, "--data", str(bad_data), "-k", 1, "--quiet")
     assert code == 2 and "bad.jsonl, line 2" in err and err.count("\n") == 1
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cli_testing import run_cli
 from data_fixtures.tiny_models import tiny_llama, tiny_tokenizer
 from hopscotch.data import DataError, MultipleChoice, PromptAnswer, encode_pair, pack_texts
 from hopscotch.evaluate import (answer_loss, lm_eval_accuracy, multiple_choice_accuracy,
@@ -195,33 +196,11 @@ def test_calibration_folds_are_disjoint_and_keep_the_evaluation_items():
 
 # ---------------------------------------------------------------- the eval command: intervals and --compare
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A 4-layer random Llama and its tokenizer saved as an HF model directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = tiny_tokenizer()
-    base = tiny_llama(tokenizer, max_position_embeddings=256)
-    config = LlamaConfig(**{**base.config.to_dict(), "num_hidden_layers": 4})
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    LlamaForCausalLM(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def _cli(capsys, *argv):
-    from hopscotch.cli import main
-
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @needs_packaged_data
 def test_search_and_eval_report_intervals_and_paired_comparisons(tiny_dir, tmp_path, capsys):
     plan = tmp_path / "p.json"
     split = ["--task", "arc_easy", "--calibration", 4, "--evaluation", 6, "--quiet"]
-    code, out, err = _cli(capsys, "search", "--model", tiny_dir, *split, "--max-new-tokens", 4, "--final-epochs", 1,
+    code, out, err = run_cli(capsys, "search", "--model", tiny_dir, *split, "--max-new-tokens", 4, "--final-epochs", 1,
                           "-k", 1, "--no-speed", "--out", plan, "--json")
     assert code == 0, err
     res = json.loads(out)
@@ -229,7 +208,7 @@ def test_search_and_eval_report_intervals_and_paired_comparisons(tiny_dir, tmp_p
     assert {"eval_loss", "acc", "acc_norm", "wiki_ppl"} <= set(ci)
     assert all(c["low"] <= c["value"] <= c["high"] and {"value", "low", "high"} <= set(c) for c in ci.values())
     assert set(res["change"]) >= {"eval_loss", "acc"} and "p_value" in res["change"]["acc"]
-    code, out, err = _cli(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--compare", "original", *split,
+    code, out, err = run_cli(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--compare", "original", *split,
                           "--resamples", 200, "--json")
     assert code == 0, err
     cmp = json.loads(out)
@@ -240,12 +219,12 @@ def test_search_and_eval_report_intervals_and_paired_comparisons(tiny_dir, tmp_p
         assert c["diff"]["low"] <= c["diff"]["value"] <= c["diff"]["high"]
     assert cmp["comparison"]["acc"]["a"] == cmp["acc"] and "McNemar" in cmp["comparison"]["acc"]["test"]
     assert cmp["comparison"]["eval_loss"]["a"] == pytest.approx(cmp["eval_loss"])
-    code, out, err = _cli(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--compare", plan, *split,
+    code, out, err = run_cli(capsys, "eval", "--model", tiny_dir, "--plan", plan, "--compare", plan, *split,
                           "--resamples", 200)
     assert code == 0, err
     assert "paired comparison, B - A" in out and "95% intervals" in out
     assert "SIGNIFICANT" not in out  # a plan against itself: no difference at all
-    code, _, err = _cli(capsys, "eval", "--model", tiny_dir, "--compare", tmp_path / "nope.json")
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_dir, "--compare", tmp_path / "nope.json")
     assert code == 2 and "--compare" in err and "no such file" in err
 
 
