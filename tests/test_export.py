@@ -16,9 +16,9 @@ from decilm_reference import decilm_logits
 from model_testing import tiny_model
 
 # Folding moves the residual scalars through the RMSNorms, which are scale-invariant only up to eps:
-# Norm(c x) = x / sqrt(mean(x^2) + eps / c^2). With eps = 1e-6, mean(x^2) ~ 1 and c within [0.3, 3] here, the
-# relative change of every norm is below ~1e-5, so exported and patched float32 logits (magnitude ~5) agree to
-# ~1e-4; the rest of the difference is float32 rounding of the rescaled weights.
+# Norm(c x) = x / sqrt(mean(x^2) + eps / c^2). The hopscotch format writes each norm's eps / C^2 and is exact up to
+# float32 rounding of the rescaled weights; the one-eps formats keep eps: with eps = 1e-6, mean(x^2) ~ 1e-2 and c
+# within [0.3, 3] here, every norm moves by below ~1e-4 relative, and float32 logits (magnitude ~5) agree to ~1e-4.
 FOLD_TOL = dict(rtol=1e-4, atol=2e-4)
 
 
@@ -106,6 +106,59 @@ def test_vanilla_format_loads_with_stock_transformers(arch, tmp_path):
     assert not hopscotch.is_patched(stock)
     torch.testing.assert_close(_logits(stock, ids), ref, **FOLD_TOL)
     assert float(stock.model.layers[1].self_attn.o_proj.weight.detach().abs().max()) == 0.0
+
+
+def _scale_plan(model):
+    """Residual scalars that take the stream scale C from 1 to ~0.3 and to ~3 (a learned plan stays near 1)."""
+    scalars = torch.ones(model.config.num_hidden_layers, 4)
+    scalars[:, 0] = 0.8  # b_att
+    scalars[1, 1], scalars[2, 3], scalars[3, 1] = 0.3, 3.0, 3.5  # s_att, s_mlp, s_att
+    return SkipPlan.for_model(model, [4], [], scalars, method="test")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_hopscotch_format_folds_each_norms_eps_exactly(arch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hopscotch.export.fold import norm_eps, stream_scale_range
+
+    # A large eps against these activations (mean(h^2) ~ 1e-2) makes the eps part of the fold visible.
+    model = tiny_model(arch, rms_norm_eps=1e-3)
+    plan = _scale_plan(model)
+    lo, hi = stream_scale_range(plan)
+    assert lo == pytest.approx(0.3) and hi == pytest.approx(0.3 * 3.0 * 3.5)
+    ids = torch.randint(3, 97, (2, 9))
+    apply_plan(model, plan)
+    ref = _logits(model, ids)
+    loaded = from_pretrained(export_model(model, plan, tmp_path / "h"))
+    exact = (_logits(loaded, ids) - ref).abs().max().item()
+    assert exact < 2e-5
+    eps = norm_eps(plan, 1e-3)
+    assert loaded.model.layers[2].input_layernorm.variance_epsilon == pytest.approx(1e-3 / 0.3 ** 2)
+    assert loaded.model.layers[3].post_attention_layernorm.variance_epsilon == pytest.approx(eps["post_attention_layernorm"][3])
+    assert loaded.model.norm.variance_epsilon == pytest.approx(1e-3 / hi ** 2)
+    with pytest.warns(UserWarning, match=r"scale the residual stream by 0.3 to 3.15.*format='hopscotch' .*exact"):
+        van = export_model(model, plan, tmp_path / "v", format="vanilla")
+    stock = AutoModelForCausalLM.from_pretrained(van, dtype=torch.float32)
+    one_eps = (_logits(stock, ids) - ref).abs().max().item()
+    assert one_eps > 100 * max(exact, 1e-7)  # the error the per-norm eps removes is real
+
+
+def test_hopscotch_format_1_exports_still_load_and_unknown_formats_are_refused(tmp_path):
+    model = tiny_model("llama")
+    plan = _plan(model)
+    out = export_model(model, plan, tmp_path / "h")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["hopscotch"]["format"] == 2
+    del cfg["hopscotch"]["norm_eps"]
+    cfg["hopscotch"]["format"] = 1
+    (out / "config.json").write_text(json.dumps(cfg))
+    loaded = from_pretrained(out)  # the original eps everywhere, as format 1 had it
+    assert loaded.model.norm.variance_epsilon == model.config.rms_norm_eps
+    cfg["hopscotch"]["format"] = 3
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match=r"hopscotch export format 3; this version reads formats 1 and 2"):
+        from_pretrained(out)
 
 
 def test_export_never_overwrites_and_leaves_nothing_half_written(tmp_path, monkeypatch):

@@ -8,7 +8,15 @@ becomes, on the rescaled stream g, ``g1 = (b_att / C') * Attn(Norm(g)) + g`` wit
 RMSNorm is invariant to a positive scale of its input (up to its eps: Norm(c x) = x / sqrt(mean(x^2) + eps/c^2)).
 So ``b_att / C'`` multiplies o_proj, ``b_mlp / C''`` (``C'' = C' * s_mlp``) multiplies down_proj, and every
 residual scalar disappears into the running product C. Every norm that reads the stream (the next block's input
-norm, the final norm) sees g instead of h: the same up to eps. A skipped block leaves C unchanged.
+norm, the final norm) sees g instead of h. A skipped block leaves C unchanged.
+
+The eps: a norm reading g = h / C computes g / sqrt(mean(g^2) + eps') = h / sqrt(mean(h^2) + C^2 eps'), which is
+the original norm of h exactly when eps' = eps / C^2. ``norm_eps`` gives that eps per norm (the hopscotch format
+writes it: exact). A format with one eps for every norm (vanilla, decilm, gguf) keeps the original eps, so the norm reading a
+stream of scale C computes as if its eps were eps * C^2: its output changes by about eps |C^2 - 1| / (2 mean(h^2))
+relative. Learned scalars keep C near 1 (a learned SmolLM2 plan: max logit difference ~1e-4); ``stream_scale_range``
+gives the C's so a writer can warn when they are far from 1. (A single eps other than the original is worse in
+practice: the early layers, where C is still ~1 and mean(h^2) is smallest, are the sensitive ones.)
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import torch
 
 from ..plan import SCALAR_NAMES
 
-__all__ = ["FoldError", "base_state_dict", "folded_weights", "output_scales"]
+__all__ = ["FoldError", "base_state_dict", "folded_weights", "norm_eps", "output_scales", "stream_scale_range"]
 
 
 
@@ -25,25 +33,52 @@ class FoldError(ValueError):
     """The scalars cannot be folded (a non-positive cumulative residual scale)."""
 
 
-def output_scales(scalars: torch.Tensor, skipped_attention, skipped_mlp) -> tuple[list[float], list[float]]:
-    """Per layer, the factor for o_proj and for down_proj (1.0 for skipped blocks, whose weights are not used).
-
-    ``scalars``: [num_layers, 4] (b_att, s_att, b_mlp, s_mlp), float64 math.
-    """
+def _walk(scalars: torch.Tensor, skipped_attention, skipped_mlp):
+    """Per layer ``(C reaching the attention block, its output factor, C reaching the MLP block, its factor)``
+    and the C reaching the final norm."""
     skip_a, skip_m = set(skipped_attention), set(skipped_mlp)
     c = 1.0
-    attn, mlp = [], []
+    rows = []
     for i, (b_att, s_att, b_mlp, s_mlp) in enumerate(scalars.double().tolist()):
-        for kind, skipped, b, s, out in (("attention", skip_a, b_att, s_att, attn), ("MLP", skip_m, b_mlp, s_mlp, mlp)):
+        row = []
+        for kind, skipped, b, s in (("attention", skip_a, b_att, s_att), ("MLP", skip_m, b_mlp, s_mlp)):
+            c_in = c
             if i in skipped:
-                out.append(1.0)
+                row += [c_in, 1.0]
                 continue
             c *= s
             if c <= 0:
                 raise FoldError(f"the residual scale reaching {kind} block {i} is {c:.4g} (<= 0): RMSNorm is not "
                                 "invariant to a sign flip, so these scalars cannot be folded into the weights")
-            out.append(b / c)
-    return attn, mlp
+            row += [c_in, b / c]
+        rows.append(row)
+    return rows, c
+
+
+def output_scales(scalars: torch.Tensor, skipped_attention, skipped_mlp) -> tuple[list[float], list[float]]:
+    """Per layer, the factor for o_proj and for down_proj (1.0 for skipped blocks, whose weights are not used).
+
+    ``scalars``: [num_layers, 4] (b_att, s_att, b_mlp, s_mlp), float64 math.
+    """
+    rows, _ = _walk(scalars, skipped_attention, skipped_mlp)
+    return [r[1] for r in rows], [r[3] for r in rows]
+
+
+def norm_eps(plan, eps: float) -> dict:
+    """The eps each stream-reading norm needs on the folded model to compute exactly what the patched model does:
+    ``{"input_layernorm": [per layer], "post_attention_layernorm": [per layer], "norm": final}``."""
+    rows, c_final = _walk(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
+    return {"input_layernorm": [eps / r[0] ** 2 for r in rows],
+            "post_attention_layernorm": [eps / r[2] ** 2 for r in rows], "norm": eps / c_final ** 2}
+
+
+def stream_scale_range(plan) -> tuple[float, float]:
+    """The smallest and largest residual scale C reaching a norm that the folded model runs (the kept blocks'
+    norms and the final norm)."""
+    rows, c_final = _walk(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
+    cs = [c_final] + [r[0] for i, r in enumerate(rows) if i not in plan.skipped_attention]
+    cs += [r[2] for i, r in enumerate(rows) if i not in plan.skipped_mlp]
+    return min(cs), max(cs)
 
 
 def base_state_dict(model) -> dict[str, torch.Tensor]:

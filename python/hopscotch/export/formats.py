@@ -8,7 +8,8 @@ import warnings
 from ..plan import SkipPlan
 
 __all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "decilm_config", "hopscotch_config",
-           "llama_layer_problems", "rope_settings", "skipped_weight", "weight_scale_key"]
+           "llama_layer_problems", "rope_settings", "warn_single_eps", "skipped_weight",
+           "weight_scale_key"]
 
 FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
@@ -47,10 +48,27 @@ def weight_scale_key(name: str) -> tuple[int | None, str | None]:
 
 
 def hopscotch_config(cfg: dict, plan: SkipPlan) -> dict:
-    return {**cfg, HOPSCOTCH_CONFIG_KEY: {"format": 1, "skipped_attention": plan.skipped_attention,
+    """Format 2: format 1 plus ``norm_eps``, the eps of every stream-reading norm (``fold.norm_eps``: exact)."""
+    from .fold import norm_eps
+
+    return {**cfg, HOPSCOTCH_CONFIG_KEY: {"format": 2, "skipped_attention": plan.skipped_attention,
                                           "skipped_mlp": plan.skipped_mlp,
                                           "method": plan.provenance.get("method"),
-                                          "fingerprint": plan.fingerprint["config_hash"]}}
+                                          "fingerprint": plan.fingerprint["config_hash"],
+                                          "norm_eps": norm_eps(plan, cfg["rms_norm_eps"])}}
+
+
+def warn_single_eps(plan: SkipPlan, format: str) -> None:
+    """A one-eps format (vanilla, decilm, gguf) folds exactly only up to eps (``fold.py``): warn when the scalars
+    move the residual scale far from 1 (outside [0.5, 2]: a norm's eps effectively scaled by C^2 beyond [1/4, 4])."""
+    from .fold import stream_scale_range
+
+    lo, hi = stream_scale_range(plan)
+    if lo < 0.5 or hi > 2.0:
+        warnings.warn(f"format={format!r} has one RMSNorm eps for every norm, and these scalars scale the residual "
+                      f"stream by {lo:.3g} to {hi:.3g} (learned scalars stay near 1), so the folded model may differ "
+                      "slightly from the patched one. format='hopscotch' writes an eps per norm and is exact.",
+                      stacklevel=3)
 
 
 def _find_multiple(n: int, k: int) -> int:

@@ -31,7 +31,7 @@ import torch
 from ..arch import causal_lm, check_supported
 from ..plan import SkipPlan
 from .fold import folded_weights
-from .formats import ExportError, llama_layer_problems, rope_settings
+from .formats import ExportError, llama_layer_problems, rope_settings, warn_single_eps
 
 __all__ = ["GGUF_DTYPES", "export_gguf", "gguf_problems", "source_gguf"]
 
@@ -155,6 +155,7 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     theta, _ = rope_settings(config)
     tensors, fold = folded_weights(model, plan)
+    warn_single_eps(plan, "gguf")
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,26 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _set_norm_eps(model, entry: dict) -> None:
+    """Format 2 holds the eps of every stream-reading norm (the fold is exact with them); format 1 has none."""
+    fmt = entry.get("format", 1)
+    if fmt not in (1, 2):
+        raise ExportError(f"hopscotch export format {fmt!r}; this version reads formats 1 and 2 (upgrade hopscotch)")
+    eps = entry.get("norm_eps")
+    if eps is None:
+        return
+    from ..arch import base_model
+
+    base = base_model(model)
+    layers = list(base.layers)
+    for name in ("input_layernorm", "post_attention_layernorm"):
+        if len(eps[name]) != len(layers):
+            raise ExportError(f"norm_eps[{name!r}] has {len(eps[name])} entries for {len(layers)} layers")
+        for layer, e in zip(layers, eps[name]):
+            getattr(layer, name).variance_epsilon = float(e)
+    base.norm.variance_epsilon = float(eps["norm"])
+
+
 def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                     device: str | torch.device = "cpu"):
     """Load an export written with ``format="hopscotch"``; returns the patched model (eval mode)."""
@@ -67,5 +87,6 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
     model.load_state_dict({k: v.to(torch_dtype) for k, v in sd.items()}, strict=False, assign=True)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
+    _set_norm_eps(model, entry)
     apply_plan(model, plan, free_skipped=True)
     return model.to(device).eval()

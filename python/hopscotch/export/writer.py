@@ -8,7 +8,8 @@ Formats:
   ``vanilla``    the original architecture with skipped blocks kept and their output projection zeroed: stock
                  ``AutoModelForCausalLM.from_pretrained`` loads it, same outputs, no speed gain.
   ``gguf``       one llama.cpp file, its DeciLM ("deci") architecture (``gguf_export.py``).
-In every format the scalars are folded into the weights (``fold.py``). The checkpoint is written to a temporary
+In every format the scalars are folded into the weights (``fold.py``); the hopscotch format also writes each
+norm's eps (exact), the others keep the one eps of the model (exact up to it). The checkpoint is written to a temporary
 directory next to ``out_dir`` and renamed at the end: an interrupted export leaves nothing half-written.
 """
 
@@ -24,7 +25,7 @@ import torch
 from ..arch import causal_lm, check_supported
 from ..plan import SkipPlan
 from .fold import folded_weights
-from .formats import FORMATS, ExportError, decilm_config, hopscotch_config
+from .formats import FORMATS, ExportError, decilm_config, hopscotch_config, warn_single_eps
 
 __all__ = ["export_model", "ExportError", "FORMATS"]
 
@@ -111,7 +112,9 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
             cfg["dtype"] = str(dtype).removeprefix("torch.")
         if format == "hopscotch":
             cfg = hopscotch_config(cfg, plan)
-        elif format == "decilm":
+        else:
+            warn_single_eps(plan, format)
+        if format == "decilm":
             cfg = {**cfg, **new_config}
             write_decilm_config_module(tmp)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
