@@ -222,6 +222,30 @@ def test_smollm2_exports_in_every_format(smollm2_fresh, tmp_path):
     torch.testing.assert_close(decilm_logits(deci, ids).float(), ref, **tol)
 
 
+@pytest.mark.real_model
+def test_smollm2_learned_plan_folds_exactly_in_hopscotch_format_and_within_eps_in_vanilla(smollm2_fresh, tmp_path):
+    """Realistic trained scalars (a k=4 plan the fast search learned on arc_easy, C within [0.98, 1.46])."""
+    import warnings
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    model, tok = smollm2_fresh
+    plan = SkipPlan.load(Path(__file__).parent / "data_fixtures" / "smollm2_learned_plan")
+    ids = tok(["Which gas do plants take in from the air to make food? Answer: carbon dioxide"],
+              return_tensors="pt")["input_ids"]
+    apply_plan(model, plan)
+    ref = _logits(model, ids)
+    exact = (_logits(from_pretrained(export_model(model, plan, tmp_path / "h")), ids) - ref).abs().max().item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # C stays near 1: no eps warning
+        van = export_model(model, plan, tmp_path / "v", format="vanilla")
+    one_eps = (_logits(AutoModelForCausalLM.from_pretrained(van, dtype=torch.float32), ids) - ref).abs().max().item()
+    # float32 logits up to ~30: the per-norm eps leaves float rounding only; the one eps adds its own (small) error.
+    assert exact < 1e-3
+    assert one_eps < 5e-3
+
+
 def _vllm_ffn_width(ffn_mult: float, hidden: int) -> int:
     width = int(2 * ffn_mult * hidden / 3)
     return width if width % 256 == 0 else width + 256 - width % 256
