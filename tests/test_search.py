@@ -18,6 +18,7 @@ from hopscotch import SkipPlan, is_patched
 from hopscotch.patch import patch_model, set_skips
 from hopscotch.search import METHODS, FastSettings, TokenPassCost, search, worst_case
 from hopscotch.search.greedy import _train, step_schedule
+from hopscotch.search.train import batch_tokens, rebatch
 from hopscotch.search.state import StateMismatchError
 from model_testing import tiny_model
 
@@ -204,6 +205,55 @@ def test_similarity_baselines_score_the_text_batches_when_given():
     assert plan.provenance["similarity_tokens"] == sum(int(b["attention_mask"].sum()) for b in text)
 
 
+def test_rebatch_keeps_every_row_and_token_and_drops_padding():
+    b = _batches(n=2, batch=3, seq=8)
+    b[0]["attention_mask"][1, 5:] = 0  # a right-padded row
+    b[0]["labels"][1, 5:] = -100
+    ones = rebatch(b, 1)
+    assert len(ones) == 6 and ones[1]["input_ids"].shape == (1, 5)  # its padding dropped
+    assert sum(map(batch_tokens, ones)) == sum(map(batch_tokens, b))
+    fours = rebatch(b, 4)
+    assert [x["input_ids"].shape[0] for x in fours] == [4, 2]
+    assert torch.equal(fours[0]["input_ids"][1, :5], b[0]["input_ids"][1, :5])
+    assert fours[0]["attention_mask"][1].tolist() == [1] * 5 + [0] * 3
+    assert (fours[0]["labels"][1, 5:] == -100).all()
+    assert sum(int((x["labels"] != -100).sum()) for x in fours) == sum(int((x["labels"] != -100).sum()) for x in b)
+    left = _batches(n=1)
+    left[0]["attention_mask"][0, 0] = 0
+    with pytest.raises(ValueError, match=r"right-padded"):
+        rebatch(left, 1)
+    with pytest.raises(ValueError, match=r"batch_size=0: expected a positive integer"):
+        rebatch(b, 0)
+
+
+@pytest.mark.parametrize("objective", ["nll", "kl"])
+def test_final_scalars_train_on_rebatched_rows(objective, monkeypatch):
+    """final_batch_size=1: one Adam step per row and epoch, over the same tokens; None keeps the batches."""
+    import hopscotch.search.train as train_mod
+
+    rows_seen = []
+    real = train_mod.batch_loss
+
+    def counting(model, batch, *args, **kwargs):
+        rows_seen.append(batch["input_ids"].shape[0])
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "batch_loss", counting)
+    seen, passes = {}, {}
+    for fbs in (1, None):
+        model = tiny_model("llama", num_layers=3)
+        rows_seen.clear()
+        plan = search(model, _batches(n=2, batch=3), method="hopscotch", num_skip=1, objective=objective,
+                      final_epochs=2, final_batch_size=fbs, progress=False)
+        assert plan.provenance["hyperparameters"]["final_batch_size"] == fbs
+        seen[fbs] = list(rows_seen)
+        passes[fbs] = plan.provenance["token_passes"]["total"]
+    # 3 candidates x 2 batches of 3 rows, then the final scalars: 2 epochs of 6 rows of 1, or of 2 batches of 3
+    assert seen[1] == [3] * 6 + [1] * 12 and seen[None] == [3] * 6 + [3] * 4
+    # the same tokens (the kl teacher's forward over the re-batched rows is counted once more)
+    assert passes[1] == passes[None] if objective == "nll" else passes[1] > passes[None]
+
+
 def test_bad_arguments_are_refused():
     model = tiny_model("llama", num_layers=3)
     with pytest.raises(ValueError, match=r"unknown search method 'magic'; expected one of hopscotch"):
@@ -214,6 +264,8 @@ def test_bad_arguments_are_refused():
         search(model, _batches(), objective="mse")
     with pytest.raises(ValueError, match=r"calibration data holds no batches"):
         search(model, [], num_skip=1)
+    with pytest.raises(ValueError, match=r"final_batch_size=0: expected a positive integer or None"):
+        search(model, _batches(), num_skip=1, final_batch_size=0)
     with pytest.raises(ValueError, match=r"batch 0 has keys \['input_ids'\]"):
         search(model, [{"input_ids": torch.ones(1, 3, dtype=torch.long)}], num_skip=1)
 

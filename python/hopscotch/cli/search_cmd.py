@@ -58,6 +58,9 @@ def register(sub) -> None:
     s.add_argument("--lr", type=float, default=1e-2, help="Adam lr when scoring candidates (default 1e-2)")
     s.add_argument("--final-lr", type=float, default=3e-3, help="Adam lr of the final scalars (default 3e-3)")
     s.add_argument("--final-epochs", type=int, default=3, help="epochs of the final scalars (default 3)")
+    s.add_argument("--final-batch-size", type=int, default=1,
+                   help="batch size of the final scalars' training, over the same calibration rows (default 1: more "
+                        "Adam steps for the same tokens; 0 keeps --batch-size)")
     s.add_argument("--candidate-epochs", type=int, default=1,
                    help="training budget of each candidate: epochs over the calibration batches (default 1, the "
                         "paper's); --calibration and --batch-size set the batches")
@@ -141,6 +144,7 @@ def run(args) -> int:
     similarity = data.text_calibration if args.similarity_data == "wikipedia" else None
     plan = search(model, data.calibration, method=args.method, num_skip=args.num_skip, objective=data.objective,
                   seed=args.seed, lr=args.lr, final_lr=args.final_lr, final_epochs=args.final_epochs,
+                  final_batch_size=args.final_batch_size or None,
                   target=args.target, iterative=args.iterative, shortlist=args.shortlist,
                   max_shortlist=args.max_shortlist, margin=args.margin, probe_fraction=args.probe_fraction,
                   budget_ratio=args.budget_ratio or None, candidate_epochs=args.candidate_epochs,

@@ -31,7 +31,7 @@ from .greedy import FastSettings, greedy_search, worst_case
 from .objectives import OBJECTIVES, loss_positions, teacher_logprobs
 from .similarity import similarity_scores
 from .state import SearchState
-from .train import PassCounter, TokenPassCost, batch_tokens, train_scalars
+from .train import PassCounter, TokenPassCost, batch_tokens, rebatch, train_scalars
 
 __all__ = ["METHODS", "search", "data_digest", "FastSettings", "worst_case", "TokenPassCost"]
 
@@ -64,6 +64,7 @@ def _check(batches, method, objective, num_skip, n_layers):
 
 def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fast", num_skip: int = 4,
            objective: str = "nll", seed: int = 0, lr: float = 1e-2, final_lr: float = 3e-3, final_epochs: int = 3,
+           final_batch_size: int | None = 1,
            target: str = "attn", iterative: bool = False, shortlist: int = 2, screen_fraction: float = 0.15,
            max_shortlist: int = 6, margin: float = 0.05, probe_fraction: float = 0.25,
            budget_ratio: float | None = 8.0, candidate_epochs: int = 1,
@@ -75,7 +76,10 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     resumable: a killed search started again with the same arguments continues from its last finished step.
 
     The training budget of a Hopscotch candidate is ``candidate_epochs`` epochs over ``batches`` (the paper: 1);
-    the batches' number and size are the calibration items and batch size. ``shortlist``, ``max_shortlist``,
+    the batches' number and size are the calibration items and batch size. The final scalars are trained
+    ``final_epochs`` epochs over the same rows re-batched to ``final_batch_size`` (None: as given): batch 1
+    takes more Adam steps over the same tokens, which lowered SmolLM2's held-out loss significantly where more
+    epochs did not (benchmarks/results/search_budget.txt). ``shortlist``, ``max_shortlist``,
     ``margin``, ``probe_fraction``, ``screen_fraction`` and ``budget_ratio`` tune ``hopscotch-fast``
     (``greedy.py``)."""
     base_cfg = model.config
@@ -83,12 +87,15 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     _check(batches, method, objective, num_skip, n_layers)
     if candidate_epochs < 1:
         raise ValueError(f"candidate_epochs={candidate_epochs}: expected 1 or more")
+    if final_batch_size is not None and (not isinstance(final_batch_size, int) or final_batch_size < 1):
+        raise ValueError(f"final_batch_size={final_batch_size!r}: expected a positive integer or None")
     fast = FastSettings(shortlist=shortlist, max_shortlist=max(max_shortlist, shortlist), margin=margin,
                         probe_fraction=probe_fraction, screen_fraction=screen_fraction, budget_ratio=budget_ratio)
     sim_batches = similarity_batches if similarity_batches else batches
     # A greedy step does not depend on num_skip: hopscotch states are shared by searches for any k.
     settings = {"method": method, "objective": objective, "seed": seed,
-                "lr": lr, "final_lr": final_lr, "final_epochs": final_epochs, "target": target,
+                "lr": lr, "final_lr": final_lr, "final_epochs": final_epochs, "final_batch_size": final_batch_size,
+                "target": target,
                 "iterative": iterative, "candidate_epochs": candidate_epochs,
                 **({"fast": fast.as_dict()} if method == "hopscotch-fast" else {}),
                 "model": architecture_fingerprint(model)["config_hash"], "data": data_digest(batches)}
@@ -115,7 +122,7 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
         plan = SkipPlan.for_model(model, attn, **prov)
     else:
         plan = _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs,
-                          fast, candidate_epochs, state, prov, progress)
+                          final_batch_size, fast, candidate_epochs, state, prov, progress)
     # This call's wall time (search_seconds, for hopscotch: the recorded work of the steps this plan used,
     # including steps an interrupted or a longer run recorded).
     plan.provenance["wall_seconds"] = round(time.perf_counter() - t0, 2)
@@ -147,26 +154,31 @@ def _similarity_method(model, batches, method, target, iterative, num_skip, stat
     return attn, mlp, [state.finished(e["name"]) or e for e in log]
 
 
-def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs, fast, candidate_epochs,
-               state, prov, progress) -> SkipPlan:
+def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, final_epochs, final_batch_size, fast,
+               candidate_epochs, state, prov, progress) -> SkipPlan:
     patch_model(model)
     set_skips(model)
     reset_scalars(model)
+    final_batches = batches if final_batch_size is None else rebatch(batches, final_batch_size)
     teacher = teacher_logprobs(model, batches) if objective == "kl" else None
+    final_teacher = teacher
+    if teacher is not None and final_batches is not batches:  # the teacher is per batch: recompute it
+        final_teacher = teacher_logprobs(model, final_batches)
     chosen, log, counter = greedy_search(model, batches, num_skip=num_skip, fast=method == "hopscotch-fast",
                                          objective=objective, state=state, seed=seed, lr=lr, teacher=teacher,
                                          fast_settings=fast, candidate_epochs=candidate_epochs,
                                          final_epochs=final_epochs, progress=progress)
-    if teacher is not None:  # the teacher's forward over the calibration data (once)
+    if teacher is not None:  # the teacher's forward over the calibration data (once; twice when re-batched)
         cost = TokenPassCost.of(model)
-        counter.forward += sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
+        teacher_passes = sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
+        counter.forward += teacher_passes * (1 if final_teacher is teacher else 2)
     final = state.finished(f"final/k{num_skip}")
     if final is None:
         reset_scalars(model)
         set_skips(model, attention=chosen)
         work, t1 = PassCounter(), time.perf_counter()
-        losses = train_scalars(model, batches, objective=objective, epochs=final_epochs, lr=final_lr,
-                               seed=seed + 7919, teacher=teacher, counter=work, desc="final scalars",
+        losses = train_scalars(model, final_batches, objective=objective, epochs=final_epochs, lr=final_lr,
+                               seed=seed + 7919, teacher=final_teacher, counter=work, desc="final scalars",
                                progress=progress) if final_epochs > 0 and num_skip > 0 else []
         final = {"name": f"final/k{num_skip}", "losses": losses, "scalars": get_scalars(model).tolist(),
                  "passes": [work.forward, work.backward], "seconds": round(time.perf_counter() - t1, 2)}
@@ -177,6 +189,7 @@ def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, 
                  "token_pass_unit": "one token forward through every layer and the LM head of the unpatched model, "
                                     "weighted by weight FLOPs; backward = 2 forward",
                  "hyperparameters": {"lr": lr, "final_lr": final_lr, "final_epochs": final_epochs,
+                                     "final_batch_size": final_batch_size,
                                      "candidate_epochs": candidate_epochs,
                                      **({"fast": fast.as_dict()} if method == "hopscotch-fast" else {})}})
     return SkipPlan.for_model(model, chosen, (), torch.tensor(final["scalars"]), **prov)

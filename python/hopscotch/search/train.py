@@ -23,8 +23,8 @@ from torch import nn
 from ..patch import patched_layers
 from .objectives import batch_loss, loss_positions
 
-__all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "scalar_parameters", "train_scalars",
-           "train_schedule", "BACKWARD_FACTOR"]
+__all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "rebatch", "scalar_parameters",
+           "train_scalars", "train_schedule", "BACKWARD_FACTOR"]
 
 BACKWARD_FACTOR = 2.0  # a backward counts as this many forward passes of the same part
 
@@ -102,6 +102,33 @@ def batch_tokens(batch: dict) -> int:
     """Tokens a forward over ``batch`` processes (non-padding)."""
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def rebatch(batches: list[dict], batch_size: int) -> list[dict]:
+    """The same rows (same order) in batches of ``batch_size``, each right-padded to its longest row; a row's own
+    padding is dropped first, so batches of 1 hold none. Rows must be right-padded (as the package's batches are).
+    The token count (``batch_tokens``) and the loss positions are unchanged, so is the token-pass count."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+    rows = []
+    for b in batches:
+        mask = b["attention_mask"]
+        for r in range(mask.shape[0]):
+            n = int(mask[r].sum())
+            if not bool(mask[r, :n].all()):
+                raise ValueError("rebatch needs right-padded batches (attention_mask 1...1 0...0 per row)")
+            rows.append({k: b[k][r, :n] for k in ("input_ids", "attention_mask", "labels")})
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(x["input_ids"]) for x in chunk)
+
+        def stack(key, fill):
+            return torch.stack([nn.functional.pad(x[key], (0, width - len(x[key])), value=fill) for x in chunk])
+
+        out.append({"input_ids": stack("input_ids", 0), "attention_mask": stack("attention_mask", 0),
+                    "labels": stack("labels", -100)})
+    return out
 
 
 def scalar_parameters(model: nn.Module) -> list[nn.Parameter]:
