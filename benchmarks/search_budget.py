@@ -10,6 +10,7 @@ the adaptation a candidate is scored with. This script separates the two levers 
 
   ``nN-bB-eE:F,..``  N calibration items, batch size B, E epochs per candidate (N*E/B Adam steps per candidate,
                      N*E items' worth of token-passes), then the final scalars trained F epochs (each F listed)
+                     at the same batch size B (the search's ``final_batch_size=None``)
 
 Each configuration runs the fast search (``hopscotch-fast``, the default method; its candidates are trained
 exactly as the faithful search trains them) to k blocks, then trains the final scalars for each F and evaluates
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
             unpatch_model(model)
             t1 = time.perf_counter()
             plan = search(model, batches, method=args.method, num_skip=args.k, objective=data.objective, seed=0,
-                          candidate_epochs=e, final_epochs=3, state_path=work / f"{label}.state.json",
+                          candidate_epochs=e, final_epochs=3, final_batch_size=None, state_path=work / f"{label}.state.json",
                           data_info=data.info, progress=not args.quiet)
             prov = plan.provenance
             search_passes = prov["token_passes"]["total"]
