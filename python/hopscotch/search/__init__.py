@@ -161,22 +161,27 @@ def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, 
     reset_scalars(model)
     final_batches = batches if final_batch_size is None else rebatch(batches, final_batch_size)
     teacher = teacher_logprobs(model, batches) if objective == "kl" else None
-    final_teacher = teacher
-    if teacher is not None and final_batches is not batches:  # the teacher is per batch: recompute it
-        final_teacher = teacher_logprobs(model, final_batches)
     chosen, log, counter = greedy_search(model, batches, num_skip=num_skip, fast=method == "hopscotch-fast",
                                          objective=objective, state=state, seed=seed, lr=lr, teacher=teacher,
                                          fast_settings=fast, candidate_epochs=candidate_epochs,
                                          final_epochs=final_epochs, progress=progress)
-    if teacher is not None:  # the teacher's forward over the calibration data (once; twice when re-batched)
-        cost = TokenPassCost.of(model)
-        teacher_passes = sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
-        counter.forward += teacher_passes * (1 if final_teacher is teacher else 2)
+    cost = TokenPassCost.of(model)
+
+    def teacher_passes(bs):  # the original model's forward over ``bs``
+        return sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in bs)
+
+    if teacher is not None:  # the teacher's forward over the calibration data (once)
+        counter.forward += teacher_passes(batches)
     final = state.finished(f"final/k{num_skip}")
     if final is None:
         reset_scalars(model)
-        set_skips(model, attention=chosen)
         work, t1 = PassCounter(), time.perf_counter()
+        final_teacher = teacher
+        if teacher is not None and final_batches is not batches:  # the teacher is per batch: recompute it
+            set_skips(model)  # the original model
+            final_teacher = teacher_logprobs(model, final_batches)
+            work.forward += teacher_passes(final_batches)
+        set_skips(model, attention=chosen)
         losses = train_scalars(model, final_batches, objective=objective, epochs=final_epochs, lr=final_lr,
                                seed=seed + 7919, teacher=final_teacher, counter=work, desc="final scalars",
                                progress=progress) if final_epochs > 0 and num_skip > 0 else []
