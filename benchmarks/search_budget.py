@@ -35,11 +35,10 @@ import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
 from hopscotch.bench.results import RESULTS_DIR, metadata
-from hopscotch.data.batching import pairs_to_batches
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
 from hopscotch.search import search
-from hopscotch.search.train import PassCounter, train_scalars
+from hopscotch.search.train import PassCounter, rebatch, train_scalars
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
 DEFAULT_CONFIGS = "n32-b4-e1:3,10;n32-b1-e1:3,10;n32-b4-e4:3;n128-b4-e1:3"
@@ -67,17 +66,6 @@ def parse_args(argv=None):
     return args
 
 
-def unbatch(batches: list[dict]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids) of every row of right-padded prompt/answer batches."""
-    pairs = []
-    for b in batches:
-        for ids, mask, labels in zip(b["input_ids"], b["attention_mask"], b["labels"]):
-            n = int(mask.sum())
-            start = int((labels != -100).nonzero()[0])
-            pairs.append((ids[:start].tolist(), ids[start:n].tolist()))
-    return pairs
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     work, out = Path(args.work), Path(args.out)
@@ -101,7 +89,6 @@ def main(argv=None) -> int:
                         wiki_blocks=0, text_blocks=0, progress=not args.quiet)
     print(f"targets for {n_max} calibration and {len(data.eval_items)} evaluation items: "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    pairs = unbatch(data.calibration)  # in split order: the first n are the n-item calibration set
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def evaluate(key):
@@ -115,7 +102,8 @@ def main(argv=None) -> int:
         with rows_path.open("a") as f:
             f.write(json.dumps(rows["original"]) + "\n")
     for label, n, b, e, finals in args.parsed:
-        batches = pairs_to_batches(pairs[:n], pad, b)
+        # one row per batch, in split order: the first n rows are the n-item calibration set
+        batches = rebatch(data.calibration[:n], b, pad_id=pad)
         for f_epochs in finals:
             key = f"{label}-f{f_epochs}"
             if key in rows:

@@ -104,9 +104,9 @@ def batch_tokens(batch: dict) -> int:
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
-def rebatch(batches: list[dict], batch_size: int) -> list[dict]:
-    """The same rows (same order) in batches of ``batch_size``, each right-padded to its longest row; a row's own
-    padding is dropped first, so batches of 1 hold none. Rows must be right-padded (as the package's batches are).
+def rebatch(batches: list[dict], batch_size: int, pad_id: int = 0) -> list[dict]:
+    """The same rows (same order) in batches of ``batch_size``, each right-padded (with ``pad_id``, masked) to its
+    longest row; a row's own padding is dropped first, so batches of 1 hold none. Rows must be right-padded (as the package's batches are).
     The token count (``batch_tokens``) and the loss positions are unchanged, so is the token-pass count."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
@@ -126,7 +126,7 @@ def rebatch(batches: list[dict], batch_size: int) -> list[dict]:
         def stack(key, fill):
             return torch.stack([nn.functional.pad(x[key], (0, width - len(x[key])), value=fill) for x in chunk])
 
-        out.append({"input_ids": stack("input_ids", 0), "attention_mask": stack("attention_mask", 0),
+        out.append({"input_ids": stack("input_ids", pad_id), "attention_mask": stack("attention_mask", 0),
                     "labels": stack("labels", -100)})
     return out
 
