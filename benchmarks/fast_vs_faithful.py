@@ -31,7 +31,7 @@ from hopscotch import unpatch_model
 from hopscotch.bench.results import RESULTS_DIR, metadata
 from hopscotch.models import load_model
 from hopscotch.search import search
-from hopscotch.search.objectives import batch_loss, loss_positions
+from hopscotch.evaluate import mean_nll
 from hopscotch.tasks import prepare_task
 
 METHODS = ("hopscotch-fast", "hopscotch")  # the cheap one first: its table rows appear early
@@ -51,17 +51,6 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
     return p.parse_args(argv)
-
-
-@torch.no_grad()
-def calibration_loss(model, batches, objective="nll") -> float:
-    """Token-weighted mean loss over the batches' loss positions, current scalars, no training."""
-    s, n = 0.0, 0
-    for b in batches:
-        k = int(loss_positions(b).sum())
-        s += batch_loss(model, b, objective).item() * k
-        n += k
-    return s / max(n, 1)
 
 
 def main(argv=None) -> int:
@@ -92,7 +81,7 @@ def main(argv=None) -> int:
                           data_info=data.info, progress=not args.quiet)
             prov = plan.provenance
             row = {"method": method, "k": k, "skipped": plan.skipped_attention,
-                   "final_loss": calibration_loss(model, data.calibration, data.objective),
+                   "final_loss": mean_nll(model, data.calibration, progress=False).nll,
                    "final_train_loss": (prov.get("final_losses") or [None])[-1],
                    "token_passes": prov["token_passes"]["total"], "search_seconds": prov["search_seconds"],
                    "this_call_seconds": round(time.perf_counter() - t0, 1),
