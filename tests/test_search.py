@@ -114,7 +114,8 @@ def test_fast_widens_probes_and_agrees_with_faithful_on_a_deeper_planted_model()
     plans = {}
     for method in ("hopscotch", "hopscotch-fast"):
         plans[method] = search(_planted_model(useless, 12), batches, method=method, num_skip=5, final_epochs=1,
-                               budget_ratio=3.0, progress=False)
+                               budget_ratio=3.0, probe_fraction=0.25, max_shortlist=6, margin=0.05, refine=0,
+                               progress=False)
     fast, faithful = plans["hopscotch-fast"], plans["hopscotch"]
     assert set(useless) <= set(fast.skipped_attention)
     assert fast.skipped_attention == faithful.skipped_attention
@@ -144,6 +145,43 @@ def test_probe_then_finish_equals_training_at_once():
     merged = _merge(probe["sums"], rest["sums"])
     assert merged[0][1] / merged[0][2] == pytest.approx(whole["sums"][0][1] / whole["sums"][0][2], rel=1e-6)
     assert rest["passes"][0] + probe["passes"][0] == pytest.approx(whole["passes"][0])
+
+
+def test_screen_cost_is_what_screening_counts():
+    """The budget plans the refinement with ``screen_cost``: it must be the work ``screen_candidates`` records."""
+    from hopscotch.search.greedy import screen_candidates, screen_cost
+    from hopscotch.search.train import PassCounter
+
+    model = patch_model(tiny_model("llama", num_layers=6))
+    batches = _batches(n=3)
+    cost = TokenPassCost.of(model)
+    counter = PassCounter()
+    screen_candidates(model, batches, [1, 4, 5], objective="nll", teacher=None, counter=counter, chosen=[2],
+                      cost=cost)
+    assert counter.forward == pytest.approx(sum(screen_cost(cost, batches, [1, 4, 5], [2])))
+    assert sum(screen_cost(cost, batches, [1], [2])) > sum(screen_cost(cost, batches, [5], [2]))  # deeper reach
+
+
+def test_refinement_rescreens_the_best_screened_candidates_on_other_batches():
+    """Each fast step re-screens its best ``refine`` candidates on further batches and ranks them by the
+    position-weighted mean of both screens; the finalists are the best of that ranking and every refined candidate
+    within ``margin`` of it (at most ``max_shortlist``)."""
+    batches = _self_labelled(_planted_model((1, 3), 8), _batches(n=8))
+    plan = search(_planted_model((1, 3), 8), batches, method="hopscotch-fast", num_skip=2, final_epochs=1,
+                  refine=4, refine_fraction=0.25, shortlist=1, max_shortlist=3, margin=0.05, budget_ratio=None,
+                  progress=False)
+    for step in plan.provenance["steps"]:
+        first = {int(c): v for c, v in step["screen"].items()}
+        again = {int(c): v for c, v in step["refine"].items()}
+        assert sorted(again) == sorted(sorted(first, key=lambda c: (first[c], c))[:4])  # the 4 best screened
+        assert set(step["scores"]) <= {str(c) for c in again}  # finalists come from the refined ones
+        mean = {c: (first[c] + 2 * again[c]) / 3 for c in again}  # 1 screening batch, 2 refining (equal sizes)
+        ranked = sorted(mean, key=lambda c: (mean[c], c))
+        close = [c for c in ranked if mean[c] - mean[ranked[0]] <= 0.05 * mean[ranked[0]]]  # within the margin
+        assert sorted(int(c) for c in step["scores"]) == sorted(ranked[:min(max(1, len(close)), 3)])
+    assert plan.skipped_attention == [1, 3]
+    with pytest.raises(ValueError, match="refine"):
+        FastSettings(refine=-1)
 
 
 def test_every_candidate_of_a_step_sees_the_same_batch_order():

@@ -64,16 +64,24 @@ def register(sub) -> None:
     s.add_argument("--candidate-epochs", type=int, default=1,
                    help="training budget of each candidate: epochs over the calibration batches (default 1, the "
                         "paper's); --calibration and --batch-size set the batches")
-    s.add_argument("--shortlist", type=int, default=2,
-                   help="hopscotch-fast: candidates whose training is finished per step (default 2)")
-    s.add_argument("--max-shortlist", type=int, default=6,
-                   help="hopscotch-fast: most candidates probed when screening scores are close (default 6)")
-    s.add_argument("--margin", type=float, default=0.05,
-                   help="hopscotch-fast: screening losses within this fraction of the best are 'close' (0.05)")
-    s.add_argument("--probe-fraction", type=float, default=0.25,
-                   help="hopscotch-fast: share of an epoch a widened shortlist is probed on (default 0.25)")
+    s.add_argument("--shortlist", type=int, default=1,
+                   help="hopscotch-fast: candidates trained in full per step, at least (default 1)")
+    s.add_argument("--max-shortlist", type=int, default=3,
+                   help="hopscotch-fast: most candidates trained (or probed) when screening scores are close "
+                        "(default 3)")
+    s.add_argument("--margin", type=float, default=0.0125,
+                   help="hopscotch-fast: candidates whose refined screening loss is within this fraction of the "
+                        "best are trained too (default 0.0125)")
+    s.add_argument("--probe-fraction", type=float, default=1.0,
+                   help="hopscotch-fast: share of an epoch a widened shortlist is probed on before the best "
+                        "--shortlist finish (default 1: no probing, the widened shortlist is trained in full)")
     s.add_argument("--screen-fraction", type=float, default=0.15,
-                   help="hopscotch-fast: share of the calibration batches used to screen candidates")
+                   help="hopscotch-fast: share of the calibration batches every candidate is screened on")
+    s.add_argument("--refine", type=int, default=10,
+                   help="hopscotch-fast: the best-screened candidates screened again on further batches (default "
+                        "10; 0 = none)")
+    s.add_argument("--refine-fraction", type=float, default=0.15,
+                   help="hopscotch-fast: share of the calibration batches the refinement screens on (default 0.15)")
     s.add_argument("--budget-ratio", type=float, default=8.0,
                    help="hopscotch-fast: spend at most 1/this of the faithful search's token-passes (k=8 and "
                         "before); 0 = no budget (default 8)")
@@ -106,6 +114,9 @@ def _check(args) -> None:
         raise CliError(f"--screen-fraction {args.screen_fraction}: expected a fraction in (0, 1]")
     if not 0 < args.probe_fraction <= 1:
         raise CliError(f"--probe-fraction {args.probe_fraction}: expected a fraction in (0, 1]")
+    if args.refine < 0 or not 0 <= args.refine_fraction < 1:
+        raise CliError(f"--refine {args.refine} --refine-fraction {args.refine_fraction}: expected a count >= 0 "
+                       "and a fraction in [0, 1)")
     if args.candidate_epochs < 1 or args.shortlist < 1 or args.max_shortlist < 1:
         raise CliError("--candidate-epochs, --shortlist and --max-shortlist must be at least 1")
     if args.budget_ratio and args.budget_ratio <= 1:
@@ -148,7 +159,8 @@ def run(args) -> int:
                   target=args.target, iterative=args.iterative, shortlist=args.shortlist,
                   max_shortlist=args.max_shortlist, margin=args.margin, probe_fraction=args.probe_fraction,
                   budget_ratio=args.budget_ratio or None, candidate_epochs=args.candidate_epochs,
-                  screen_fraction=args.screen_fraction, similarity_batches=similarity, state_path=state,
+                  screen_fraction=args.screen_fraction, refine=args.refine, refine_fraction=args.refine_fraction,
+                  similarity_batches=similarity, state_path=state,
                   data_info=data.info, progress=progress)
     plan.provenance["model"] = args.model or "packaged SmolLM2-135M-Instruct"
     path = plan.save(out)

@@ -65,9 +65,10 @@ def _check(batches, method, objective, num_skip, n_layers):
 def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fast", num_skip: int = 4,
            objective: str = "nll", seed: int = 0, lr: float = 1e-2, final_lr: float = 3e-3, final_epochs: int = 3,
            final_batch_size: int | None = 1,
-           target: str = "attn", iterative: bool = False, shortlist: int = 2, screen_fraction: float = 0.15,
-           max_shortlist: int = 6, margin: float = 0.05, probe_fraction: float = 0.25,
-           budget_ratio: float | None = 8.0, candidate_epochs: int = 1,
+           target: str = "attn", iterative: bool = False, shortlist: int = 1, screen_fraction: float = 0.15,
+           max_shortlist: int = 3, margin: float = 0.0125, probe_fraction: float = 1.0,
+           budget_ratio: float | None = 8.0, refine: int = 10, refine_fraction: float = 0.15,
+           candidate_epochs: int = 1,
            similarity_batches: list[dict] | None = None,
            state_path: str | os.PathLike | None = None, data_info: dict | None = None,
            progress: bool = True) -> SkipPlan:
@@ -80,7 +81,8 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     ``final_epochs`` epochs over the same rows re-batched to ``final_batch_size`` (None: as given): batch 1
     takes more Adam steps over the same tokens, which lowered SmolLM2's held-out loss significantly where more
     epochs did not (benchmarks/results/search_budget.txt). ``shortlist``, ``max_shortlist``,
-    ``margin``, ``probe_fraction``, ``screen_fraction`` and ``budget_ratio`` tune ``hopscotch-fast``
+    ``margin``, ``probe_fraction``, ``screen_fraction``, ``refine``, ``refine_fraction`` and ``budget_ratio``
+    tune ``hopscotch-fast``
     (``greedy.py``)."""
     base_cfg = model.config
     n_layers = base_cfg.num_hidden_layers
@@ -90,7 +92,8 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     if final_batch_size is not None and (not isinstance(final_batch_size, int) or final_batch_size < 1):
         raise ValueError(f"final_batch_size={final_batch_size!r}: expected a positive integer or None")
     fast = FastSettings(shortlist=shortlist, max_shortlist=max(max_shortlist, shortlist), margin=margin,
-                        probe_fraction=probe_fraction, screen_fraction=screen_fraction, budget_ratio=budget_ratio)
+                        probe_fraction=probe_fraction, screen_fraction=screen_fraction, budget_ratio=budget_ratio,
+                        refine=refine, refine_fraction=refine_fraction)
     sim_batches = similarity_batches if similarity_batches else batches
     # A greedy step does not depend on num_skip: hopscotch states are shared by searches for any k.
     settings = {"method": method, "objective": objective, "seed": seed,
