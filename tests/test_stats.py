@@ -102,6 +102,18 @@ def test_no_difference_is_invented_at_more_than_the_nominal_rate():
     assert false_loss >= 1  # and the test is not degenerate (it can say "significant" at all)
 
 
+def test_float_rounding_between_runs_is_not_a_difference():
+    """The same plan evaluated in two processes: every item's NLL off by ~1e-7 relative, the same way. A bootstrap
+    alone calls that consistent shift significant; it is rounding, so p = 1. A real shift of 1e-3 still counts."""
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(5, 40, size=400).astype(float)
+    nll = tokens * rng.uniform(0.5, 1.5, size=400)
+    same = compare_loss(nll, tokens, nll * (1 + 3e-7), tokens)
+    assert same.p_value == 1.0 and not same.significant
+    real = compare_loss(nll, tokens, nll * (1 + 1e-3), tokens)
+    assert real.p_value < 0.01 and real.significant
+
+
 def test_intervals_cover_the_truth_at_about_the_nominal_rate():
     rng = np.random.default_rng(2)
     cover_mean = cover_ratio = cover_acc = 0

@@ -23,10 +23,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_RESAMPLES", "Estimate", "Comparison", "bootstrap_ci", "paired_bootstrap", "mcnemar_exact",
+__all__ = ["DEFAULT_RESAMPLES", "RESOLUTION", "Estimate", "Comparison", "bootstrap_ci", "paired_bootstrap", "mcnemar_exact",
            "compare_accuracy", "compare_loss"]
 
 DEFAULT_RESAMPLES = 2000
+RESOLUTION = 1e-5  # relative differences of two statistics at or below this are float rounding (paired_bootstrap)
 _CHUNK = 4_000_000  # resample indices drawn at most this many at a time (memory)
 
 
@@ -146,7 +147,9 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], weights_a: Sequence
     The items are resampled once per draw and both statistics recomputed on that draw; the interval is the
     percentile interval of the differences, and the two-sided p-value is the share of draws whose difference lies
     at least as far from the observed difference as the observed difference lies from 0 (the bootstrap
-    distribution shifted to the null of no difference).
+    distribution shifted to the null of no difference). A difference within ``RESOLUTION`` (relative) of the
+    statistics is rounding, not an effect (the same plan evaluated in two processes differs by ~1e-7 in float32,
+    consistently on every item, which a bootstrap alone would call significant): its p-value is 1.
     """
     va, wa = _arrays(a, weights_a)
     vb, wb = _arrays(b, weights_b)
@@ -161,7 +164,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], weights_a: Sequence
     diffs = diffs[np.isfinite(diffs)]
     lo, hi = _percentile(diffs, confidence)
     extreme = np.abs(diffs - d) >= abs(d) - 1e-12 * max(1.0, abs(d))
-    p = float((extreme.sum() + 1) / (diffs.size + 1)) if d != 0 else 1.0
+    rounding = abs(d) <= RESOLUTION * max(abs(sa), abs(sb))
+    p = float((extreme.sum() + 1) / (diffs.size + 1)) if d != 0 and not rounding else 1.0
     return Comparison(metric, sa, sb, Estimate(d, lo, hi, int(va.size), confidence, resamples), min(p, 1.0),
                       "paired bootstrap", alpha)
 
