@@ -3,6 +3,7 @@
     python benchmarks/quality_study.py --smoke        # minutes: tiny sizes, every code path, to benchmarks/results/study_smoke/
     python benchmarks/quality_study.py --estimate     # the full study's run time, extrapolated from the smoke run's timings
     python benchmarks/quality_study.py                # the full study (a day or more on 2 CPU cores; resumable)
+    python benchmarks/quality_study.py --report       # CSVs and plots from the rows finished so far
 
 Design (SmolLM2-135M-Instruct, fp32):
 - methods: hopscotch (faithful), hopscotch-fast, llm-drop (one-shot), llm-drop-iterative, shortgpt (whole layers),
@@ -15,11 +16,17 @@ Design (SmolLM2-135M-Instruct, fp32):
   the same), the other k on fold 0;
 - transfer at k=4 (fold 0): every plan found on one task is evaluated on the other two tasks.
 
+Order: task by task, the original and every method at k=4 (fold 0), then the k=4 transfer matrix, then the
+other k, then the other folds; an interrupted study has its headline rows first.
+
 Every figure has a 95% percentile-bootstrap interval over items, and every plan a paired test against the
 original model and against faithful Hopscotch at the same k on the same items (exact McNemar for accuracy,
 paired bootstrap for losses). Per-item values are kept under ``--work/items`` so any other comparison can be
-made later. Everything finished is kept under ``--work`` (rows.jsonl, plans, search states): run the same
-command again after an interruption and it continues.
+made later. Everything finished is kept under ``--work`` (rows.jsonl, plans, search states, evals): run the same
+command again after an interruption and it continues. An evaluation depends only on the plan's blocks and
+scalars and on the evaluation data, so equal plans share one (``evals/``): LLM-Drop, ShortGPT and random choose
+the same plan whatever the calibration task, a transfer row reuses its plan's Wikipedia perplexity, and a fast
+search that picks the faithful blocks gets the faithful plan.
 Writes <out>/study.csv, <out>/study_transfer.csv, <out>/study_<task>.png, <out>/study_transfer.png.
 """
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -36,9 +44,10 @@ from pathlib import Path
 import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
+from hopscotch.atomic import atomic_write_text
 from hopscotch.bench.results import RESULTS_DIR, metadata
 from hopscotch.models import load_model
-from hopscotch.search import search
+from hopscotch.search import data_digest, search
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
 METHODS = {  # label -> search() arguments (cheap ones first, the faithful search last)
@@ -74,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes, every code path (writes under <out>/study_smoke)")
     p.add_argument("--estimate", action="store_true",
                    help="print the full study's estimated run time from the smoke run's timings")
+    p.add_argument("--report", action="store_true",
+                   help="write the CSVs, summary and plots from the rows finished so far; run nothing")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.smoke or args.estimate:
@@ -82,6 +93,30 @@ def parse_args(argv=None):
         args.out = str(Path(args.out) / "study_smoke")
     args.work = Path(args.work or Path(args.out) / "study_work")
     return args
+
+
+def _copy_new(src: Path, dst: Path) -> None:
+    """Copy the cached-target files of ``src`` that ``dst`` lacks (a cache key names its content)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.glob("*.json") if src.is_dir() else ():
+        if not (dst / f.name).exists():
+            atomic_write_text(dst / f.name, f.read_text())
+
+
+def _plan_digest(plan) -> str:
+    """What an evaluation depends on in a plan: the skipped blocks and the scalars (not the provenance)."""
+    if plan is None:
+        return "original"
+    h = hashlib.sha256(json.dumps([plan.skipped_attention, plan.skipped_mlp]).encode())
+    h.update(plan.scalar_tensor().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _data_digest(data) -> str:
+    """The evaluation data: loss batches, multiple-choice items and Wikipedia blocks."""
+    h = hashlib.sha256(data_digest(list(data.eval_batches) + list(data.wiki_batches)).encode())
+    h.update(json.dumps([[x.query, list(x.choices), x.gold] for x in data.eval_items]).encode())
+    return h.hexdigest()[:12]
 
 
 class Study:
@@ -96,7 +131,7 @@ class Study:
             for line in self.rows_path.read_text().splitlines():
                 r = json.loads(line)
                 self.rows[r["key"]] = r
-        self.model, self.tok = load_model(None)
+        self.model, self.tok = (None, None) if args.report else load_model(None)
         self.data = {}
         self.progress = not args.quiet
 
@@ -106,6 +141,10 @@ class Study:
             from hopscotch.data import DEFAULT_VARIANT, load_task
 
             a = self.args
+            from hopscotch.models import cache_dir
+
+            # the original's answers (minutes to generate per task) travel with the work folder
+            _copy_new(self.work / "targets", cache_dir() / "targets")
             total = len(load_task(task, DEFAULT_VARIANT))
             evaluation = min(a.evaluation, total - a.calibration * a.seeds)
             t0 = time.perf_counter()
@@ -114,6 +153,7 @@ class Study:
                              batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, wiki_blocks=a.wiki_blocks,
                              text_blocks=a.text_blocks, calibration_fold=fold, progress=self.progress)
             d.info["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+            _copy_new(cache_dir() / "targets", self.work / "targets")
             self.data[(task, fold)] = d
         return self.data[(task, fold)]
 
@@ -125,26 +165,39 @@ class Study:
         print(json.dumps({k: row[k] for k in ("key", "skipped", *[m for m in METRICS if m in row])}), flush=True)
 
     def evaluate(self, key, eval_task, plan):
-        """Evaluate the current model (``plan`` applied, or the original) on ``eval_task``; per-item values go to
-        items/<key>.json, a row with intervals and timings comes back."""
+        """Evaluate ``plan`` (None: the original model) on ``eval_task`` and on Wikipedia; per-item values go to
+        items/<key>.json, a row with intervals and timings comes back.
+
+        An evaluation is a pure function of the plan (skipped blocks and scalars) and the evaluation data, so each
+        part (the task's items, Wikipedia) is computed once per distinct plan and kept under evals/: LLM-Drop,
+        ShortGPT and random choose the same plan whatever the task, a transfer row's Wikipedia part is its main
+        row's, and the fast search often returns the faithful plan. The row records whether it reused one."""
         data = self.task_data(eval_task)
-        if plan is None:
-            unpatch_model(self.model)
-        else:
-            apply_plan(self.model, plan)
-        a = self.args
-        t0 = time.perf_counter()
-        ev = evaluate_task(self.model, self.tok, dataclasses.replace(data, wiki_batches=[]), keep_items=True,
-                           resamples=a.resamples, progress=self.progress)
-        t1 = time.perf_counter()
-        wiki = evaluate_task(self.model, self.tok, dataclasses.replace(data, eval_batches=[], eval_items=[]),
-                             keep_items=True, resamples=a.resamples, progress=self.progress)
-        t2 = time.perf_counter()
+        parts = {}
+        for part, sub in ((eval_task, dataclasses.replace(data, wiki_batches=[])),
+                          ("wiki", dataclasses.replace(data, eval_batches=[], eval_items=[]))):
+            path = self.work / "evals" / f"{part}_{_plan_digest(plan)}_{_data_digest(sub)}.json"
+            if path.exists():
+                parts[part] = {**json.loads(path.read_text()), "reused": True}
+                continue
+            if plan is None:
+                unpatch_model(self.model)
+            else:
+                apply_plan(self.model, plan)
+            t0 = time.perf_counter()
+            r = evaluate_task(self.model, self.tok, sub, keep_items=True, resamples=self.args.resamples,
+                              progress=self.progress)
+            r["seconds"] = round(time.perf_counter() - t0, 1)
+            atomic_write_text(path, json.dumps(r))
+            parts[part] = {**r, "reused": False}
+        ev, wiki = parts[eval_task], parts["wiki"]
         items = {**ev.pop("items"), **wiki.pop("items")}
         ev["ci"].update(wiki.pop("ci"))
-        ev.update(wiki)
-        (self.work / "items" / f"{key}.json").write_text(json.dumps(items))
-        return {**ev, "eval_seconds": round(t1 - t0, 1), "wiki_seconds": round(t2 - t1, 1),
+        out = {k: v for k, v in {**ev, **wiki}.items() if k not in ("seconds", "reused")}
+        out["ci"] = ev["ci"]
+        atomic_write_text(self.work / "items" / f"{key}.json", json.dumps(items))
+        return {**out, "eval_seconds": ev["seconds"], "wiki_seconds": wiki["seconds"],
+                "eval_reused": ev["reused"], "wiki_reused": wiki["reused"],
                 "eval_n": len(data.eval_items), "wiki_blocks": len(items.get("wiki_ppl", {}).get("nll", []))}
 
     def items(self, key):
@@ -160,18 +213,18 @@ class Study:
         if bad:
             sys.exit(f"unknown methods {bad}; expected some of {', '.join(METHODS)}")
         k_seeds = 4 if 4 in ks else ks[len(ks) // 2]
+        if self.args.report:
+            self.write(tasks, ks, methods, k_seeds)
+            return
+        # The k=4 comparison task by task (the original first) and its transfer matrix (the study's headline),
+        # then the other k, then the other calibration folds: an interrupted study has its most important rows.
         for task in tasks:
             key = f"original|{task}"
             if key not in self.rows:
                 self.record({"key": key, "kind": "main", "method": "original", "k": 0, "calib": task, "fold": 0,
                              "eval": task, "skipped": [], **self.evaluate(key, task, None)})
-        for task in tasks:
-            for fold in range(a.seeds):
-                for method in methods:
-                    for k in ks:
-                        if fold > 0 and k != k_seeds:
-                            continue
-                        self.search_and_evaluate(task, fold, method, k)
+            for method in methods:
+                self.search_and_evaluate(task, 0, method, k_seeds)
         for task in tasks:  # transfer at k_seeds, fold 0
             for method in methods:
                 plan = SkipPlan.load(self.work / "plans" / f"{task}_f0_{method}_k{k_seeds}.json")
@@ -182,6 +235,14 @@ class Study:
                     self.record({"key": key, "kind": "transfer", "method": method, "k": k_seeds, "calib": task,
                                  "fold": 0, "eval": other, "skipped": plan.skipped_attention,
                                  **self.evaluate(key, other, plan)})
+        for task in tasks:
+            for method in methods:
+                for k in ks:
+                    self.search_and_evaluate(task, 0, method, k)
+        for task in tasks:
+            for fold in range(1, a.seeds):
+                for method in methods:
+                    self.search_and_evaluate(task, fold, method, k_seeds)
         self.write(tasks, ks, methods, k_seeds)
 
     def search_and_evaluate(self, task, fold, method, k):
@@ -361,14 +422,22 @@ def estimate(args) -> None:
     for task in tasks:
         n_items = len(load_task(task, DEFAULT_VARIANT))
         ev_full = min(full.evaluation, n_items - full.calibration * full.seeds)
-        n_evals = (1 + len(METHODS) * (len(ks) + full.seeds - 1)) + len(METHODS) * (len(tasks) - 1)
-        eval_s = n_evals * (s_per_char * chars(task, ev_full) + s_per_block * full.wiki_blocks)
+        # distinct plans evaluated on this task (evaluations are shared by equal plans, see Study.evaluate):
+        # the original; both Hopscotch searches at each k, the extra folds and the two transfers in; the three
+        # text-scored / task-blind methods once per k (the same plan whatever the task); random's extra folds
+        per_search = len(ks) + full.seeds - 1
+        n_evals = 1 + 2 * (per_search + len(tasks) - 1) + 3 * len(ks) + per_search
+        eval_s = n_evals * s_per_char * chars(task, ev_full)
         faithful8 = (sum(30 - s for s in range(8)) + full.final_epochs) * tp_item * full.calibration
         faithful4 = (sum(30 - s for s in range(4)) + full.final_epochs) * tp_item * full.calibration
         search_s = s_per_pass * (faithful8 + (full.seeds - 1) * faithful4) * (1 + 1 / 8)  # + fast (<= 1/8 each)
         prep = s_per_prep_item * (full.calibration * full.seeds + ev_full)
         out.append((task, ev_full, n_evals, eval_s, search_s, prep))
         total += eval_s + search_s + prep
+    per_search = len(ks) + full.seeds - 1
+    n_wiki = 1 + 2 * len(tasks) * per_search + 3 * len(ks) + per_search  # distinct plans overall
+    wiki_s = n_wiki * s_per_block * full.wiki_blocks
+    total += wiki_s
     print(f"rates measured by the smoke run on {', '.join(smoke_tasks)}: {s_per_char * 1e3:.2f} ms per scored "
           f"character, {s_per_block:.1f} s per Wikipedia block, {s_per_pass * 1e3:.2f} ms per token-pass "
           f"({tp_item:.0f} token-passes per calibration item and candidate-epoch), {s_per_prep_item:.1f} s of "
@@ -377,6 +446,7 @@ def estimate(args) -> None:
     for task, ev, n, e, s, p in out:
         print(f"  {task:<10} eval items {ev:>5}  {n} evaluations: {e / 3600:5.1f} h   searches (faithful + fast): "
               f"{s / 3600:5.1f} h   targets: {p / 3600:4.1f} h")
+    print(f"  Wikipedia perplexity of {n_wiki} distinct plans: {wiki_s / 3600:.1f} h")
     print(f"  total {total / 3600:.1f} h")
 
 
