@@ -84,6 +84,33 @@ def test_mc_loglikelihoods_batched_equal_one_by_one(model, tok):
                 assert ll == pytest.approx(want, abs=1e-4)
 
 
+def test_one_token_choices_of_a_context_share_one_forward(model):
+    """BoolQ-style items (answers " yes" / " no", one token each) feed the same tokens: one forward row serves
+    every such choice, with the log-probabilities of scoring each pair alone."""
+    from hopscotch.evaluate import continuation_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    ctx_a, ctx_b = torch.randint(3, 90, (11,), generator=g).tolist(), torch.randint(3, 90, (7,), generator=g).tolist()
+    pairs = [(ctx_a, [5]), (ctx_a, [9]), (ctx_b, [4, 8, 6]), (ctx_a, [12]), (ctx_b, [4, 8, 7])]
+    rows = []
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask=None):
+            rows.append(input_ids.shape[0])
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    got = continuation_logprobs(Counting(), pairs, pad_id=0, batch_size=2)
+    assert sum(rows) == 2  # ctx_a for its three choices; ctx_b + [4, 8] for the two that differ in their last token
+    with torch.no_grad():
+        for (ctx, cont), ll in zip(pairs, got):
+            logp = F.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0], -1)
+            assert ll == pytest.approx(sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont)), abs=1e-4)
+
+
 class UnigramLM(nn.Module):
     """Ignores its input: every position predicts the same fixed distribution (a model whose answers are known)."""
 

@@ -50,28 +50,32 @@ def continuation_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[i
     """Sum of log p(continuation | context) for each (context ids, continuation ids) pair, in input order.
 
     Pairs must already fit the model (see ``hopscotch.data.batching.fit_pair``) and have a non-empty context.
-    They are run longest first in right-padded batches of ``batch_size`` (the last input token is not fed: it
-    predicts nothing), and the results are put back in input order.
+    The tokens fed are context + continuation without its last token (which predicts nothing); pairs that feed
+    the same tokens (a question's one-token answers: BoolQ's yes / no) share one forward. Fed sequences run
+    longest first in right-padded batches of ``batch_size``, and the results are put back in input order.
     """
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    fed: dict[tuple[int, ...], list[int]] = {}  # tokens fed -> the pairs reading their logits
+    for i, (ctx, cont) in enumerate(pairs):
+        fed.setdefault(tuple(ctx) + tuple(cont)[:-1], []).append(i)
+    seqs = sorted(fed, key=lambda t: -len(t))
     out = [0.0] * len(pairs)
-    starts: Iterable[int] = range(0, len(order), batch_size)
+    starts: Iterable[int] = range(0, len(seqs), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        chunk = order[start:start + batch_size]
-        seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in chunk]
-        width = max(len(s) for s in seqs) - 1
+        chunk = seqs[start:start + batch_size]
+        width = max(len(s) for s in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, :len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
-            mask[row, :len(seq) - 1] = 1
+        for row, seq in enumerate(chunk):
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
         logits = _logits(model, ids, mask)
-        for row, i in enumerate(chunk):
-            ctx, cont = pairs[i]
-            n, m = len(ctx), len(cont)
-            logp = F.log_softmax(logits[row, n - 1:n + m - 1].float(), dim=-1)
-            target = torch.tensor(list(cont), dtype=torch.long, device=logp.device)
-            out[i] = float(logp.gather(-1, target[:, None]).sum())
+        for row, seq in enumerate(chunk):
+            for i in fed[seq]:
+                ctx, cont = pairs[i]
+                n, m = len(ctx), len(cont)
+                logp = F.log_softmax(logits[row, n - 1:n + m - 1].float(), dim=-1)
+                target = torch.tensor(list(cont), dtype=torch.long, device=logp.device)
+                out[i] = float(logp.gather(-1, target[:, None]).sum())
     return out
