@@ -120,7 +120,6 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
                            attention_mask=batch["attention_mask"].to(device))
             stream = Stream(run.hidden)
             n = int(loss_positions(batch).sum())
-            tokens = batch_tokens(batch)
             for c in range(n_layers):
                 if c in cand:
                     branch = stream.clone()
@@ -132,9 +131,8 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
                     loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None,
                                       hidden=hidden)
                     sums[c] += loss.item() * n
-                    counter.forward += cost.forward(tokens, n, c, chosen + [c])
                 layers[c](stream, run)
-            counter.forward += cost.forward(tokens, 0, 0, chosen)  # the shared stream, no head
+            counter.forward += screen_cost(cost, [batch], candidates, chosen)[0]
             weight += n
     finally:
         _set_skips(model, chosen)
@@ -142,7 +140,8 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
 
 
 def screen_cost(cost: TokenPassCost, batches: list[dict], candidates: list[int], chosen=()) -> list[float]:
-    """Token-passes ``screen_candidates`` counts for ``candidates`` over ``batches`` (per batch)."""
+    """Token-passes ``screen_candidates`` counts for ``candidates`` over ``batches`` (per batch): each candidate's
+    forward from its own layer with the LM head at the loss positions, and the shared stream once, no head."""
     chosen = list(chosen)
     out = []
     for batch in batches:
@@ -232,11 +231,14 @@ def worst_case(num_layers: int, num_skip: int, settings: FastSettings, *, final_
     p = settings.probe_fraction
     widest = max(settings.max_shortlist * p + settings.shortlist * (1 - p), settings.shortlist)
     rows, fits, allowed, spent = [], True, 0.0, 0.0
+
+    def screening(fraction, count):  # the ``count`` deepest-reaching candidates on ``fraction`` of the data
+        return fraction * (lam * (1 + sum((L - c) / L for c in range(count))) + head_share * n * count)
+
     for s in range(num_skip):
         rem = L - s  # worst case: the remaining candidates are the deepest-reaching ones
-        screen = settings.screen_fraction * (lam * (1 + sum((L - c) / L for c in range(rem))) + head_share * n * rem)
-        n_ref = min(settings.refine, rem)
-        refine = settings.refine_fraction * (lam * (1 + sum((L - c) / L for c in range(n_ref))) + head_share * n * n_ref)
+        screen = screening(settings.screen_fraction, rem)
+        refine = screening(settings.refine_fraction, min(settings.refine, rem))
         floor = screen / cand_epoch + 1
         allowed += faithful_steps[s] / R - reserve if R else float("inf")
         fits &= spent + floor <= allowed + 1e-12
@@ -317,15 +319,20 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
                 finish(c)
             trained = remaining
         else:
-            rec = state.finished(f"step{step}/screen")
-            if rec is None:
+
+            def screened(name, on, candidates_, teacher_):
+                """Screening ``candidates_`` on batches ``on`` (at the previous winner's scalars), recorded."""
                 set_scalars(model, theta)
                 work, t1 = PassCounter(), time.perf_counter()
-                scores = screen_candidates(model, screen_batches, remaining, objective=objective,
-                                           teacher=screen_teacher, counter=work, chosen=chosen, cost=cost)
-                rec = {"name": f"step{step}/screen", "scores": {str(c): v for c, v in scores.items()},
+                scores = screen_candidates(model, on, candidates_, objective=objective, teacher=teacher_,
+                                           counter=work, chosen=chosen, cost=cost)
+                out = {"name": name, "scores": {str(c): v for c, v in scores.items()},
                        "passes": [work.forward, 0.0], "seconds": round(time.perf_counter() - t1, 2)}
-                state.record(rec)
+                state.record(out)
+                return out
+
+            rec = state.finished(f"step{step}/screen") or screened(f"step{step}/screen", screen_batches, remaining,
+                                                                  screen_teacher)
             counter.add_record(rec)
             screen = {int(c): v for c, v in rec["scores"].items()}
             entry["screen"] = {str(c): round(v, 6) for c, v in screen.items()}
@@ -351,13 +358,7 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
                 while n_ref > finalists_n and refine_cost(n_ref) + finalists_n * one > avail:
                     n_ref -= 1
                 if n_ref > finalists_n:
-                    set_scalars(model, theta)
-                    work, t1 = PassCounter(), time.perf_counter()
-                    scores = screen_candidates(model, refine_batches, ranked[:n_ref], objective=objective,
-                                               teacher=refine_teacher, counter=work, chosen=chosen, cost=cost)
-                    rec = {"name": f"step{step}/refine", "scores": {str(c): v for c, v in scores.items()},
-                           "passes": [work.forward, 0.0], "seconds": round(time.perf_counter() - t1, 2)}
-                    state.record(rec)
+                    rec = screened(f"step{step}/refine", refine_batches, ranked[:n_ref], refine_teacher)
             if rec is not None:
                 counter.add_record(rec)
                 avail -= rec["passes"][0]
