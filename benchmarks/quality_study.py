@@ -16,6 +16,12 @@ Design (SmolLM2-135M-Instruct, fp32):
   the same), the other k on fold 0;
 - transfer at k=4 (fold 0): every plan found on one task is evaluated on the other two tasks.
 
+Cut to fit a day on 2 CPU cores (``--estimate``; the whole design measured about 28 h): the faithful search runs
+at every k only on ``--faithful-every-k`` tasks (ARC-Easy), elsewhere at k <= 4 (its greedy path to k = 4 gives
+k = 1, 2 and 4; steps 5-8 on BoolQ / HellaSwag's long items cost hours); the extra calibration folds run every
+method but the faithful search (``--fold-methods``), whose blocks the fast search matched at every k on ARC-Easy.
+Rows without a faithful plan at their k are compared with the fast search's (column ``hopscotch_ref``).
+
 Order: task by task, the original and every method at k=4 (fold 0), then the k=4 transfer matrix, then the
 other k, then the other folds; an interrupted study has its headline rows first.
 
@@ -78,6 +84,10 @@ def parse_args(argv=None):
     p.add_argument("--wiki-blocks", type=int, default=64)
     p.add_argument("--text-blocks", type=int, default=32, help="Wikipedia blocks LLM-Drop / ShortGPT score on")
     p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--faithful-every-k", default="arc_easy",
+                   help="tasks on which the faithful search runs at every k (elsewhere at k <= 4); default arc_easy")
+    p.add_argument("--fold-methods", default=",".join(m for m in METHODS if m != "hopscotch"),
+                   help="methods run on the extra calibration folds (default: all but the faithful search)")
     p.add_argument("--work", default=None, help="resumable work folder (default <out>/study_work)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="where the CSV and plots go")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, every code path (writes under <out>/study_smoke)")
@@ -235,14 +245,18 @@ class Study:
                     self.record({"key": key, "kind": "transfer", "method": method, "k": k_seeds, "calib": task,
                                  "fold": 0, "eval": other, "skipped": plan.skipped_attention,
                                  **self.evaluate(key, other, plan)})
+        every_k = set(a.faithful_every_k.split(","))
         for task in tasks:
             for method in methods:
                 for k in ks:
-                    self.search_and_evaluate(task, 0, method, k)
+                    if method != "hopscotch" or k <= k_seeds or task in every_k:
+                        self.search_and_evaluate(task, 0, method, k)
+        fold_methods = set(a.fold_methods.split(","))
         for task in tasks:
             for fold in range(1, a.seeds):
                 for method in methods:
-                    self.search_and_evaluate(task, fold, method, k_seeds)
+                    if method in fold_methods:
+                        self.search_and_evaluate(task, fold, method, k_seeds)
         self.write(tasks, ks, methods, k_seeds)
 
     def search_and_evaluate(self, task, fold, method, k):
@@ -286,7 +300,7 @@ class Study:
         fields = ["kind", "calib", "fold", "eval", "method", "k", "skipped"]
         for m in METRICS:
             fields += [m, f"{m}_low", f"{m}_high", f"{m}_p_vs_original", f"{m}_p_vs_hopscotch"]
-        fields += ["eval_n", "wiki_blocks", "search_seconds", "token_passes", "final_train_loss", "eval_seconds",
+        fields += ["hopscotch_ref", "eval_n", "wiki_blocks", "search_seconds", "token_passes", "final_train_loss", "eval_seconds",
                    "wiki_seconds"]
         for name, kind in (("study.csv", "main"), ("study_transfer.csv", "transfer")):
             rows = [r for r in self.rows.values() if r["kind"] == kind or (kind == "main" and r["method"] ==
@@ -304,9 +318,13 @@ class Study:
                         base = f"original|{r['eval']}"
                         for m, c in self.paired(base, r["key"]).items():
                             flat[f"{m}_p_vs_original"] = round(c["p_value"], 5)
-                        ref = (f"main|{r['calib']}|{r['fold']}|hopscotch|{r['k']}" if kind == "main"
-                               else f"transfer|{r['calib']}|hopscotch|{r['k']}|{r['eval']}")
-                        if r["method"] != "hopscotch" and ref in self.rows:
+                        for hop in ("hopscotch", "hopscotch-fast"):  # the faithful plan where there is one
+                            ref = (f"main|{r['calib']}|{r['fold']}|{hop}|{r['k']}" if kind == "main"
+                                   else f"transfer|{r['calib']}|{hop}|{r['k']}|{r['eval']}")
+                            if ref in self.rows:
+                                break
+                        if r["method"] not in ("hopscotch", hop) and ref in self.rows:
+                            flat["hopscotch_ref"] = hop
                             for m, c in self.paired(ref, r["key"]).items():
                                 flat[f"{m}_p_vs_hopscotch"] = round(c["p_value"], 5)
                     w.writerow(flat)
@@ -394,60 +412,79 @@ class Study:
 
 
 def estimate(args) -> None:
-    """The full study's run time, from the smoke run's measured rates (rows.jsonl of --smoke)."""
+    """The full study's run time on this machine: per task, from the full study's own finished rows where it has
+    them (its work folder), else scaled by the task's characters per item from the tasks measured (or the smoke)."""
     from hopscotch.data import DEFAULT_VARIANT, load_task
 
-    rows = [json.loads(x) for x in (args.work / "rows.jsonl").read_text().splitlines()]
     full = parse_args([])
+    smoke = [json.loads(x) for x in (args.work / "rows.jsonl").read_text().splitlines()]
+    real_path = full.work / "rows.jsonl"
+    real = [json.loads(x) for x in real_path.read_text().splitlines()] if real_path.exists() else []
     ks = [int(k) for k in full.ks.split(",")]
     tasks = full.tasks.split(",")
+    folds = full.seeds - 1
     out, total = [], 0.0
 
-    def chars(task, n=None):
+    def chars(task):
         items = load_task(task, DEFAULT_VARIANT)
-        per = sum(len(x.choices) * len(x.query) + sum(map(len, x.choices)) for x in items) / len(items)
-        return per * (n if n is not None else 1)
+        return sum(len(x.choices) * len(x.query) + sum(map(len, x.choices)) for x in items) / len(items)
 
-    smoke_tasks = sorted({r["eval"] for r in rows})
-    ev_rows = [r for r in rows if r.get("eval_n")]
-    s_per_char = sum(r["eval_seconds"] for r in ev_rows) / sum(chars(r["eval"], r["eval_n"]) for r in ev_rows)
-    s_per_block = sum(r["wiki_seconds"] for r in ev_rows) / max(1, sum(r["wiki_blocks"] for r in ev_rows))
-    srows = [r for r in rows if r["method"] == "hopscotch" and r["kind"] == "main" and r.get("token_passes")]
-    s_per_pass = sum(r["search_seconds"] for r in srows) / sum(r["token_passes"] for r in srows)
-    # token-passes per calibration item and candidate-epoch, from the smoke's faithful searches
-    tp_item = sum(r["token_passes"] / (sum(30 - s for s in range(r["k"])) + SMOKE["final_epochs"])
-                  / SMOKE["calibration"] for r in srows) / len(srows)
-    prep_rows = [r for r in rows if r.get("prepare_seconds")]
-    s_per_prep_item = max(r["prepare_seconds"] for r in prep_rows) / (SMOKE["calibration"] + SMOKE["evaluation"])
+    def candidate_epochs(k, final_epochs):  # the faithful search trains every remaining block at each step
+        return sum(30 - s for s in range(k)) + final_epochs
+
+    def eval_rate(rows, task=None):  # seconds per evaluation item (per character when task is None)
+        ev = [r for r in rows if r.get("eval_n") and not r.get("eval_reused") and (task is None or r["eval"] == task)]
+        if not ev:
+            return None
+        return sum(r["eval_seconds"] for r in ev) / sum(r["eval_n"] * (1 if task else chars(r["eval"])) for r in ev)
+
+    def search_rate(rows, settings, task=None):  # seconds per calibration item and candidate-epoch
+        sr = [r for r in rows if r["method"] == "hopscotch" and r["kind"] == "main" and r.get("search_seconds")
+              and (task is None or r["calib"] == task)]
+        if not sr:
+            return None
+        per = [r["search_seconds"] / candidate_epochs(r["k"], settings.final_epochs) / settings.calibration
+               for r in sr]
+        return sum(per) / len(per) / (1 if task else sum(chars(r["calib"]) for r in sr) / len(sr))
+
+    # per character, for tasks the study has not measured yet: the study's own measured tasks, else the smoke's
+    char_eval, char_search = eval_rate(real) or eval_rate(smoke), search_rate(real, full) or search_rate(smoke, args)
+    wiki_rows = [r for r in real or smoke if r.get("wiki_blocks") and not r.get("wiki_reused")]
+    s_per_block = sum(r["wiki_seconds"] for r in wiki_rows) / max(1, sum(r["wiki_blocks"] for r in wiki_rows))
     for task in tasks:
         n_items = len(load_task(task, DEFAULT_VARIANT))
         ev_full = min(full.evaluation, n_items - full.calibration * full.seeds)
+        measured_eval, measured_search = eval_rate(real, task), search_rate(real, full, task)
+        per_eval = ev_full * (measured_eval or char_eval * chars(task))
+        per_item_epoch = measured_search or char_search * chars(task)
         # distinct plans evaluated on this task (evaluations are shared by equal plans, see Study.evaluate):
-        # the original; both Hopscotch searches at each k, the extra folds and the two transfers in; the three
-        # text-scored / task-blind methods once per k (the same plan whatever the task); random's extra folds
-        per_search = len(ks) + full.seeds - 1
-        n_evals = 1 + 2 * (per_search + len(tasks) - 1) + 3 * len(ks) + per_search
-        eval_s = n_evals * s_per_char * chars(task, ev_full)
-        faithful8 = (sum(30 - s for s in range(8)) + full.final_epochs) * tp_item * full.calibration
-        faithful4 = (sum(30 - s for s in range(4)) + full.final_epochs) * tp_item * full.calibration
-        search_s = s_per_pass * (faithful8 + (full.seeds - 1) * faithful4) * (1 + 1 / 8)  # + fast (<= 1/8 each)
-        prep = s_per_prep_item * (full.calibration * full.seeds + ev_full)
-        out.append((task, ev_full, n_evals, eval_s, search_s, prep))
-        total += eval_s + search_s + prep
-    per_search = len(ks) + full.seeds - 1
-    n_wiki = 1 + 2 * len(tasks) * per_search + 3 * len(ks) + per_search  # distinct plans overall
+        # the original; the faithful search at its k (all, or k <= 4: see --faithful-every-k); the fast search at
+        # each k and on the extra folds; both searches' plans of the other tasks (transfer); the three
+        # text-scored / task-blind methods once per k (the same plan whatever the task); random at each k and fold
+        faithful_ks = [k for k in ks if task in full.faithful_every_k.split(",") or k <= 4]
+        n_evals = 1 + len(faithful_ks) + len(ks) + folds + 2 * (len(tasks) - 1) + 3 * len(ks) + len(ks) + folds
+        # the greedy path to the largest k gives every smaller k on the way; the fast search costs <= 1/8 of it
+        faithful = candidate_epochs(max(faithful_ks), full.final_epochs) * per_item_epoch * full.calibration
+        faithful4 = candidate_epochs(4, full.final_epochs) * per_item_epoch * full.calibration
+        search_s = faithful * (1 + 1 / 8) + folds * faithful4 / 8
+        out.append((task, ev_full, n_evals, n_evals * per_eval, search_s, bool(measured_eval),
+                    bool(measured_search)))
+        total += n_evals * per_eval + search_s
+    n_wiki = (1 + sum(len([k for k in ks if t in full.faithful_every_k.split(",") or k <= 4]) for t in tasks)
+              + len(tasks) * (len(ks) + folds) + 3 * len(ks) + len(ks) + folds)  # distinct plans overall
     wiki_s = n_wiki * s_per_block * full.wiki_blocks
     total += wiki_s
-    print(f"rates measured by the smoke run on {', '.join(smoke_tasks)}: {s_per_char * 1e3:.2f} ms per scored "
-          f"character, {s_per_block:.1f} s per Wikipedia block, {s_per_pass * 1e3:.2f} ms per token-pass "
-          f"({tp_item:.0f} token-passes per calibration item and candidate-epoch), {s_per_prep_item:.1f} s of "
-          "target generation per item")
-    print("estimated run time of the full study on this machine (2 CPU cores), from the smoke run's rates:")
-    for task, ev, n, e, s, p in out:
-        print(f"  {task:<10} eval items {ev:>5}  {n} evaluations: {e / 3600:5.1f} h   searches (faithful + fast): "
-              f"{s / 3600:5.1f} h   targets: {p / 3600:4.1f} h")
+    print("estimated run time of the full study on this machine (2 CPU cores): per task from the study's own "
+          f"finished rows ({real_path}) where it has them ('measured'), else scaled by characters per item from the "
+          "tasks it has measured, or from the smoke run ('scaled')")
+    for task, ev, n, e, s, me, ms in out:
+        print(f"  {task:<10} eval items {ev:>5}  {n} evaluations: {e / 3600:5.1f} h ({'measured' if me else 'scaled'})"
+              f"   searches (faithful + fast): {s / 3600:5.1f} h ({'measured' if ms else 'scaled'})")
     print(f"  Wikipedia perplexity of {n_wiki} distinct plans: {wiki_s / 3600:.1f} h")
-    print(f"  total {total / 3600:.1f} h")
+    print(f"  total {total / 3600:.1f} h (answer generation not included: minutes per task)")
+    done = sum((r.get("search_seconds") or 0) + (0 if r.get("eval_reused") else r.get("eval_seconds", 0))
+               + (0 if r.get("wiki_reused") else r.get("wiki_seconds", 0)) for r in real)
+    print(f"  finished so far: {len(real)} rows, {done / 3600:.1f} h of recorded search and evaluation time")
 
 
 def main(argv=None) -> int:

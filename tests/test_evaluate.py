@@ -58,6 +58,31 @@ def test_perplexity_is_exp_of_mean_nll(model, tok):
     assert from_texts == perplexity(model, pack_texts(TEXTS, tok, seq_len=12, batch_size=2), progress=False)
 
 
+def test_mean_nll_regroups_rows_by_length_and_keeps_item_order(model):
+    from hopscotch.data.batching import pairs_to_batches
+    from hopscotch.evaluate.perplexity import by_length, mean_nll
+
+    g = torch.Generator().manual_seed(3)
+    vocab = model.config.vocab_size
+    lengths = [(5, 2), (1, 9), (13, 1), (2, 3), (7, 7), (3, 1), (11, 4)]  # odd, unsorted, batches of 3
+    pairs = [(torch.randint(1, vocab, (c,), generator=g).tolist(), torch.randint(1, vocab, (a,), generator=g).tolist())
+             for c, a in lengths]
+    batches = pairs_to_batches(pairs, 0, 3)
+    regrouped, order = by_length(batches)
+    widths = [b["input_ids"].shape[1] for b in regrouped]
+    assert widths == sorted(widths, reverse=True) and sorted(order) == list(range(len(pairs)))
+    assert sum(b["input_ids"].numel() for b in regrouped) < sum(b["input_ids"].numel() for b in batches)
+    result = mean_nll(model, batches, progress=False)
+    with torch.no_grad():
+        for (ctx, ans), got, n in zip(pairs, result.item_nll, result.item_tokens):
+            ids = torch.tensor([ctx + ans])
+            logits = model(input_ids=ids).logits[0, len(ctx) - 1:-1]
+            assert n == len(ans)
+            assert got == pytest.approx(float(F.cross_entropy(logits, ids[0, len(ctx):], reduction="sum")), rel=1e-5)
+    left = [{**b, "attention_mask": b["attention_mask"].flip(1)} for b in batches]  # not right-padded: kept as is
+    assert by_length(left) == (left, list(range(len(pairs))))
+
+
 def test_answer_loss_is_mean_nll_of_answer_tokens(model, tok):
     items = [PromptAnswer("p", "Question: What is the capital of France?\nAnswer:", " Paris"),
              PromptAnswer("q", "The quick brown", " fox jumps over the lazy dog.")] + ITEMS[:2]

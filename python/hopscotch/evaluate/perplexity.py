@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import torch
+
 from .loglik import batch_nll_rows
 from .stats import DEFAULT_RESAMPLES, Estimate, bootstrap_ci
 
@@ -37,16 +39,55 @@ class LossResult:
                 "items": len(self.item_nll)}
 
 
+def by_length(batches: Sequence[dict]) -> tuple[list[dict], list[int]]:
+    """Right-padded batches regrouped longest row first, so that rows of like length share a batch and little of
+    the compute goes to padding (35% of the tokens of BoolQ's evaluation batches in item order). Returns the new
+    batches and ``order``: the i-th row of the new batches, counted across batches, is row ``order[i]`` of the
+    input. Batches whose mask is not a prefix (left padding) or that carry other keys are returned as they are."""
+    rows = []
+    width = max((b["input_ids"].shape[0] for b in batches), default=0)
+    for b in batches:
+        mask = b.get("attention_mask")
+        if set(b) != {"input_ids", "attention_mask", "labels"} or mask is None:
+            return list(batches), list(range(sum(x["input_ids"].shape[0] for x in batches)))
+        lengths = mask.sum(1)
+        prefix = torch.arange(mask.shape[1])[None, :] < lengths[:, None]
+        if not bool((mask.bool() == prefix).all()):
+            return list(batches), list(range(sum(x["input_ids"].shape[0] for x in batches)))
+        labelled_pad = (b["labels"] != -100) & ~prefix
+        if bool((lengths == 0).any()) or bool(labelled_pad.any()):
+            return list(batches), list(range(sum(x["input_ids"].shape[0] for x in batches)))
+        for r, n in enumerate(lengths.tolist()):
+            rows.append((b["input_ids"][r, :n], b["labels"][r, :n]))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    out = []
+    for start in range(0, len(order), width):
+        chunk = [rows[i] for i in order[start:start + width]]
+        w = len(chunk[0][0])
+        ids = torch.zeros((len(chunk), w), dtype=chunk[0][0].dtype)
+        mask = torch.zeros((len(chunk), w), dtype=torch.long)
+        labels = torch.full((len(chunk), w), -100, dtype=chunk[0][1].dtype)
+        for r, (x, y) in enumerate(chunk):
+            ids[r, :len(x)], mask[r, :len(x)], labels[r, :len(y)] = x, 1, y
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out, order
+
+
 def mean_nll(model, batches: Sequence[dict], *, progress: bool = True, desc: str = "nll") -> LossResult:
-    """Token-weighted mean next-token NLL over the labelled positions of ``batches`` (no_grad)."""
+    """Token-weighted mean next-token NLL over the labelled positions of ``batches`` (no_grad). Rows are
+    regrouped by length (:func:`by_length`); per-item values come back in input order."""
     from tqdm.auto import tqdm
 
-    sums, counts = [], []
+    batches, order = by_length(batches)
+    row_sums, row_counts = [0.0] * len(order), [0] * len(order)
+    done = 0
     for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         s, n = batch_nll_rows(model, batch)
-        keep = [i for i, c in enumerate(n) if c > 0]  # a row with no labelled token is no item
-        sums.extend(s[i] for i in keep)
-        counts.extend(n[i] for i in keep)
+        for j, (x, c) in enumerate(zip(s, n)):
+            row_sums[order[done + j]], row_counts[order[done + j]] = x, c
+        done += len(n)
+    keep = [i for i, c in enumerate(row_counts) if c > 0]  # a row with no labelled token is no item
+    sums, counts = [row_sums[i] for i in keep], [row_counts[i] for i in keep]
     count = sum(counts)
     if count == 0:
         raise ValueError("the batches have no labelled tokens (labels are all -100)")
