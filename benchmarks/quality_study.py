@@ -33,7 +33,7 @@ command again after an interruption and it continues. An evaluation depends only
 scalars and on the evaluation data, so equal plans share one (``evals/``): LLM-Drop, ShortGPT and random choose
 the same plan whatever the calibration task, a transfer row reuses its plan's Wikipedia perplexity, and a fast
 search that picks the faithful blocks gets the faithful plan.
-Writes <out>/study.csv, <out>/study_transfer.csv, <out>/study_<task>.png, <out>/study_transfer.png.
+Writes <out>/study.csv, <out>/study_transfer.csv, <out>/study.md (tables), <out>/study_<task>.png, <out>/study_transfer.png.
 """
 
 from __future__ import annotations
@@ -329,6 +329,10 @@ class Study:
                                 flat[f"{m}_p_vs_hopscotch"] = round(c["p_value"], 5)
                     w.writerow(flat)
             print(f"wrote {out / name}")
+        from study_report import study_markdown
+
+        (out / "study.md").write_text(study_markdown(self.rows, self.paired, tasks, ks, methods, k_seeds, meta))
+        print(f"wrote {out / 'study.md'}")
         self.summary(tasks, methods, k_seeds)
         self.plot(out, tasks, ks, methods, k_seeds)
 
@@ -378,7 +382,8 @@ class Study:
                 ax.grid(alpha=0.3)
                 if m == "wiki_ppl":
                     ax.set_yscale("log")
-            axes[0].legend(fontsize=8)
+            if axes[0].get_legend_handles_labels()[0]:
+                axes[0].legend(fontsize=8)
             fig.suptitle(f"SmolLM2-135M-Instruct calibrated on {task} ({self.args.calibration} items); "
                          "95% bootstrap intervals over evaluation items", fontsize=11)
             fig.tight_layout()

@@ -1,0 +1,138 @@
+"""Markdown tables of the quality study (benchmarks/quality_study.py): the k=4 comparison per task, the transfer
+matrix, the calibration folds and the sweep over k. ``study_markdown`` reads the study's rows and a paired-test
+function; it computes nothing but the paired tests and can be run on an unfinished study."""
+
+from __future__ import annotations
+
+ORDER = ("hopscotch", "hopscotch-fast", "llm-drop", "llm-drop-iterative", "shortgpt", "random")
+LABELS = {"hopscotch": "hopscotch", "hopscotch-fast": "hopscotch-fast", "llm-drop": "llm-drop",
+          "llm-drop-iterative": "llm-drop iterative", "shortgpt": "shortgpt (whole layers)", "random": "random"}
+
+
+def _cell(row, metric, digits=3):
+    if metric not in row:
+        return "-"
+    ci = row.get("ci", {}).get(metric)
+    v = f"{row[metric]:.{digits}f}"
+    return f"{v} [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]" if ci else v
+
+
+def _p(c):
+    if c is None:
+        return "-"
+    p = c["p_value"]
+    return "<0.001" if p < 0.001 else f"{p:.2f}" if p < 0.995 else "1"
+
+
+def _hop_ref(rows, calib, fold, k, kind="main", eval_task=None):
+    """The faithful Hopscotch row to compare with, or the fast search's where the faithful one was not run."""
+    for hop in ("hopscotch", "hopscotch-fast"):
+        key = (f"main|{calib}|{fold}|{hop}|{k}" if kind == "main"
+               else f"transfer|{calib}|{hop}|{k}|{eval_task}")
+        if key in rows:
+            return key
+    return None
+
+
+def k_table(rows, paired, task, methods, k):
+    """The k-block comparison on one task (fold 0), with intervals and paired tests against Hopscotch."""
+    base = rows.get(f"original|{task}")
+    ref = _hop_ref(rows, task, 0, k)
+    lines = [f"| method | skipped | held-out loss | accuracy | Wikipedia ppl | p vs {ref.split('|')[3] if ref else '-'}:"
+             " loss / acc / ppl | p vs original: acc |", "|---|---|---|---|---|---|---|"]
+    if base:
+        lines.append(f"| original | - | {_cell(base, 'eval_loss')} | {_cell(base, 'acc')} | "
+                     f"{_cell(base, 'wiki_ppl', 2)} | | |")
+    for method in sorted(methods, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+        key = f"main|{task}|0|{method}|{k}"
+        r = rows.get(key)
+        if r is None:
+            continue
+        ps = ""
+        if ref and key != ref:
+            c = paired(ref, key)
+            ps = " / ".join(_p(c.get(m)) for m in ("eval_loss", "acc", "wiki_ppl"))
+        po = _p(paired(f"original|{task}", key).get("acc")) if base else "-"
+        lines.append(f"| {LABELS.get(method, method)} | {' '.join(map(str, r['skipped']))} | "
+                     f"{_cell(r, 'eval_loss')} | {_cell(r, 'acc')} | {_cell(r, 'wiki_ppl', 2)} | {ps} | {po} |")
+    return "\n".join(lines)
+
+
+def transfer_table(rows, paired, tasks, method, k):
+    """Accuracy (and held-out loss) of the plan calibrated on each row's task, evaluated on each column's task,
+    with the p-value against the plan calibrated on the column's own task (is a task's own plan better?)."""
+    head = "| calibrated on \\ evaluated on | " + " | ".join(tasks) + " |"
+    lines = [head, "|---|" + "---|" * len(tasks)]
+    for ct in tasks:
+        cells = []
+        for et in tasks:
+            key = f"main|{ct}|0|{method}|{k}" if ct == et else f"transfer|{ct}|{method}|{k}|{et}"
+            r = rows.get(key)
+            if r is None:
+                cells.append("-")
+                continue
+            cell = f"acc {_cell(r, 'acc')}, loss {r['eval_loss']:.3f}" if "eval_loss" in r else _cell(r, "acc")
+            own = f"main|{et}|0|{method}|{k}"
+            if ct != et and own in rows:
+                c = paired(own, key)
+                cell += f" (p vs own: loss {_p(c.get('eval_loss'))}, acc {_p(c.get('acc'))})"
+            cells.append(cell)
+        lines.append(f"| {ct} ({' '.join(map(str, rows.get(f'main|{ct}|0|{method}|{k}', {}).get('skipped', [])))})"
+                     f" | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def folds_table(rows, task, methods, k):
+    """Per method, the k-block metrics over calibration folds: mean and min..max."""
+    lines = ["| method | folds | skipped per fold | held-out loss | accuracy | Wikipedia ppl |", "|---|---|---|---|---|---|"]
+    for method in methods:
+        rs = sorted((r for r in rows.values() if r["kind"] == "main" and r["calib"] == task
+                     and r["method"] == method and r["k"] == k), key=lambda r: r["fold"])
+        if not rs:
+            continue
+        cells = []
+        for m, d in (("eval_loss", 3), ("acc", 3), ("wiki_ppl", 2)):
+            v = [r[m] for r in rs if m in r]
+            cells.append(f"{sum(v) / len(v):.{d}f} ({min(v):.{d}f}..{max(v):.{d}f})" if v else "-")
+        skips = "; ".join(" ".join(map(str, r["skipped"])) for r in rs)
+        lines.append(f"| {LABELS.get(method, method)} | {len(rs)} | {skips} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(rows, task, methods, ks):
+    """Held-out loss and accuracy per method and k (fold 0)."""
+    lines = ["| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for method in methods:
+        cells = []
+        for k in ks:
+            r = rows.get(f"main|{task}|0|{method}|{k}")
+            cells.append(f"{r['eval_loss']:.3f} / {r['acc']:.3f}" if r and "acc" in r else "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def study_markdown(rows, paired, tasks, ks, methods, k_seeds, meta=None) -> str:
+    """The whole report as markdown (sections for what is finished)."""
+    parts = ["# Quality study (SmolLM2-135M-Instruct)", "",
+             "Made by `python benchmarks/quality_study.py --report` from the rows finished so far. Intervals: 95% "
+             "percentile bootstrap over evaluation items (Wikipedia: over 256-token blocks). p: paired test on the "
+             "same items (paired bootstrap for losses, exact McNemar for accuracy)."]
+    if meta:
+        parts.append("Machine: " + ", ".join(f"{k} {v}" for k, v in meta.items() if v))
+    for task in tasks:
+        if any(r["calib"] == task and r["k"] == k_seeds and r["fold"] == 0 for r in rows.values()):
+            parts += ["", f"## {task}, k = {k_seeds} (fold 0)", "", k_table(rows, paired, task, methods, k_seeds)]
+    for method in ("hopscotch", "hopscotch-fast"):
+        if any(r["kind"] == "transfer" and r["method"] == method for r in rows.values()):
+            parts += ["", f"## Transfer at k = {k_seeds}: {method}'s plans on the other tasks", "",
+                      transfer_table(rows, paired, tasks, method, k_seeds)]
+    for task in tasks:
+        if any(r["calib"] == task and r["fold"] > 0 for r in rows.values()):
+            parts += ["", f"## {task}, k = {k_seeds}, over calibration folds", "",
+                      folds_table(rows, task, methods, k_seeds)]
+    for task in tasks:
+        if any(r["calib"] == task and r["kind"] == "main" and r["k"] not in (0, k_seeds) for r in rows.values()):
+            parts += ["", f"## {task}: held-out loss / accuracy by k (fold 0)", "",
+                      sweep_table(rows, task, methods, ks)]
+    return "\n".join(parts) + "\n"
