@@ -294,6 +294,8 @@ class Study:
     def write(self, tasks, ks, methods, k_seeds):
         import csv
 
+        from study_report import hop_ref, study_markdown
+
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
         meta = metadata("cpu")
@@ -318,19 +320,13 @@ class Study:
                         base = f"original|{r['eval']}"
                         for m, c in self.paired(base, r["key"]).items():
                             flat[f"{m}_p_vs_original"] = round(c["p_value"], 5)
-                        for hop in ("hopscotch", "hopscotch-fast"):  # the faithful plan where there is one
-                            ref = (f"main|{r['calib']}|{r['fold']}|{hop}|{r['k']}" if kind == "main"
-                                   else f"transfer|{r['calib']}|{hop}|{r['k']}|{r['eval']}")
-                            if ref in self.rows:
-                                break
-                        if r["method"] not in ("hopscotch", hop) and ref in self.rows:
-                            flat["hopscotch_ref"] = hop
+                        ref = hop_ref(self.rows, r["calib"], r["fold"], r["k"], kind, r["eval"])
+                        if ref is not None and r["method"] not in ("hopscotch", self.rows[ref]["method"]):
+                            flat["hopscotch_ref"] = self.rows[ref]["method"]
                             for m, c in self.paired(ref, r["key"]).items():
                                 flat[f"{m}_p_vs_hopscotch"] = round(c["p_value"], 5)
                     w.writerow(flat)
             print(f"wrote {out / name}")
-        from study_report import study_markdown
-
         (out / "study.md").write_text(study_markdown(self.rows, self.paired, tasks, ks, methods, k_seeds, meta))
         print(f"wrote {out / 'study.md'}")
         self.summary(tasks, methods, k_seeds)
@@ -456,6 +452,8 @@ def estimate(args) -> None:
     char_eval, char_search = eval_rate(real) or eval_rate(smoke), search_rate(real, full) or search_rate(smoke, args)
     wiki_rows = [r for r in real or smoke if r.get("wiki_blocks") and not r.get("wiki_reused")]
     s_per_block = sum(r["wiki_seconds"] for r in wiki_rows) / max(1, sum(r["wiki_blocks"] for r in wiki_rows))
+    every_k = full.faithful_every_k.split(",")
+    faithful_ks_of = {t: [k for k in ks if t in every_k or k <= 4] for t in tasks}
     for task in tasks:
         n_items = len(load_task(task, DEFAULT_VARIANT))
         ev_full = min(full.evaluation, n_items - full.calibration * full.seeds)
@@ -466,7 +464,7 @@ def estimate(args) -> None:
         # the original; the faithful search at its k (all, or k <= 4: see --faithful-every-k); the fast search at
         # each k and on the extra folds; both searches' plans of the other tasks (transfer); the three
         # text-scored / task-blind methods once per k (the same plan whatever the task); random at each k and fold
-        faithful_ks = [k for k in ks if task in full.faithful_every_k.split(",") or k <= 4]
+        faithful_ks = faithful_ks_of[task]
         n_evals = 1 + len(faithful_ks) + len(ks) + folds + 2 * (len(tasks) - 1) + 3 * len(ks) + len(ks) + folds
         # the greedy path to the largest k gives every smaller k on the way; the fast search costs <= 1/8 of it
         faithful = candidate_epochs(max(faithful_ks), full.final_epochs) * per_item_epoch * full.calibration
@@ -475,7 +473,7 @@ def estimate(args) -> None:
         out.append((task, ev_full, n_evals, n_evals * per_eval, search_s, bool(measured_eval),
                     bool(measured_search)))
         total += n_evals * per_eval + search_s
-    n_wiki = (1 + sum(len([k for k in ks if t in full.faithful_every_k.split(",") or k <= 4]) for t in tasks)
+    n_wiki = (1 + sum(map(len, faithful_ks_of.values()))
               + len(tasks) * (len(ks) + folds) + 3 * len(ks) + len(ks) + folds)  # distinct plans overall
     wiki_s = n_wiki * s_per_block * full.wiki_blocks
     total += wiki_s

@@ -24,7 +24,7 @@ def _p(c):
     return "<0.001" if p < 0.001 else f"{p:.2f}" if p < 0.995 else "1"
 
 
-def _hop_ref(rows, calib, fold, k, kind="main", eval_task=None):
+def hop_ref(rows, calib, fold, k, kind="main", eval_task=None):
     """The faithful Hopscotch row to compare with, or the fast search's where the faithful one was not run."""
     for hop in ("hopscotch", "hopscotch-fast"):
         key = (f"main|{calib}|{fold}|{hop}|{k}" if kind == "main"
@@ -37,7 +37,7 @@ def _hop_ref(rows, calib, fold, k, kind="main", eval_task=None):
 def k_table(rows, paired, task, methods, k):
     """The k-block comparison on one task (fold 0), with intervals and paired tests against Hopscotch."""
     base = rows.get(f"original|{task}")
-    ref = _hop_ref(rows, task, 0, k)
+    ref = hop_ref(rows, task, 0, k)
     lines = [f"| method | skipped | held-out loss | accuracy | Wikipedia ppl | p vs {ref.split('|')[3] if ref else '-'}:"
              " loss / acc / ppl | p vs original: acc |", "|---|---|---|---|---|---|---|"]
     if base:

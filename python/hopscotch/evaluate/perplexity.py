@@ -45,18 +45,19 @@ def by_length(batches: Sequence[dict]) -> tuple[list[dict], list[int]]:
     batches and ``order``: the i-th row of the new batches, counted across batches, is row ``order[i]`` of the
     input. Batches whose mask is not a prefix (left padding) or that carry other keys are returned as they are."""
     rows = []
-    width = max((b["input_ids"].shape[0] for b in batches), default=0)
+    width = max((b["input_ids"].shape[0] for b in batches), default=0)  # rows per regrouped batch
+    unchanged = list(batches), list(range(sum(x["input_ids"].shape[0] for x in batches)))
     for b in batches:
-        mask = b.get("attention_mask")
-        if set(b) != {"input_ids", "attention_mask", "labels"} or mask is None:
-            return list(batches), list(range(sum(x["input_ids"].shape[0] for x in batches)))
+        if set(b) != {"input_ids", "attention_mask", "labels"}:
+            return unchanged
+        mask = b["attention_mask"]
         lengths = mask.sum(1)
         prefix = torch.arange(mask.shape[1])[None, :] < lengths[:, None]
         if not bool((mask.bool() == prefix).all()):
-            return list(batches), list(range(sum(x["input_ids"].shape[0] for x in batches)))
+            return unchanged
         labelled_pad = (b["labels"] != -100) & ~prefix
         if bool((lengths == 0).any()) or bool(labelled_pad.any()):
-            return list(batches), list(range(sum(x["input_ids"].shape[0] for x in batches)))
+            return unchanged
         for r, n in enumerate(lengths.tolist()):
             rows.append((b["input_ids"][r, :n], b["labels"][r, :n]))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
