@@ -42,7 +42,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -294,7 +293,7 @@ class Study:
     def write(self, tasks, ks, methods, k_seeds):
         import csv
 
-        from study_report import hop_ref, study_markdown
+        from study_report import hop_ref, plot_study, study_markdown
 
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -330,7 +329,7 @@ class Study:
         (out / "study.md").write_text(study_markdown(self.rows, self.paired, tasks, ks, methods, k_seeds, meta))
         print(f"wrote {out / 'study.md'}")
         self.summary(tasks, methods, k_seeds)
-        self.plot(out, tasks, ks, methods, k_seeds)
+        plot_study(self.rows, out, tasks, methods, k_seeds, self.args.calibration)
 
     def summary(self, tasks, methods, k_seeds):
         print(f"\nk={k_seeds} across calibration folds (mean, and min..max over folds), per task:")
@@ -345,71 +344,6 @@ class Study:
                         if v:
                             cells.append(f"{m} {sum(v) / len(v):.3f} ({min(v):.3f}..{max(v):.3f})")
                     print(f"  {task:<10} {method:<20} folds={len(rows)}  " + "  ".join(cells))
-
-    def plot(self, out, tasks, ks, methods, k_seeds):
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib is not installed: no plots")
-            return
-        for task in tasks:
-            fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-            base = self.rows.get(f"original|{task}")
-            for ax, m, label in zip(axes, ("eval_loss", "acc", "wiki_ppl"),
-                                    ("held-out loss (NLL of the original's answers)", "accuracy (0-shot, rc)",
-                                     "Wikipedia perplexity")):
-                for j, method in enumerate(methods):
-                    pts = sorted((r["k"], r[m], r["ci"][m]["low"], r["ci"][m]["high"]) for r in self.rows.values()
-                                 if r["kind"] == "main" and r["calib"] == task and r["method"] == method
-                                 and r["fold"] == 0 and m in r)
-                    if base is not None and m in base:
-                        pts = [(0, base[m], base["ci"][m]["low"], base["ci"][m]["high"])] + pts
-                    if not pts:
-                        continue
-                    x = [p[0] + 0.06 * (j - len(methods) / 2) for p in pts]
-                    y = [p[1] for p in pts]
-                    err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-                    ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=method)
-                ax.set_xlabel("blocks skipped (of 30)")
-                ax.set_title(label, fontsize=10)
-                ax.grid(alpha=0.3)
-                if m == "wiki_ppl":
-                    ax.set_yscale("log")
-            if axes[0].get_legend_handles_labels()[0]:
-                axes[0].legend(fontsize=8)
-            fig.suptitle(f"SmolLM2-135M-Instruct calibrated on {task} ({self.args.calibration} items); "
-                         "95% bootstrap intervals over evaluation items", fontsize=11)
-            fig.tight_layout()
-            fig.savefig(out / f"study_{task}.png", dpi=100)
-            plt.close(fig)
-        # transfer: accuracy change vs the original, calibrated on rows' task, evaluated on columns' task
-        fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
-        for ax, method in zip(axes[0], methods):
-            grid = [[math.nan] * len(tasks) for _ in tasks]
-            for i, ct in enumerate(tasks):
-                for j, et in enumerate(tasks):
-                    key = (f"main|{ct}|0|{method}|{k_seeds}" if ct == et
-                           else f"transfer|{ct}|{method}|{k_seeds}|{et}")
-                    r, base = self.rows.get(key), self.rows.get(f"original|{et}")
-                    if r and base and "acc" in r:
-                        grid[i][j] = r["acc"] - base["acc"]
-            im = ax.imshow(grid, cmap="RdBu", vmin=-0.2, vmax=0.2)
-            ax.set_xticks(range(len(tasks)), tasks, rotation=45, fontsize=7)
-            ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
-            ax.set_title(method, fontsize=9)
-            for i in range(len(tasks)):
-                for j in range(len(tasks)):
-                    if not math.isnan(grid[i][j]):
-                        ax.text(j, i, f"{grid[i][j]:+.2f}", ha="center", va="center", fontsize=7)
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-        fig.suptitle(f"k={k_seeds}: accuracy change vs the original (rows: calibrated on, columns: evaluated on)",
-                     fontsize=10)
-        fig.savefig(out / "study_transfer.png", dpi=100)
-        plt.close(fig)
-        print(f"wrote plots to {out}")
 
 
 def estimate(args) -> None:
