@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from hopscotch import unpatch_model
-from hopscotch.bench.results import RESULTS_DIR, metadata
+from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import search
 from hopscotch.evaluate import mean_nll
@@ -58,11 +58,7 @@ def main(argv=None) -> int:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     rows_path = work / f"fast_vs_faithful_{args.task}.jsonl"
-    done = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["method"], r["k"])] = r
+    done = read_rows(rows_path, lambda r: (r["method"], r["k"]))
     torch.manual_seed(0)
     model, tok = load_model(None)
     # The same calibration as the quality study's fold 0 (the split ranks items independently of the evaluation
@@ -88,8 +84,7 @@ def main(argv=None) -> int:
                    "max_scalar_move": float((plan.scalar_tensor() - 1).abs().max()),
                    "calibration_tokens": prov["calibration_tokens"]}
             done[(method, k)] = row
-            with rows_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_row(rows_path, row)
             print(json.dumps(row), flush=True)
     write(done, args, out)
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from hopscotch import unpatch_model
-from hopscotch.bench.results import RESULTS_DIR, metadata
+from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import search
 from hopscotch.tasks import evaluate_task, prepare_task
@@ -66,11 +66,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows_path = work / "rows.jsonl"
-    done = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["method"], r["k"])] = r
+    done = read_rows(rows_path, lambda r: (r["method"], r["k"]))
     model, tok = load_model(None)
     data = prepare_task(model, tok, args.task, calibration=args.calibration, evaluation=args.evaluation,
                         seed=args.seed, batch_size=args.batch_size)
@@ -79,8 +75,7 @@ def main(argv=None) -> int:
 
     def record(row):
         done[(row["method"], row["k"])] = row
-        with rows_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(rows_path, row)
 
     if ("original", 0) not in done:
         record({"method": "original", "k": 0, "skipped": [], **evaluate_task(model, tok, data)})

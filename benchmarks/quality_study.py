@@ -50,7 +50,7 @@ import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
 from hopscotch.atomic import atomic_write_text
-from hopscotch.bench.results import RESULTS_DIR, metadata
+from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import data_digest, search
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
@@ -135,11 +135,7 @@ class Study:
         (self.work / "items").mkdir(parents=True, exist_ok=True)
         (self.work / "plans").mkdir(parents=True, exist_ok=True)
         self.rows_path = self.work / "rows.jsonl"
-        self.rows = {}
-        if self.rows_path.exists():
-            for line in self.rows_path.read_text().splitlines():
-                r = json.loads(line)
-                self.rows[r["key"]] = r
+        self.rows = read_rows(self.rows_path, lambda r: r["key"])
         self.model, self.tok = (None, None) if args.report else load_model(None)
         self.data = {}
         self.progress = not args.quiet
@@ -169,8 +165,7 @@ class Study:
     # ---- rows --------------------------------------------------------------------------------------------
     def record(self, row):
         self.rows[row["key"]] = row
-        with self.rows_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(self.rows_path, row)
         print(json.dumps({k: row[k] for k in ("key", "skipped", *[m for m in METRICS if m in row])}), flush=True)
 
     def evaluate(self, key, eval_task, plan):
@@ -352,9 +347,9 @@ def estimate(args) -> None:
     from hopscotch.data import DEFAULT_VARIANT, load_task
 
     full = parse_args([])
-    smoke = [json.loads(x) for x in (args.work / "rows.jsonl").read_text().splitlines()]
+    smoke = list(read_rows(args.work / "rows.jsonl", lambda r: r["key"]).values())
     real_path = full.work / "rows.jsonl"
-    real = [json.loads(x) for x in real_path.read_text().splitlines()] if real_path.exists() else []
+    real = list(read_rows(real_path, lambda r: r["key"]).values())
     ks = [int(k) for k in full.ks.split(",")]
     tasks = full.tasks.split(",")
     folds = full.seeds - 1

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from hopscotch.bench.results import RESULTS_DIR, metadata
+from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch import patch_model, patched_layers, set_scalars, set_skips
 from hopscotch.search.greedy import step_schedule
@@ -154,11 +154,7 @@ def main(argv=None) -> int:
         return r
 
     rows_file = work / f"screen_diagnostics_{args.task}_{args.path}.jsonl"
-    done = {}
-    if rows_file.exists():
-        for line in rows_file.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["step"], r["candidate"])] = r
+    done = read_rows(rows_file, lambda r: (r["step"], r["candidate"]))
     lines = []
     for s in steps:
         chosen = [w for w, _, _ in path[:s]]
@@ -176,8 +172,7 @@ def main(argv=None) -> int:
                 r = {**(r or {}), "step": s, "candidate": c, "chosen": chosen, "trained": trained.get(c), **new,
                      "seconds": round(time.perf_counter() - t0, 1)}
                 done[(s, c)] = r
-                with rows_file.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
+                append_row(rows_file, r)
                 print(json.dumps(r), flush=True)
         rows = [done[(s, c)] for c in remaining]
         everyone = all(r["trained"] is not None for r in rows) and len(rows) > 2

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
-from hopscotch.bench.results import RESULTS_DIR, metadata
+from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
 from hopscotch.search import search
@@ -72,11 +72,7 @@ def main(argv=None) -> int:
     for sub in ("items", "plans"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     rows_path = work / "rows.jsonl"
-    rows = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            rows[r["key"]] = r
+    rows = read_rows(rows_path, lambda r: r["key"])
     wanted = ["original"] + [f"{label}-f{f}" for label, _, _, _, finals in args.parsed for f in finals]
     if all(k in rows for k in wanted):  # everything measured: only the outputs to write
         write(rows, args, work, out)
@@ -99,8 +95,7 @@ def main(argv=None) -> int:
     if "original" not in rows:
         unpatch_model(model)
         rows["original"] = {"key": "original", **evaluate("original")}
-        with rows_path.open("a") as f:
-            f.write(json.dumps(rows["original"]) + "\n")
+        append_row(rows_path, rows["original"])
     for label, n, b, e, finals in args.parsed:
         # one row per batch, in split order: the first n rows are the n-item calibration set
         batches = rebatch(data.calibration[:n], b, pad_id=pad)
@@ -136,8 +131,7 @@ def main(argv=None) -> int:
                    "max_scalar_move": float((plan.scalar_tensor() - 1).abs().max()),
                    "call_seconds": round(time.perf_counter() - t1, 1), **evaluate(key)}
             rows[key] = row
-            with rows_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_row(rows_path, row)
             print(json.dumps({k: row[k] for k in ("key", "skipped", "eval_loss", "acc", "search_seconds",
                                                   "max_scalar_move")}), flush=True)
     write(rows, args, work, out)
