@@ -62,9 +62,10 @@ def k_table(rows, paired, task, methods, k):
 
 def transfer_table(rows, paired, tasks, method, k):
     """Accuracy (and held-out loss) of the plan calibrated on each row's task, evaluated on each column's task,
-    with the p-value against the plan calibrated on the column's own task (is a task's own plan better?)."""
-    head = "| calibrated on \\ evaluated on | " + " | ".join(tasks) + " |"
-    lines = [head, "|---|" + "---|" * len(tasks)]
+    with the p-value against the plan calibrated on the column's own task (is a task's own plan better?), and the
+    plan's Wikipedia perplexity (the same whatever task it is evaluated on)."""
+    head = "| calibrated on \\ evaluated on | " + " | ".join(tasks) + " | Wikipedia ppl |"
+    lines = [head, "|---|" + "---|" * (len(tasks) + 1)]
     for ct in tasks:
         cells = []
         for et in tasks:
@@ -73,14 +74,16 @@ def transfer_table(rows, paired, tasks, method, k):
             if r is None:
                 cells.append("-")
                 continue
-            cell = f"acc {_cell(r, 'acc')}, loss {r['eval_loss']:.3f}" if "eval_loss" in r else _cell(r, "acc")
+            cell = f"loss {_cell(r, 'eval_loss')}, acc {_cell(r, 'acc')}" if "eval_loss" in r else _cell(r, "acc")
             own = f"main|{et}|0|{method}|{k}"
             if ct != et and own in rows:
                 c = paired(own, key)
                 cell += f" (p vs own: loss {_p(c.get('eval_loss'))}, acc {_p(c.get('acc'))})"
             cells.append(cell)
-        lines.append(f"| {ct} ({' '.join(map(str, rows.get(f'main|{ct}|0|{method}|{k}', {}).get('skipped', [])))})"
-                     f" | " + " | ".join(cells) + " |")
+        own_row = rows.get(f"main|{ct}|0|{method}|{k}", {})
+        wiki = _cell(own_row, "wiki_ppl", 2)
+        lines.append(f"| {ct} ({' '.join(map(str, own_row.get('skipped', [])))})"
+                     f" | " + " | ".join(cells) + f" | {wiki} |")
     return "\n".join(lines)
 
 
