@@ -28,8 +28,8 @@ from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model  # noqa: E402
 from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows  # noqa: E402
-from hopscotch.patch import set_skips  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
+from hopscotch.search import FINAL_SEED_OFFSET  # noqa: E402
 from hopscotch.search.train import rebatch, train_scalars  # noqa: E402
 
 K = 4
@@ -70,14 +70,13 @@ def main(argv=None) -> int:
                 train = None
             else:
                 # Hopscotch's final-scalar recipe (search._hopscotch) on LLM-Drop's blocks
-                apply_plan(model, SkipPlan.for_model(model, drop.skipped_attention))
-                set_skips(model, attention=drop.skipped_attention)
+                apply_plan(model, SkipPlan.for_model(model, drop.skipped_attention))  # scalars at 1
                 hp = hop.provenance["hyperparameters"]
                 batches = rebatch(data.calibration, hp["final_batch_size"])
                 torch.manual_seed(0)
                 losses = train_scalars(model, batches, objective=data.objective, epochs=hp["final_epochs"],
-                                       lr=hp["final_lr"], seed=hop.provenance["seed"] + 7919, desc="final scalars",
-                                       progress=not args.quiet)
+                                       lr=hp["final_lr"], seed=hop.provenance["seed"] + FINAL_SEED_OFFSET,
+                                       desc="final scalars", progress=not args.quiet)
                 plan = SkipPlan.for_model(model, drop.skipped_attention, (), get_scalars(model).clone(),
                                           method=variant, final_losses=losses)
                 train = losses
@@ -87,7 +86,6 @@ def main(argv=None) -> int:
                    "max_scalar_move": float((plan.scalar_tensor() - 1).abs().max()),
                    **study.evaluate(key, task, plan)}
             rows[key] = row
-            study.rows[key] = row
             append_row(rows_path, row)
             print({k: row[k] for k in ("key", "skipped", "eval_loss", "acc", "wiki_ppl")}, flush=True)
     write(study, rows, tasks, Path(args.out))

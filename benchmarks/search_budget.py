@@ -37,7 +37,7 @@ from hopscotch import SkipPlan, apply_plan, unpatch_model
 from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
-from hopscotch.search import search
+from hopscotch.search import FINAL_SEED_OFFSET, search
 from hopscotch.search.train import PassCounter, rebatch, train_scalars
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
             if f_epochs != 3:  # train the final scalars again, for f_epochs, from 1
                 apply_plan(model, SkipPlan.for_model(model, plan.skipped_attention))
                 work_done, t2 = PassCounter(), time.perf_counter()
-                train_scalars(model, batches, objective=data.objective, epochs=f_epochs, lr=3e-3, seed=7919,
-                              counter=work_done, progress=not args.quiet)
+                train_scalars(model, batches, objective=data.objective, epochs=f_epochs, lr=3e-3,
+                              seed=FINAL_SEED_OFFSET, counter=work_done, progress=not args.quiet)
                 final_seconds = round(time.perf_counter() - t2, 1)
                 final_passes = round(work_done.total)
                 plan = SkipPlan.for_model(model, plan.skipped_attention, (), get_scalars(model), **prov)

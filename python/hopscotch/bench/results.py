@@ -17,6 +17,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
@@ -138,8 +139,6 @@ def read_rows(path: str | os.PathLike, key: Callable[[dict], Hashable]) -> dict:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             if i == len(lines):
-                import warnings
-
                 warnings.warn(f"{path}: line {i} is cut short (an interrupted write?); ignoring it", stacklevel=2)
                 break
             raise ValueError(f"{path}: line {i} is not a JSON object ({e}); fix or remove that line") from e

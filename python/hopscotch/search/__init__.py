@@ -37,6 +37,9 @@ __all__ = ["METHODS", "search", "data_digest", "FastSettings", "worst_case", "To
 
 METHODS = ("hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random")
 
+# The final scalars' data order is seeded apart from the candidates' (seed + this offset).
+FINAL_SEED_OFFSET = 7919
+
 
 def data_digest(batches: list[dict]) -> str:
     """A short hash of the calibration batches (token ids and labels): the state file refuses other data."""
@@ -186,7 +189,7 @@ def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, 
             work.forward += teacher_passes(final_batches)
         set_skips(model, attention=chosen)
         losses = train_scalars(model, final_batches, objective=objective, epochs=final_epochs, lr=final_lr,
-                               seed=seed + 7919, teacher=final_teacher, counter=work, desc="final scalars",
+                               seed=seed + FINAL_SEED_OFFSET, teacher=final_teacher, counter=work, desc="final scalars",
                                progress=progress) if final_epochs > 0 and num_skip > 0 else []
         final = {"name": f"final/k{num_skip}", "losses": losses, "scalars": get_scalars(model).tolist(),
                  "passes": [work.forward, work.backward], "seconds": round(time.perf_counter() - t1, 2)}
