@@ -20,17 +20,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
 
-from hopscotch import SkipPlan, apply_plan, unpatch_model  # noqa: E402
+from hopscotch import SkipPlan, patch_model, unpatch_model  # noqa: E402
 from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
-from hopscotch.search import FINAL_SEED_OFFSET  # noqa: E402
-from hopscotch.search.train import rebatch, train_scalars  # noqa: E402
+from hopscotch.search import train_final_scalars  # noqa: E402
+from hopscotch.search.train import rebatch  # noqa: E402
 
 K = 4
 
@@ -69,14 +67,13 @@ def main(argv=None) -> int:
                 plan = SkipPlan.for_model(model, hop.skipped_attention, method=variant, source=f"{task} hopscotch plan")
                 train = None
             else:
-                # Hopscotch's final-scalar recipe (search._hopscotch) on LLM-Drop's blocks
-                apply_plan(model, SkipPlan.for_model(model, drop.skipped_attention))  # scalars at 1
+                # Hopscotch's final-scalar recipe (the search's last step) on LLM-Drop's blocks
+                patch_model(model)
                 hp = hop.provenance["hyperparameters"]
-                batches = rebatch(data.calibration, hp["final_batch_size"])
-                torch.manual_seed(0)
-                losses = train_scalars(model, batches, objective=data.objective, epochs=hp["final_epochs"],
-                                       lr=hp["final_lr"], seed=hop.provenance["seed"] + FINAL_SEED_OFFSET,
-                                       desc="final scalars", progress=not args.quiet)
+                losses = train_final_scalars(model, rebatch(data.calibration, hp["final_batch_size"]),
+                                             drop.skipped_attention, objective=data.objective,
+                                             epochs=hp["final_epochs"], lr=hp["final_lr"],
+                                             seed=hop.provenance["seed"], progress=not args.quiet)
                 plan = SkipPlan.for_model(model, drop.skipped_attention, (), get_scalars(model).clone(),
                                           method=variant, final_losses=losses)
                 train = losses

@@ -37,8 +37,8 @@ from hopscotch import SkipPlan, apply_plan, unpatch_model
 from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
-from hopscotch.search import FINAL_SEED_OFFSET, search
-from hopscotch.search.train import PassCounter, rebatch, train_scalars
+from hopscotch.search import search, train_final_scalars
+from hopscotch.search.train import PassCounter, rebatch
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
 DEFAULT_CONFIGS = "n32-b4-e1:3,10;n32-b1-e1:3,10;n32-b4-e4:3;n128-b4-e1:3"
@@ -114,10 +114,9 @@ def main(argv=None) -> int:
                                  ["steps"] if s["name"] == f"final/k{args.k}")
             final_passes = None
             if f_epochs != 3:  # train the final scalars again, for f_epochs, from 1
-                apply_plan(model, SkipPlan.for_model(model, plan.skipped_attention))
                 work_done, t2 = PassCounter(), time.perf_counter()
-                train_scalars(model, batches, objective=data.objective, epochs=f_epochs, lr=3e-3,
-                              seed=FINAL_SEED_OFFSET, counter=work_done, progress=not args.quiet)
+                train_final_scalars(model, batches, plan.skipped_attention, objective=data.objective,
+                                    epochs=f_epochs, lr=3e-3, seed=0, counter=work_done, progress=not args.quiet)
                 final_seconds = round(time.perf_counter() - t2, 1)
                 final_passes = round(work_done.total)
                 plan = SkipPlan.for_model(model, plan.skipped_attention, (), get_scalars(model), **prov)

@@ -110,7 +110,7 @@ def test_too_long_items_name_file_and_line(tmp_path, tok):
     path = write(tmp_path, "long.jsonl", [{"prompt": "Question: x?\nAnswer:", "answer": " ok"},
                                           {"prompt": "Question: y?\nAnswer:", "answer": long_answer}])
     items = read_prompt_answer_jsonl(path)
-    with pytest.raises(DataError, match=rf"long\.jsonl, line 2: .*the answer alone is \d+ tokens"):
+    with pytest.raises(DataError, match=r"long\.jsonl, line 2: .*the answer alone is \d+ tokens"):
         prompt_answer_batches(items, tok, max_length=32)
     long_prompt = PromptAnswer("p", "The quick brown fox " * 20, " ok", source="file.jsonl, line 9")
     with pytest.raises(DataError, match=r"file\.jsonl, line 9: .*truncation is off"):

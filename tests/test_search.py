@@ -14,11 +14,12 @@ import time
 import pytest
 import torch
 
-from hopscotch import SkipPlan, is_patched
+from hopscotch import SkipPlan, current_plan, is_patched
 from hopscotch.patch import patch_model, set_skips
-from hopscotch.search import METHODS, FastSettings, TokenPassCost, search, worst_case
+from hopscotch.patch.patcher import get_scalars
+from hopscotch.search import METHODS, FastSettings, TokenPassCost, search, train_final_scalars, worst_case
 from hopscotch.search.greedy import _train, step_schedule
-from hopscotch.search.train import batch_tokens, rebatch
+from hopscotch.search.train import PassCounter, batch_tokens, rebatch, scalar_parameters
 from hopscotch.search.state import StateMismatchError
 from model_testing import tiny_model
 
@@ -290,6 +291,33 @@ def test_final_scalars_train_on_rebatched_rows(objective, monkeypatch):
     assert seen[1] == [3] * 6 + [1] * 12 and seen[None] == [3] * 6 + [3] * 4
     # the same tokens (the kl teacher's forward over the re-batched rows is counted once more)
     assert passes[1] == passes[None] if objective == "nll" else passes[1] > passes[None]
+
+
+@pytest.mark.parametrize("objective", ["nll", "kl"])
+def test_train_final_scalars_is_the_search_final_step(objective):
+    """The public final-scalar recipe, run on the blocks a search chose, gives that search's scalars exactly (so a
+    block set chosen another way can be given the same adaptation), and leaves only those blocks skipped."""
+    batches = _batches(n=3, batch=2)
+    model = tiny_model("llama", num_layers=4)
+    plan = search(model, batches, method="hopscotch", num_skip=2, objective=objective, seed=3, final_epochs=2,
+                  final_batch_size=1, progress=False)
+    set_skips(model, attention=[0, 1, 2, 3])  # state that must not leak into the recipe
+    with torch.no_grad():
+        for p in scalar_parameters(model):
+            p.fill_(0.5)
+    counter = PassCounter()
+    losses = train_final_scalars(model, rebatch(batches, 1), plan.skipped_attention, objective=objective, epochs=2,
+                                 lr=3e-3, seed=3, counter=counter)
+    assert losses == plan.provenance["final_losses"] and len(losses) == 2
+    assert torch.equal(get_scalars(model), plan.scalar_tensor())
+    assert current_plan(model).skipped_attention == plan.skipped_attention
+    # 2 epochs forward + backward over the rows, and for kl the teacher's forward computed here
+    assert counter.backward > 0 and (counter.forward > counter.backward / 2) == (objective == "kl")
+    # nothing skipped or no epochs: scalars at 1, no training
+    assert train_final_scalars(model, batches, [], objective=objective, epochs=2, lr=3e-3, seed=0) == []
+    assert torch.equal(get_scalars(model), torch.ones_like(get_scalars(model)))
+    assert train_final_scalars(model, batches, [1], objective=objective, epochs=0, lr=3e-3, seed=0) == []
+    assert current_plan(model).skipped_attention == [1]
 
 
 def test_bad_arguments_are_refused():

@@ -31,14 +31,12 @@ from .greedy import FastSettings, greedy_search, worst_case
 from .objectives import OBJECTIVES, loss_positions, teacher_logprobs
 from .similarity import similarity_scores
 from .state import SearchState
-from .train import PassCounter, TokenPassCost, batch_tokens, rebatch, train_scalars
+from .train import (FINAL_SEED_OFFSET, PassCounter, TokenPassCost, batch_tokens, rebatch,  # noqa: F401
+                    train_final_scalars)
 
-__all__ = ["METHODS", "search", "data_digest", "FastSettings", "worst_case", "TokenPassCost"]
+__all__ = ["METHODS", "search", "data_digest", "FastSettings", "worst_case", "TokenPassCost", "train_final_scalars"]
 
 METHODS = ("hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random")
-
-# The final scalars' data order is seeded apart from the candidates' (seed + this offset).
-FINAL_SEED_OFFSET = 7919
 
 
 def data_digest(batches: list[dict]) -> str:
@@ -180,17 +178,11 @@ def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, 
         counter.forward += teacher_passes(batches)
     final = state.finished(f"final/k{num_skip}")
     if final is None:
-        reset_scalars(model)
         work, t1 = PassCounter(), time.perf_counter()
-        final_teacher = teacher
-        if teacher is not None and final_batches is not batches:  # the teacher is per batch: recompute it
-            set_skips(model)  # the original model
-            final_teacher = teacher_logprobs(model, final_batches)
-            work.forward += teacher_passes(final_batches)
-        set_skips(model, attention=chosen)
-        losses = train_scalars(model, final_batches, objective=objective, epochs=final_epochs, lr=final_lr,
-                               seed=seed + FINAL_SEED_OFFSET, teacher=final_teacher, counter=work, desc="final scalars",
-                               progress=progress) if final_epochs > 0 and num_skip > 0 else []
+        # the teacher is per batch: train_final_scalars recomputes it when the final batches differ
+        losses = train_final_scalars(model, final_batches, chosen, objective=objective, epochs=final_epochs,
+                                     lr=final_lr, seed=seed, counter=work, progress=progress,
+                                     teacher=teacher if final_batches is batches else None)
         final = {"name": f"final/k{num_skip}", "losses": losses, "scalars": get_scalars(model).tolist(),
                  "passes": [work.forward, work.backward], "seconds": round(time.perf_counter() - t1, 2)}
         state.record(final)

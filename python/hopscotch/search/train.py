@@ -20,13 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..patch import patched_layers
-from .objectives import batch_loss, loss_positions
+from ..patch import patched_layers, reset_scalars, set_skips
+from .objectives import batch_loss, loss_positions, teacher_logprobs
 
 __all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "rebatch", "scalar_parameters",
-           "train_scalars", "train_schedule", "BACKWARD_FACTOR"]
+           "train_scalars", "train_schedule", "train_final_scalars", "BACKWARD_FACTOR", "FINAL_SEED_OFFSET"]
 
 BACKWARD_FACTOR = 2.0  # a backward counts as this many forward passes of the same part
+# The final scalars' data order is seeded apart from the candidates' (seed + this offset).
+FINAL_SEED_OFFSET = 7919
 
 
 @dataclass(frozen=True)
@@ -220,3 +222,31 @@ def train_scalars(model: nn.Module, batches: list[dict], *, objective: str, epoc
     sums, _ = train_schedule(model, batches, schedule, objective=objective, lr=lr, teacher=teacher, counter=counter,
                              cost=cost, desc=desc, progress=progress)
     return [s / max(w, 1) for _, s, w in sums]
+
+
+def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, objective: str, epochs: int, lr: float,
+                        seed: int, teacher: list | None = None, counter: PassCounter | None = None,
+                        desc: str | None = "final scalars", progress: bool = False) -> list[float]:
+    """Hopscotch's final scalars for a fixed set of skipped attention blocks, on a patched model.
+
+    The scalars start at 1 with the blocks ``attention`` skipped (nothing else), then Adam runs ``epochs`` epochs
+    over ``batches`` with the data order seeded by ``seed + FINAL_SEED_OFFSET``; the model is left with the
+    trained scalars. For the ``kl`` objective ``teacher`` is the unpatched model's log-probs on these batches;
+    when it is None it is computed here (its forward passes are added to ``counter``). Returns each epoch's
+    mean training loss (empty when ``epochs`` is 0 or nothing is skipped). The search's final step and any
+    experiment that trains scalars for blocks chosen another way (e.g. LLM-Drop's) share this recipe.
+    """
+    attention = sorted(int(i) for i in attention)
+    reset_scalars(model)
+    if epochs <= 0 or not attention:
+        set_skips(model, attention=attention)
+        return []
+    if objective == "kl" and teacher is None:
+        set_skips(model)  # the original model
+        teacher = teacher_logprobs(model, batches)
+        if counter is not None:
+            cost = TokenPassCost.of(model)
+            counter.forward += sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
+    set_skips(model, attention=attention)
+    return train_scalars(model, batches, objective=objective, epochs=epochs, lr=lr, seed=seed + FINAL_SEED_OFFSET,
+                         teacher=teacher, counter=counter, desc=desc, progress=progress)
