@@ -1,7 +1,7 @@
 """How Hopscotch's training budget changes the plan it finds and what it costs (issue 15, item 0).
 
     python benchmarks/search_budget.py                 # SmolLM2-135M-Instruct, arc_easy, k = 4, ~1 h on 2 cores
-    python benchmarks/search_budget.py --configs n32-b1-e1:3,10 --k 2
+    python benchmarks/search_budget.py --configs "n128-b4-e1:3"   # 4x the items (not run; the token-passes of n32-b4-e4)
 
 The paper trains every candidate one epoch over GSM8K at batch 32 (~234 Adam steps) and the final scalars 10
 epochs; the package's first defaults (32 items, batch 4, one epoch) gave 8 steps. Adam moves a scalar by at most
@@ -41,7 +41,7 @@ from hopscotch.search import search, train_final_scalars
 from hopscotch.search.train import PassCounter, rebatch
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
-DEFAULT_CONFIGS = "n32-b4-e1:3,10;n32-b1-e1:3,10;n32-b4-e4:3;n128-b4-e1:3"
+DEFAULT_CONFIGS = "n32-b4-e1:3,10;n32-b1-e1:3,10;n32-b4-e4:3"  # the configurations in results/search_budget.txt
 _CONFIG = re.compile(r"^n(\d+)-b(\d+)-e(\d+):([\d,]+)$")
 
 
