@@ -318,6 +318,9 @@ def test_train_final_scalars_is_the_search_final_step(objective):
     assert torch.equal(get_scalars(model), torch.ones_like(get_scalars(model)))
     assert train_final_scalars(model, batches, [1], objective=objective, epochs=0, lr=3e-3, seed=0) == []
     assert current_plan(model).skipped_attention == [1]
+    fresh = tiny_model("llama", num_layers=4)  # an unpatched model is patched; defaults are the search's
+    assert len(train_final_scalars(fresh, batches, [2])) == 3 and is_patched(fresh)
+    assert current_plan(fresh).skipped_attention == [2]
 
 
 def test_bad_arguments_are_refused():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..patch import patched_layers, reset_scalars, set_skips
+from ..patch import is_patched, patch_model, patched_layers, reset_scalars, set_skips
 from .objectives import batch_loss, loss_positions, teacher_logprobs
 
 __all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "rebatch", "scalar_parameters",
@@ -224,12 +224,13 @@ def train_scalars(model: nn.Module, batches: list[dict], *, objective: str, epoc
     return [s / max(w, 1) for _, s, w in sums]
 
 
-def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, objective: str, epochs: int, lr: float,
-                        seed: int, teacher: list | None = None, counter: PassCounter | None = None,
-                        desc: str | None = "final scalars", progress: bool = False) -> list[float]:
-    """Hopscotch's final scalars for a fixed set of skipped attention blocks, on a patched model.
+def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, objective: str = "nll", epochs: int = 3,
+                        lr: float = 3e-3, seed: int = 0, teacher: list | None = None,
+                        counter: PassCounter | None = None, desc: str | None = "final scalars",
+                        progress: bool = False) -> list[float]:
+    """Hopscotch's final scalars for a fixed set of skipped attention blocks (defaults: the search's).
 
-    The scalars start at 1 with the blocks ``attention`` skipped (nothing else), then Adam runs ``epochs`` epochs
+    The model is patched if it is not. The scalars start at 1 with the blocks ``attention`` skipped (nothing else), then Adam runs ``epochs`` epochs
     over ``batches`` with the data order seeded by ``seed + FINAL_SEED_OFFSET``; the model is left with the
     trained scalars. For the ``kl`` objective ``teacher`` is the unpatched model's log-probs on these batches;
     when it is None it is computed here (its forward passes are added to ``counter``). Returns each epoch's
@@ -237,6 +238,8 @@ def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, obj
     experiment that trains scalars for blocks chosen another way (e.g. LLM-Drop's) share this recipe.
     """
     attention = sorted(int(i) for i in attention)
+    if not is_patched(model):
+        patch_model(model)
     reset_scalars(model)
     if epochs <= 0 or not attention:
         set_skips(model, attention=attention)
