@@ -104,14 +104,25 @@ def folds_table(rows, task, methods, k):
     return "\n".join(lines)
 
 
-def sweep_table(rows, task, methods, ks):
-    """Held-out loss and accuracy per method and k (fold 0)."""
+def sweep_table(rows, paired, task, methods, ks):
+    """Held-out loss and accuracy per method and k (fold 0); ``*`` marks a value that differs from Hopscotch's
+    at the same k (paired test, p < 0.05); the intervals are in the per-k tables."""
     lines = ["| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for method in methods:
         cells = []
         for k in ks:
-            r = rows.get(f"main|{task}|0|{method}|{k}")
-            cells.append(f"{r['eval_loss']:.3f} / {r['acc']:.3f}" if r and "acc" in r else "-")
+            key = f"main|{task}|0|{method}|{k}"
+            r = rows.get(key)
+            if not (r and "acc" in r):
+                cells.append("-")
+                continue
+            ref = hop_ref(rows, task, 0, k)
+            c = paired(ref, key) if ref and ref != key else {}
+
+            def mark(m):
+                return "*" if c.get(m) and c[m]["p_value"] < 0.05 else ""
+
+            cells.append(f"{r['eval_loss']:.3f}{mark('eval_loss')} / {r['acc']:.3f}{mark('acc')}")
         if any(c != "-" for c in cells):
             lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -139,7 +150,13 @@ def study_markdown(rows, paired, tasks, ks, methods, k_seeds, meta=None) -> str:
     for task in tasks:
         if any(r["calib"] == task and r["kind"] == "main" and r["k"] not in (0, k_seeds) for r in rows.values()):
             parts += ["", f"## {task}: held-out loss / accuracy by k (fold 0)", "",
-                      sweep_table(rows, task, methods, ks)]
+                      "`*`: differs from Hopscotch's at the same k (paired test, p < 0.05; the fast search's "
+                      "where the faithful one was not run). Intervals and p-values: the per-k tables below.", "",
+                      sweep_table(rows, paired, task, methods, ks)]
+            for k in ks:
+                if k != k_seeds and any(r["calib"] == task and r["kind"] == "main" and r["k"] == k and r["fold"] == 0
+                                        for r in rows.values()):
+                    parts += ["", f"### {task}, k = {k} (fold 0)", "", k_table(rows, paired, task, methods, k)]
     return "\n".join(parts) + "\n"
 
 
