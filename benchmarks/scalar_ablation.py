@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
 
-from hopscotch import SkipPlan, patch_model, unpatch_model  # noqa: E402
+from hopscotch import SkipPlan, unpatch_model  # noqa: E402
 from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
 from hopscotch.search import train_final_scalars  # noqa: E402
@@ -67,8 +67,7 @@ def main(argv=None) -> int:
                 plan = SkipPlan.for_model(model, hop.skipped_attention, method=variant, source=f"{task} hopscotch plan")
                 train = None
             else:
-                # Hopscotch's final-scalar recipe (the search's last step) on LLM-Drop's blocks
-                patch_model(model)
+                # Hopscotch's final-scalar recipe (the search's last step; it patches the model) on LLM-Drop's blocks
                 hp = hop.provenance["hyperparameters"]
                 losses = train_final_scalars(model, rebatch(data.calibration, hp["final_batch_size"]),
                                              drop.skipped_attention, objective=data.objective,

@@ -28,11 +28,11 @@ from ..patch.patcher import get_scalars
 from ..plan import SkipPlan, architecture_fingerprint
 from .baselines import select_llm_drop, select_random
 from .greedy import FastSettings, greedy_search, worst_case
-from .objectives import OBJECTIVES, loss_positions, teacher_logprobs
+from .objectives import OBJECTIVES, teacher_logprobs
 from .similarity import similarity_scores
 from .state import SearchState
-from .train import (FINAL_SEED_OFFSET, PassCounter, TokenPassCost, batch_tokens, rebatch,  # noqa: F401
-                    train_final_scalars)
+from .train import (FINAL_SEED_OFFSET, PassCounter, TokenPassCost, batch_tokens, full_forward_passes,  # noqa: F401
+                    rebatch, train_final_scalars)
 
 __all__ = ["METHODS", "search", "data_digest", "FastSettings", "worst_case", "TokenPassCost", "train_final_scalars"]
 
@@ -171,11 +171,8 @@ def _hopscotch(model, batches, method, num_skip, objective, seed, lr, final_lr, 
                                          final_epochs=final_epochs, progress=progress)
     cost = TokenPassCost.of(model)
 
-    def teacher_passes(bs):  # the original model's forward over ``bs``
-        return sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in bs)
-
     if teacher is not None:  # the teacher's forward over the calibration data (once)
-        counter.forward += teacher_passes(batches)
+        counter.forward += full_forward_passes(cost, batches)
     final = state.finished(f"final/k{num_skip}")
     if final is None:
         work, t1 = PassCounter(), time.perf_counter()

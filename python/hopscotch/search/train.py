@@ -224,6 +224,11 @@ def train_scalars(model: nn.Module, batches: list[dict], *, objective: str, epoc
     return [s / max(w, 1) for _, s, w in sums]
 
 
+def full_forward_passes(cost: TokenPassCost, batches: list[dict]) -> float:
+    """Token-passes of the unpatched model's forward over ``batches`` (e.g. a kl teacher's)."""
+    return sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
+
+
 def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, objective: str = "nll", epochs: int = 3,
                         lr: float = 3e-3, seed: int = 0, teacher: list | None = None,
                         counter: PassCounter | None = None, desc: str | None = "final scalars",
@@ -248,8 +253,7 @@ def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, obj
         set_skips(model)  # the original model
         teacher = teacher_logprobs(model, batches)
         if counter is not None:
-            cost = TokenPassCost.of(model)
-            counter.forward += sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
+            counter.forward += full_forward_passes(TokenPassCost.of(model), batches)
     set_skips(model, attention=attention)
     return train_scalars(model, batches, objective=objective, epochs=epochs, lr=lr, seed=seed + FINAL_SEED_OFFSET,
                          teacher=teacher, counter=counter, desc=desc, progress=progress)
