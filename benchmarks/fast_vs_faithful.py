@@ -38,7 +38,8 @@ from hopscotch.tasks import prepare_task
 
 METHODS = ("hopscotch-fast", "hopscotch")  # the cheap one first: its table rows appear early
 FAST_KNOBS = {"budget_ratio": float, "max_shortlist": int, "margin": float, "probe_fraction": float,
-              "refine": int, "screen_fraction": float, "refine_fraction": float}
+              "refine": int, "screen_fraction": float, "refine_fraction": float, "strategy": str,
+              "first_probe": float, "first_finish": int, "pool": int, "challengers": int}
 
 
 def parse_args(argv=None):

@@ -1,4 +1,5 @@
-"""Shared fixtures: the packaged SmolLM2-135M-Instruct, loaded once per test session (float32, CPU)."""
+"""Shared fixtures: the packaged SmolLM2-135M-Instruct, loaded once per test session (float32, CPU), and one
+thread for tests of tiny models."""
 
 from __future__ import annotations
 
@@ -35,3 +36,14 @@ def tiny_dir(tmp_path_factory):
     from cli_testing import save_tiny_llama_dir
 
     return save_tiny_llama_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one thread than on cores shared with other work (10-20x here)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

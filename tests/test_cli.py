@@ -77,6 +77,8 @@ def test_bench_and_info(tmp_path, capsys):
     (["search", "--task", "nope"], "--task 'nope' is not a packaged task"),
     (["search", "--data", "/no/such.jsonl"], "--data /no/such.jsonl: no such file"),
     (["search", "--screen-fraction", "0"], "--screen-fraction 0.0: expected a fraction"),
+    (["search", "--first-probe", "1.5"], "--first-probe 1.5: expected a fraction in (0, 1]"),
+    (["search", "--challengers", "-1"], "--challengers -1: expected"),
     (["search", "--num-skip", "-1"], "--num-skip -1: expected 0 or more"),
     (["search", "--dtype", "int8"], "--dtype: unknown dtype 'int8'"),
     (["search", "--device", "cuda:0"], "CUDA"),

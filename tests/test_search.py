@@ -24,13 +24,7 @@ from hopscotch.search.state import StateMismatchError
 from model_testing import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread than on cores shared with other work (10-20x here)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _batches(n=6, batch=3, seq=20, seed=1, vocab=97):

@@ -89,6 +89,19 @@ def register(sub) -> None:
     s.add_argument("--budget-ratio", type=float, default=8.0,
                    help="hopscotch-fast: spend at most 1/this of the faithful search's token-passes (k=8 and "
                         "before); 0 = no budget (default 8)")
+    s.add_argument("--strategy", default="screen", choices=["screen", "lazy"],
+                   help="hopscotch-fast: how each step finds the candidates it trains: a fresh screen of every "
+                        "candidate (default), or lazy: each candidate's latest trained loss carried from step to "
+                        "step, the best one trained again with the best-screened of the next --pool")
+    s.add_argument("--first-probe", type=float, default=0.125,
+                   help="lazy: share of an epoch every candidate of the first step is trained on (default 0.125)")
+    s.add_argument("--first-finish", type=int, default=3,
+                   help="lazy: best first-step probes that finish their epoch (default 3)")
+    s.add_argument("--pool", type=int, default=6,
+                   help="lazy: candidates after the incumbent, by latest trained loss, screened per step "
+                        "(default 6)")
+    s.add_argument("--challengers", type=int, default=1,
+                   help="lazy: best-screened of the pool trained beside the incumbent per step (default 1)")
     s.add_argument("--target", default="attn", choices=["attn", "mlp", "block", "joint"],
                    help="llm-drop: which modules to drop (default attn)")
     s.add_argument("--iterative", action="store_true", help="llm-drop: rescore after each drop")
@@ -123,6 +136,11 @@ def _check(args) -> None:
                        "and a fraction in [0, 1)")
     if args.candidate_epochs < 1 or args.shortlist < 1 or args.max_shortlist < 1:
         raise CliError("--candidate-epochs, --shortlist and --max-shortlist must be at least 1")
+    if not 0 < args.first_probe <= 1:
+        raise CliError(f"--first-probe {args.first_probe}: expected a fraction in (0, 1]")
+    if args.first_finish < 1 or args.pool < 0 or args.challengers < 0:
+        raise CliError(f"--first-finish {args.first_finish} --pool {args.pool} --challengers {args.challengers}: "
+                       "expected --first-finish >= 1, --pool >= 0 and --challengers >= 0")
     if args.budget_ratio and args.budget_ratio <= 1:
         raise CliError(f"--budget-ratio {args.budget_ratio}: expected more than 1, or 0 for no budget")
     if args.data and not Path(args.data).is_file():
@@ -164,6 +182,8 @@ def run(args) -> int:
                   max_shortlist=args.max_shortlist, margin=args.margin, probe_fraction=args.probe_fraction,
                   budget_ratio=args.budget_ratio or None, candidate_epochs=args.candidate_epochs,
                   screen_fraction=args.screen_fraction, refine=args.refine, refine_fraction=args.refine_fraction,
+                  strategy=args.strategy, first_probe=args.first_probe, first_finish=args.first_finish,
+                  pool=args.pool, challengers=args.challengers,
                   similarity_batches=similarity, state_path=state,
                   data_info=data.info, progress=progress)
     plan.provenance["model"] = args.model or "packaged SmolLM2-135M-Instruct"

@@ -69,6 +69,8 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
            target: str = "attn", iterative: bool = False, shortlist: int = 1, screen_fraction: float = 0.15,
            max_shortlist: int = 3, margin: float = 0.0125, probe_fraction: float = 1.0,
            budget_ratio: float | None = 8.0, refine: int = 10, refine_fraction: float = 0.15,
+           strategy: str = "screen", first_probe: float = 0.125, first_finish: int = 3, pool: int = 6,
+           challengers: int = 1,
            candidate_epochs: int = 1,
            similarity_batches: list[dict] | None = None,
            state_path: str | os.PathLike | None = None, data_info: dict | None = None,
@@ -83,8 +85,9 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     takes more Adam steps over the same tokens, which lowered SmolLM2's held-out loss significantly where more
     epochs did not (benchmarks/results/search_budget.txt). ``shortlist``, ``max_shortlist``,
     ``margin``, ``probe_fraction``, ``screen_fraction``, ``refine``, ``refine_fraction`` and ``budget_ratio``
-    tune ``hopscotch-fast``
-    (``greedy.py``)."""
+    tune ``hopscotch-fast``'s screen strategy (``greedy.py``); ``strategy="lazy"`` carries trained losses from
+    step to step instead (``lazy.py``: ``first_probe``, ``first_finish``, ``pool``, ``challengers``, and the
+    screen and refine batches; no budget ledger: its cost is fixed by its settings)."""
     base_cfg = model.config
     n_layers = base_cfg.num_hidden_layers
     _check(batches, method, objective, num_skip, n_layers)
@@ -94,7 +97,8 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
         raise ValueError(f"final_batch_size={final_batch_size!r}: expected a positive integer or None")
     fast = FastSettings(shortlist=shortlist, max_shortlist=max(max_shortlist, shortlist), margin=margin,
                         probe_fraction=probe_fraction, screen_fraction=screen_fraction, budget_ratio=budget_ratio,
-                        refine=refine, refine_fraction=refine_fraction)
+                        refine=refine, refine_fraction=refine_fraction, strategy=strategy,
+                        first_probe=first_probe, first_finish=first_finish, pool=pool, challengers=challengers)
     sim_batches = similarity_batches if similarity_batches else batches
     # A greedy step does not depend on num_skip: hopscotch states are shared by searches for any k.
     settings = {"method": method, "objective": objective, "seed": seed,

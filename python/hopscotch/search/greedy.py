@@ -48,11 +48,15 @@ from torch import nn
 from ..arch import base_model
 from ..patch import SCALAR_NAMES, get_scalars, patched_layers, reset_scalars, set_scalars, set_skips
 from ..patch.stack import StackRun, Stream
+from . import lazy
 from .objectives import batch_loss, loss_positions
 from .state import SearchState
 from .train import BACKWARD_FACTOR, PassCounter, TokenPassCost, batch_tokens, train_schedule
 
-__all__ = ["greedy_search", "screen_candidates", "screen_cost", "candidate_seed", "step_schedule", "FastSettings", "worst_case"]
+__all__ = ["greedy_search", "screen_candidates", "screen_cost", "candidate_seed", "step_schedule", "FastSettings",
+           "worst_case", "STRATEGIES"]
+
+STRATEGIES = ("screen", "lazy")  # the fast search's: a fresh screen each step (below), or lazy.py's
 
 
 def candidate_seed(seed: int, step: int, candidate: int) -> int:
@@ -70,7 +74,14 @@ class FastSettings:
 
     def __init__(self, shortlist: int = 1, max_shortlist: int = 3, margin: float = 0.0125, probe_fraction: float = 1.0,
                  screen_fraction: float = 0.15, budget_ratio: float | None = 8.0, budget_k: int = 8,
-                 refine: int = 10, refine_fraction: float = 0.15):
+                 refine: int = 10, refine_fraction: float = 0.15, strategy: str = "screen",
+                 first_probe: float = 0.125, first_finish: int = 3, pool: int = 6, challengers: int = 1):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if not 0 < first_probe <= 1 or first_finish < 1 or pool < 0 or challengers < 0:
+            raise ValueError(f"first_probe={first_probe}, first_finish={first_finish}, pool={pool}, challengers="
+                             f"{challengers}: expected first_probe in (0, 1], first_finish >= 1, pool >= 0 and "
+                             "challengers >= 0")
         if shortlist < 1 or max_shortlist < shortlist:
             raise ValueError(f"shortlist={shortlist}, max_shortlist={max_shortlist}: expected 1 <= shortlist <= "
                              "max_shortlist")
@@ -85,9 +96,17 @@ class FastSettings:
         self.probe_fraction, self.screen_fraction = probe_fraction, screen_fraction
         self.budget_ratio, self.budget_k = budget_ratio, budget_k
         self.refine, self.refine_fraction = refine, refine_fraction
+        self.strategy, self.first_probe, self.first_finish = strategy, first_probe, first_finish
+        self.pool, self.challengers = pool, challengers
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        """The settings that steer this strategy (a search state records them; the lazy strategy's own knobs
+        only when it is chosen, so states written before it existed still match)."""
+        out = dict(self.__dict__)
+        if self.strategy == "screen":
+            for key in ("strategy", "first_probe", "first_finish", "pool", "challengers"):
+                out.pop(key)
+        return out
 
 
 def _set_skips(model, attention) -> None:
@@ -289,6 +308,7 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
     chosen: list[int] = []
     log: list[dict] = []
     theta = torch.ones(n_layers, n_scalars)
+    ratios: dict[int, float] = {}  # the lazy strategy's latest ratio of every candidate (lazy.py)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -314,25 +334,42 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
             counter.add_record(rec)
             results[c] = rec
 
-        if not fast:
-            for c in remaining:
-                finish(c)
-            trained = remaining
-        else:
+        def probe(c, stop):
+            """Candidate c trained on schedule positions 0:stop from fresh scalars, recorded with its optimizer."""
+            rec = state.finished(f"step{step}/probe{c}")
+            if rec is None:
+                out, opt = _train(model, batches, chosen, c, schedule, start=0, stop=stop,
+                                  desc=f"step {step} probe {c}", **kw)
+                rec = {"name": f"step{step}/probe{c}", **out, "adam": _state_to_json(opt),
+                       "loss": _last_epoch_loss(out["sums"])}
+                state.record(rec)
+            counter.add_record(rec)
+            return rec
 
-            def screened(name, on, candidates_, teacher_):
-                """Screening ``candidates_`` on batches ``on`` (at the previous winner's scalars), recorded."""
+        def screened(name, on, candidates_, teacher_):
+            """Screening ``candidates_`` on batches ``on`` (at the previous winner's scalars), recorded."""
+            rec = state.finished(name)
+            if rec is None:
                 set_scalars(model, theta)
                 work, t1 = PassCounter(), time.perf_counter()
                 scores = screen_candidates(model, on, candidates_, objective=objective, teacher=teacher_,
                                            counter=work, chosen=chosen, cost=cost)
-                out = {"name": name, "scores": {str(c): v for c, v in scores.items()},
+                rec = {"name": name, "scores": {str(c): v for c, v in scores.items()},
                        "passes": [work.forward, 0.0], "seconds": round(time.perf_counter() - t1, 2)}
-                state.record(out)
-                return out
+                state.record(rec)
+            return rec
 
-            rec = state.finished(f"step{step}/screen") or screened(f"step{step}/screen", screen_batches, remaining,
-                                                                  screen_teacher)
+        if not fast:
+            for c in remaining:
+                finish(c)
+            trained = remaining
+        elif fs.strategy == "lazy":
+            trained = _lazy_step(step, remaining, fs, ratios, entry, results, finish, probe, screened,
+                                 n_first=max(1, round(fs.first_probe * total_positions)), total=total_positions,
+                                 counter=counter, batches=screen_batches + refine_batches,
+                                 teacher=None if teacher is None else screen_teacher + refine_teacher)
+        else:
+            rec = screened(f"step{step}/screen", screen_batches, remaining, screen_teacher)
             counter.add_record(rec)
             screen = {int(c): v for c, v in rec["scores"].items()}
             entry["screen"] = {str(c): round(v, 6) for c, v in screen.items()}
@@ -390,17 +427,7 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
                 entry["budget"] = {"available": round(avail), "planned": round(spend(width, finalists_n))}
             if width > finalists_n and probing:
                 probed = ranked[:width]
-                probes = {}
-                for c in probed:
-                    rec = state.finished(f"step{step}/probe{c}")
-                    if rec is None:
-                        out, opt = _train(model, batches, chosen, c, schedule, start=0, stop=n_probe,
-                                          desc=f"step {step} probe {c}", **kw)
-                        rec = {"name": f"step{step}/probe{c}", **out, "adam": _state_to_json(opt),
-                               "loss": _last_epoch_loss(out["sums"])}
-                        state.record(rec)
-                    counter.add_record(rec)
-                    probes[c] = rec
+                probes = {c: probe(c, n_probe) for c in probed}
                 entry["probe"] = {str(c): round(r["loss"], 6) for c, r in probes.items()}
                 trained = sorted(probed, key=lambda c: (probes[c]["loss"], c))[:finalists_n]
                 for c in trained:
@@ -423,3 +450,41 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
     if bar:
         bar.close()
     return chosen, log, counter
+
+
+def _lazy_step(step, remaining, fs, ratios, entry, results, finish, probe, screened, *, n_first, total, counter,
+               batches, teacher) -> list[int]:
+    """One step of the lazy strategy (lazy.py) on greedy_search's recorded helpers; returns the trained ones."""
+    if not ratios:  # the first step of this search (a resumed one replays its records to this point)
+        probes = {}
+
+        def probe_loss(c):
+            probes[c] = probe(c, n_first)
+            return probes[c]["loss"]
+
+        def finish_probe(c):
+            if n_first >= total:  # the probe was the whole epoch
+                results[c] = {**probes[c], "name": f"step{step}/cand{c}"}
+            else:
+                finish(c, start=n_first, state_in=probes[c])
+            return results[c]["loss"]
+
+        trained = lazy.first_step(remaining, probe=probe_loss, finish_probe=finish_probe,
+                                  finishers=fs.first_finish, ratios=ratios)
+        entry["probe"] = {str(c): round(r["loss"], 6) for c, r in probes.items()}
+        return trained
+
+    def screen(cs):
+        rec = screened(f"step{step}/screen", batches, cs, teacher)
+        counter.add_record(rec)
+        return {int(c): v for c, v in rec["scores"].items()}
+
+    def train(c):
+        finish(c)
+        return results[c]["loss"]
+
+    done = lazy.later_step(remaining, ratios=ratios, pool=fs.pool, challengers=fs.challengers, screen=screen,
+                           train=train)
+    entry["lazy"] = {"incumbent": done["incumbent"], "challengers": done["challengers"],
+                     "screen": {str(c): round(v, 6) for c, v in done["screen"].items()}}
+    return done["trained"]
