@@ -92,7 +92,8 @@ def register(sub) -> None:
     s.add_argument("--strategy", default="screen", choices=["screen", "lazy"],
                    help="hopscotch-fast: how each step finds the candidates it trains: a fresh screen of every "
                         "candidate (default), or lazy: each candidate's latest trained loss carried from step to "
-                        "step, the best one trained again with the best-screened of the next --pool")
+                        "step, the best one trained again with the best-screened of the next --pool (on SmolLM2 no better "
+                        "overall: within 2%% of the faithful search in 14 of 24 (task, k) cells against 15)")
     s.add_argument("--first-probe", type=float, default=0.125,
                    help="lazy: share of an epoch every candidate of the first step is trained on (default 0.125)")
     s.add_argument("--first-finish", type=int, default=3,
