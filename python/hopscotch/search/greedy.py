@@ -6,7 +6,8 @@ candidate by its mean training loss; skip the best; repeat to ``num_skip``. Ever
 calibration batches in the same order (seeded by (seed, step)), so candidates differ only by the block they
 skip, not by the luck of their data order.
 
-Fast (ours): the same decision rule on an adaptive shortlist, under a work budget.
+Fast (ours): the same decision rule on an adaptive shortlist, under a work budget. This is the default *screen*
+strategy; ``FastSettings(strategy="lazy")`` instead carries trained losses from step to step (``lazy.py``).
 
 1. *Screen* every remaining candidate without training: one forward of a subset of the calibration data
    (``screen_fraction`` of the batches) with the scalars the previous step's winner learnt; the residual stream
