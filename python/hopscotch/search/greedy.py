@@ -456,7 +456,7 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
 def _lazy_step(step, remaining, fs, ratios, entry, results, finish, probe, screened, *, n_first, total, counter,
                batches, teacher) -> list[int]:
     """One step of the lazy strategy (lazy.py) on greedy_search's recorded helpers; returns the trained ones."""
-    if not ratios:  # the first step of this search (a resumed one replays its records to this point)
+    if step == 0:  # a resumed search replays the recorded probes, so ``ratios`` is rebuilt the same way
         probes = {}
 
         def probe_loss(c):

@@ -16,8 +16,9 @@ its *latest ratio*: its loss at the last step that trained it divided by the bes
 
 A later step trains 1 + ``challengers`` candidates whatever the model's depth, so the cost of a search to k
 blocks is about ``L * first_probe + first_finish * (1 - first_probe) + (1 + challengers) (k - 1)``
-candidate-epochs plus the screening of ``pool`` candidates per later step, against ``L + (L - 1) + ... + (L - k + 1)`` for the faithful search; the
-search records its token-passes as every other method does (screening and probes included). It picks what the
+candidate-epochs plus the screening of ``pool`` candidates per later step, against
+``L + (L - 1) + ... + (L - k + 1)`` for the faithful search; the search records its token-passes as every other
+method does (screening and probes included). It picks what the
 faithful search picks whenever the faithful winner is the first step's best finished probe and, later, the
 incumbent or the challenger.
 """
