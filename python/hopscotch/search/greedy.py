@@ -31,12 +31,14 @@ strategy; ``FastSettings(strategy="lazy")`` instead carries trained losses from 
    model), less a reserve for the final scalars (``final_epochs`` epochs of a search to ``budget_k`` blocks).
    The refinement and then the shortlist are narrowed (at worst to the single best-screened candidate) to stay
    inside it, so a search to ``budget_k`` blocks costs at least ``budget_ratio`` times fewer token-passes than
-   the faithful one by construction, whenever screening plus one candidate fits a step's allowance (for SmolLM2's 30 layers
-   at the defaults it fits at every step; see ``worst_case``).
+   the faithful one by construction, whenever screening plus one candidate fits a step's allowance (for
+   SmolLM2's 30 layers at the defaults it fits at every step; see ``worst_case``).
 
-Every finished candidate, probe and step is written to the search state before the next starts (docs/ARCHITECTURE.md §2.6);
-every decision depends only on recorded results, so a resumed search reaches the same plan. Steps do not
-depend on ``num_skip``, so a state written by a search for k blocks serves a later search for fewer or more.
+Steps 1-4 are ``screening.py``'s; this module holds the loop both searches share, the recorded helpers (train a
+candidate, probe one, screen) and the settings. Every finished candidate, probe and step is written to the search
+state before the next starts (docs/ARCHITECTURE.md §2.6); every decision depends only on recorded results, so a
+resumed search reaches the same plan. Steps do not depend on ``num_skip``, so a state written by a search for k
+blocks serves a later search for fewer or more.
 """
 
 from __future__ import annotations
@@ -46,18 +48,16 @@ import time
 import torch
 from torch import nn
 
-from ..arch import base_model
-from ..patch import SCALAR_NAMES, get_scalars, patched_layers, reset_scalars, set_scalars, set_skips
-from ..patch.stack import StackRun, Stream
+from ..patch import SCALAR_NAMES, get_scalars, patched_layers, reset_scalars, set_scalars
 from . import lazy
-from .objectives import batch_loss, loss_positions
+from .screening import ScreenSets, _set_skips, screen_candidates, screen_cost, screen_step, worst_case
 from .state import SearchState
-from .train import BACKWARD_FACTOR, PassCounter, TokenPassCost, batch_tokens, train_schedule
+from .train import PassCounter, TokenPassCost, train_schedule
 
 __all__ = ["greedy_search", "screen_candidates", "screen_cost", "candidate_seed", "step_schedule", "FastSettings",
            "worst_case", "STRATEGIES"]
 
-STRATEGIES = ("screen", "lazy")  # the fast search's: a fresh screen each step (below), or lazy.py's
+STRATEGIES = ("screen", "lazy")  # the fast search's: a fresh screen each step (screening.py), or lazy.py's
 
 
 def candidate_seed(seed: int, step: int, candidate: int) -> int:
@@ -108,67 +108,6 @@ class FastSettings:
             for key in ("strategy", "first_probe", "first_finish", "pool", "challengers"):
                 out.pop(key)
         return out
-
-
-def _set_skips(model, attention) -> None:
-    """Skips through the patch API only (the one way to change them); MLP blocks are never skipped here."""
-    set_skips(model, attention=attention, mlp=())
-
-
-@torch.no_grad()
-def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[int], *, objective: str,
-                      teacher: list | None, counter: PassCounter, chosen: list[int] = (),
-                      cost: TokenPassCost | None = None) -> dict[int, float]:
-    """Loss with each candidate's attention block skipped besides ``chosen`` (current scalars), no training.
-
-    The stream below layer c is shared: one forward of the prefix, one partial forward from c per candidate.
-    The model is left with exactly ``chosen`` skipped.
-    """
-    cost = cost or TokenPassCost.of(model)
-    base = base_model(model)
-    layers = patched_layers(model)
-    n_layers = len(layers)
-    chosen = list(chosen)
-    cand = set(candidates)
-    sums = {c: 0.0 for c in candidates}
-    weight = 0
-    _set_skips(model, chosen)
-    try:
-        for i, batch in enumerate(batches):
-            device = layers[0].input_layernorm.weight.device
-            run = StackRun(base, input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device))
-            stream = Stream(run.hidden)
-            n = int(loss_positions(batch).sum())
-            for c in range(n_layers):
-                if c in cand:
-                    branch = stream.clone()
-                    _set_skips(model, chosen + [c])
-                    try:
-                        hidden = run.run(branch, start=c)
-                    finally:
-                        _set_skips(model, chosen)
-                    loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None,
-                                      hidden=hidden)
-                    sums[c] += loss.item() * n
-                layers[c](stream, run)
-            counter.forward += screen_cost(cost, [batch], candidates, chosen)[0]
-            weight += n
-    finally:
-        _set_skips(model, chosen)
-    return {c: s / max(weight, 1) for c, s in sums.items()}
-
-
-def screen_cost(cost: TokenPassCost, batches: list[dict], candidates: list[int], chosen=()) -> list[float]:
-    """Token-passes ``screen_candidates`` counts for ``candidates`` over ``batches`` (per batch): each candidate's
-    forward from its own layer with the LM head at the loss positions, and the shared stream once, no head."""
-    chosen = list(chosen)
-    out = []
-    for batch in batches:
-        n, tokens = int(loss_positions(batch).sum()), batch_tokens(batch)
-        out.append(sum(cost.forward(tokens, n, c, chosen + [c]) for c in candidates)
-                   + cost.forward(tokens, 0, 0, chosen))
-    return out
 
 
 # ---- optimizer state <-> JSON (probed candidates are finished later, possibly by a resumed run) ------------
@@ -231,47 +170,6 @@ def _train(model, batches, chosen, c, schedule, *, start, stop, objective, teach
             "seconds": round(time.perf_counter() - t0, 2)}, opt
 
 
-def worst_case(num_layers: int, num_skip: int, settings: FastSettings, *, final_epochs: int = 3,
-               head_share: float = 0.21, answer_share: float = 1.0) -> dict:
-    """The fast search's largest cost relative to the faithful one, in candidate-epochs (one candidate trained one
-    epoch), on a model of ``num_layers`` equal layers whose LM head is ``head_share`` of a token-pass, with
-    ``answer_share`` of the tokens carrying a loss (1.0 is the worst case for screening).
-
-    Simulates the budget ledger with every step spending the most it may (the widest shortlist, probed, within
-    the budget; never less than screening plus one candidate): returns per step the cumulative allowance, the
-    floor and the spend, and the smallest possible faithful / fast ratio at ``num_skip`` (``budget_ratio`` when
-    every floor fits, ``floors_fit``).
-    """
-    L, lam, n = num_layers, 1.0 - head_share, answer_share
-    epoch_fwd = lam + head_share * n  # per calibration token
-    cand_epoch = epoch_fwd * (1 + BACKWARD_FACTOR)
-    R = settings.budget_ratio
-    faithful_steps = [(L - s) for s in range(num_skip)]  # candidate-epochs
-    reserve = final_epochs * (1 - 1 / R) / settings.budget_k if R else 0.0
-    p = settings.probe_fraction
-    widest = max(settings.max_shortlist * p + settings.shortlist * (1 - p), settings.shortlist)
-    rows, fits, allowed, spent = [], True, 0.0, 0.0
-
-    def screening(fraction, count):  # the ``count`` deepest-reaching candidates on ``fraction`` of the data
-        return fraction * (lam * (1 + sum((L - c) / L for c in range(count))) + head_share * n * count)
-
-    for s in range(num_skip):
-        rem = L - s  # worst case: the remaining candidates are the deepest-reaching ones
-        screen = screening(settings.screen_fraction, rem)
-        refine = screening(settings.refine_fraction, min(settings.refine, rem))
-        floor = screen / cand_epoch + 1
-        allowed += faithful_steps[s] / R - reserve if R else float("inf")
-        fits &= spent + floor <= allowed + 1e-12
-        # the ledger: the widest refinement and shortlist the budget allows, never less than the floor
-        step = max(floor, min((screen + refine) / cand_epoch + widest, allowed - spent))
-        spent += step
-        rows.append({"step": s, "allowance_cumulative": allowed, "floor": floor, "spent": step})
-    faithful = sum(faithful_steps) + final_epochs
-    fast = spent + final_epochs
-    return {"faithful_candidate_epochs": faithful, "fast_candidate_epochs_max": fast, "ratio_min": faithful / fast,
-            "floors_fit": fits, "steps": rows}
-
-
 def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast: bool, objective: str,
                   state: SearchState, seed: int = 0, lr: float = 1e-2, teacher: list | None = None,
                   shortlist: int = 1, screen_fraction: float = 0.15, candidates: list[int] | None = None,
@@ -286,26 +184,8 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
     if num_skip > len(pool):
         raise ValueError(f"num_skip={num_skip} but only {len(pool)} attention blocks are candidates")
     nb = len(batches)
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(nb, generator=gen).tolist()
-    n_screen = max(1, round(fs.screen_fraction * nb))
-    n_refine = min(nb - n_screen, round(fs.refine_fraction * nb)) if fs.refine else 0
-    screen_idx, refine_idx = sorted(perm[:n_screen]), sorted(perm[n_screen:n_screen + n_refine])
-    screen_batches = [batches[i] for i in screen_idx]
-    refine_batches = [batches[i] for i in refine_idx]
-    screen_teacher = refine_teacher = None
-    if teacher is not None:
-        screen_teacher = [teacher[i] for i in screen_idx]
-        refine_teacher = [teacher[i] for i in refine_idx]
-    # loss positions of each screening set: the refined score is their position-weighted mean
-    w_screen = sum(int(loss_positions(b).sum()) for b in screen_batches)
-    w_refine = sum(int(loss_positions(b).sum()) for b in refine_batches)
-    n_probe = max(1, round(fs.probe_fraction * nb))
+    sets = ScreenSets(batches, teacher, fs, seed=seed, cost=cost, final_epochs=final_epochs)
     counter = PassCounter()
-    allowance = 0.0
-    reserve = 0.0
-    if fs.budget_ratio:
-        reserve = final_epochs * cost.epoch(batches) * (1 - 1 / fs.budget_ratio) / fs.budget_k
     chosen: list[int] = []
     log: list[dict] = []
     theta = torch.ones(n_layers, n_scalars)
@@ -367,77 +247,11 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
         elif fs.strategy == "lazy":
             trained = _lazy_step(step, remaining, fs, ratios, entry, results, finish, probe, screened,
                                  n_first=max(1, round(fs.first_probe * total_positions)), total=total_positions,
-                                 counter=counter, batches=screen_batches + refine_batches,
-                                 teacher=None if teacher is None else screen_teacher + refine_teacher)
+                                 counter=counter, batches=sets.all_batches, teacher=sets.all_teacher)
         else:
-            rec = screened(f"step{step}/screen", screen_batches, remaining, screen_teacher)
-            counter.add_record(rec)
-            screen = {int(c): v for c, v in rec["scores"].items()}
-            entry["screen"] = {str(c): round(v, 6) for c, v in screen.items()}
-            ranked = sorted(remaining, key=lambda c: (screen[c], c))
-            finalists_n = min(fs.shortlist, len(ranked))
-            # the budget: what this step may still spend (faithful work of steps 0..step / ratio, less reserve)
-            one = max(cost.epoch(batches, chosen + [c]) for c in remaining) * candidate_epochs
-            p = n_probe / total_positions
-            avail = float("inf")
-            if fs.budget_ratio:
-                faithful_step = sum(cost.epoch(batches, chosen + [c]) for c in remaining) * candidate_epochs
-                allowance += faithful_step / fs.budget_ratio - reserve
-                avail = allowance - counter.total
-            # refine: the best-screened candidates screened again on further batches (one batch of a few items
-            # ranks candidates poorly; the position-weighted mean over both sets ranks them better), as many as
-            # the budget allows while the finalists' training still fits
-            n_ref = min(fs.refine, len(ranked)) if refine_batches else 0
-            rec = state.finished(f"step{step}/refine")
-            if rec is None and n_ref > finalists_n:
-                def refine_cost(n):
-                    return sum(screen_cost(cost, refine_batches, ranked[:n], chosen))
-
-                while n_ref > finalists_n and refine_cost(n_ref) + finalists_n * one > avail:
-                    n_ref -= 1
-                if n_ref > finalists_n:
-                    rec = screened(f"step{step}/refine", refine_batches, ranked[:n_ref], refine_teacher)
-            if rec is not None:
-                counter.add_record(rec)
-                avail -= rec["passes"][0]
-                again = {int(c): v for c, v in rec["scores"].items()}
-                entry["refine"] = {str(c): round(v, 6) for c, v in again.items()}
-                screen = {c: (screen[c] * w_screen + again[c] * w_refine) / max(w_screen + w_refine, 1)
-                          if c in again else screen[c] for c in screen}
-                refined = sorted(again, key=lambda c: (screen[c], c))
-                ranked = refined + [c for c in ranked if c not in again]
-            else:
-                refined = ranked
-            # near-ties widen the shortlist (scores of the same data only: the refined ones when refined)
-            best = screen[ranked[0]]
-            close = [c for c in refined if screen[c] - best <= fs.margin * abs(best)]
-            width = min(max(finalists_n, len(close)), fs.max_shortlist, len(ranked))
-            probing = n_probe < total_positions
-            if not probing:  # the widened shortlist is trained in full
-                finalists_n = width
-            if fs.budget_ratio:
-
-                def spend(w, f):
-                    return (w * p + f * (1 - p)) * one if w > f and probing else f * one
-
-                while width > finalists_n and spend(width, finalists_n) > avail:
-                    width -= 1
-                while finalists_n > 1 and spend(width, finalists_n) > avail:
-                    finalists_n -= 1
-                    width = finalists_n
-                entry["budget"] = {"available": round(avail), "planned": round(spend(width, finalists_n))}
-            if width > finalists_n and probing:
-                probed = ranked[:width]
-                probes = {c: probe(c, n_probe) for c in probed}
-                entry["probe"] = {str(c): round(r["loss"], 6) for c, r in probes.items()}
-                trained = sorted(probed, key=lambda c: (probes[c]["loss"], c))[:finalists_n]
-                for c in trained:
-                    finish(c, start=n_probe, state_in=probes[c])
-            else:
-                trained = ranked[:finalists_n]
-                for c in trained:
-                    finish(c)
-            entry["shortlist"] = {"close": len(close), "width": width, "finalists": len(trained)}
+            trained = screen_step(step, remaining, chosen, sets, fs, entry=entry, state=state, cost=cost,
+                                  batches=batches, candidate_epochs=candidate_epochs, counter=counter,
+                                  screened=screened, probe=probe, finish=finish)
         pick = min(trained, key=lambda c: (results[c]["loss"], c))
         theta = torch.tensor(results[pick]["scalars"])
         chosen.append(pick)
