@@ -4,12 +4,18 @@
     python benchmarks/fast_vs_faithful.py --max-k 4 --task boolq
     python benchmarks/fast_vs_faithful.py --task boolq --max-k 3 --probe-fraction 0.25 --max-shortlist 6 --margin 0.05
                                                            # a variant of the fast search's settings, kept apart
+    python benchmarks/fast_vs_faithful.py --task boolq --methods hopscotch --seed 1
+                                                           # the faithful search's own spread: another batch order
 
 Both searches run with the package defaults (the faithful one is the paper's: every remaining candidate trained
 one epoch per step; the fast one is ``hopscotch-fast``), on the same calibration items, with the same seed and
 final training. Each step is recorded in a search state under ``--work`` (the quality study's work folder by
 default, so the study reuses these searches: same data, same settings, same file names), so an interrupted run
 continues where it stopped, and a search to k blocks gives every smaller k for the cost of its final training.
+
+``--seed`` (default 0) seeds the batch order of every step and of the final training. Any other seed is kept apart
+(states, rows and tables named ``..._seed<N>``), and its table adds each search's final loss against the seed-0
+faithful search: how far the reference itself moves when only the order of its calibration batches changes.
 
 Per k and method the CSV holds the skipped blocks, the *final calibration loss* (mean NLL over the calibration
 loss positions with the final scalars, measured after training by a separate no-grad pass: not the running mean
@@ -51,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--final-epochs", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the batch orders (default 0; another is kept apart and compared with seed 0)")
     p.add_argument("--work", default=str(RESULTS_DIR / "study_work"),
                    help="search states (default: the quality study's work folder)")
     p.add_argument("--out", default=str(RESULTS_DIR))
@@ -64,6 +72,9 @@ def parse_args(argv=None):
     args.fast_label = "hopscotch-fast" + ("@" + ",".join(f"{k}={v}" for k, v in sorted(args.fast.items()))
                                           if args.fast else "")
     args.fast_tag = "".join(f"_{k}{v}" for k, v in sorted(args.fast.items()))  # for file names
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
+    args.seed_tag = f"_seed{args.seed}" if args.seed else ""
     return args
 
 
@@ -71,8 +82,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    rows_path = work / f"fast_vs_faithful_{args.task}.jsonl"
-    done = read_rows(rows_path, lambda r: (r["method"], r["k"]))
+    done = read_rows(work / f"fast_vs_faithful_{args.task}.jsonl", lambda r: (r["method"], r["k"]))
+    rows_path = work / f"fast_vs_faithful_{args.task}{args.seed_tag}.jsonl"
+    reference = done if args.seed else None  # seed 0's rows: what another seed is compared with
+    if args.seed:
+        done = read_rows(rows_path, lambda r: (r["method"], r["k"]))
     torch.manual_seed(0)
     model, tok = load_model(None)
     # The same calibration as the quality study's fold 0 (the split ranks items independently of the evaluation
@@ -83,13 +97,13 @@ def main(argv=None) -> int:
     for method in args.methods.split(","):
         variant = method == "hopscotch-fast"  # the fast-search settings given (if any) apply to it alone
         label = args.fast_label if variant else method
-        state_path = work / f"{args.task}_f0_{method}{args.fast_tag if variant else ''}.state.json"
+        state_path = work / f"{args.task}_f0_{method}{args.fast_tag if variant else ''}{args.seed_tag}.state.json"
         for k in range(1, args.max_k + 1):
             if (label, k) in done:
                 continue
             unpatch_model(model)
             t0 = time.perf_counter()
-            plan = search(model, data.calibration, method=method, num_skip=k, objective=data.objective, seed=0,
+            plan = search(model, data.calibration, method=method, num_skip=k, objective=data.objective, seed=args.seed,
                           final_epochs=args.final_epochs, state_path=state_path,
                           data_info=data.info, progress=not args.quiet, **(args.fast if variant else {}))
             prov = plan.provenance
@@ -103,21 +117,21 @@ def main(argv=None) -> int:
             done[(label, k)] = row
             append_row(rows_path, row)
             print(json.dumps(row), flush=True)
-    write(done, args, out)
+    write(done, args, out, reference)
     return 0
 
 
-def write(done: dict, args, out: Path) -> None:
+def write(done: dict, args, out: Path, reference: dict | None = None) -> None:
     import csv
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {**metadata("cpu"), "task": args.task, "calibration_items": args.calibration,
-            "final_epochs": args.final_epochs}
+            "final_epochs": args.final_epochs, "seed": args.seed}
     fields = ["method", "k", "skipped", "final_loss", "final_train_loss", "token_passes", "search_seconds",
               "max_scalar_move", *meta]
     rows = sorted((r for r in done.values() if r["method"] in ("hopscotch", args.fast_label)),
                   key=lambda r: (r["method"], r["k"]))
-    name = f"fast_vs_faithful_{args.task}{args.fast_tag}"
+    name = f"fast_vs_faithful_{args.task}{args.fast_tag}{args.seed_tag}"
     with (out / f"{name}.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -129,9 +143,13 @@ def write(done: dict, args, out: Path) -> None:
              "passes: token-passes (every forward and backward token through every layer and the LM head; "
              "screening and probes included)",
              *([f"fast: {args.fast_label} (the package defaults but these)"] if args.fast else []),
+             *([f"seed {args.seed} (batch orders); the last table compares each search with the seed-0 faithful one"]
+               if args.seed else []),
              f"{'k':>3}  {'faithful picks':<28}{'fast picks':<28}{'faithful':>9}{'fast':>9}{'diff':>8}"
              f"{'passes x':>9}{'time x':>8}"]
     by = {(r["method"], r["k"]): r for r in rows}
+    if not any(("hopscotch", k) in by and (args.fast_label, k) in by for k in {r["k"] for r in rows}):
+        lines.pop()  # no pair (one method run): no fast-vs-faithful table
     for k in sorted({r["k"] for r in rows}):
         a, b = by.get(("hopscotch", k)), by.get((args.fast_label, k))
         if a is None or b is None:
@@ -140,9 +158,26 @@ def write(done: dict, args, out: Path) -> None:
         lines.append(f"{k:>3}  {' '.join(map(str, a['skipped'])):<28}{' '.join(map(str, b['skipped'])):<28}"
                      f"{a['final_loss']:>9.4f}{b['final_loss']:>9.4f}{diff:>+7.2f}%"
                      f"{a['token_passes'] / b['token_passes']:>9.1f}{a['search_seconds'] / b['search_seconds']:>8.1f}")
+    if reference is not None:
+        lines += seed_lines(by, reference, args)
     text = "\n".join(lines)
     (out / f"{name}.txt").write_text(text + "\n")
     print(text)
+
+
+def seed_lines(by: dict, reference: dict, args) -> list[str]:
+    """Each search of this seed against the seed-0 faithful search: final loss and picks, k by k."""
+    lines = ["", f"against the seed-0 faithful search (the reference of the 2% bar), seed {args.seed}:",
+             f"{'k':>3}  {'seed-0 faithful picks':<28}{'search':<22}{'picks':<28}{'seed 0':>9}{'this':>9}{'diff':>8}"]
+    for (method, k), r in sorted(by.items(), key=lambda x: (x[0][1], x[0][0] != "hopscotch")):
+        ref = reference.get(("hopscotch", k))
+        if ref is None:
+            continue
+        diff = 100 * (r["final_loss"] - ref["final_loss"]) / ref["final_loss"]
+        lines.append(f"{k:>3}  {' '.join(map(str, ref['skipped'])):<28}{method:<22}"
+                     f"{' '.join(map(str, r['skipped'])):<28}{ref['final_loss']:>9.4f}{r['final_loss']:>9.4f}"
+                     f"{diff:>+7.2f}%")
+    return lines
 
 
 if __name__ == "__main__":
