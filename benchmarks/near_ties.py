@@ -2,6 +2,7 @@
 
     python benchmarks/near_ties.py --task arc_easy          # ~10 min on 2 cores: 8 final trainings
     python benchmarks/near_ties.py --task boolq --steps 0,1,2,3
+    python benchmarks/near_ties.py --task boolq --final-seeds 1,2   # also: the winner's final loss at other seeds
 
 The faithful search scores each candidate by its mean loss over one epoch of training from fresh scalars and
 skips the best; the fast searches are judged by the *final* calibration loss (three more epochs at batch 1, then
@@ -12,8 +13,12 @@ quality study, ``--work``) and, at each step, trains the final scalars for the *
 gives the step-score gap between winner and runner-up and the final-loss gap: if a runner-up within a fraction
 of a percent at the step can end percents away, a fast search that takes it is judged by the faithful search's
 luck at that near-tie as much as by its own choices. The winner's own final loss is recomputed the same way as a
-check (it must equal the fast_vs_faithful row). Rows: <work>/near_ties_<task>.jsonl (resumable); table:
-<out>/near_ties_<task>.txt.
+check (it must equal the fast_vs_faithful row).
+
+``--final-seeds`` also trains each winner's final scalars with other seeds of the final training's data order
+(same blocks, same items, same recipe): the spread of the faithful plan's own final loss, i.e. how much of a
+fast-vs-faithful gap the final training's batch order alone can make. Rows: <work>/near_ties_<task>.jsonl
+(resumable); table: <out>/near_ties_<task>.txt.
 """
 
 from __future__ import annotations
@@ -37,10 +42,19 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="arc_easy")
     p.add_argument("--steps", default="0,1,2,3,4,5,6,7", help="steps to replay, comma-separated (default 0-7)")
+    p.add_argument("--final-seeds", default="",
+                   help="other seeds of the final training to train each winner with, comma-separated (default none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--work", default=str(RESULTS_DIR / "study_work"))
     p.add_argument("--out", default=str(RESULTS_DIR))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.final_seeds = sorted({int(x) for x in args.final_seeds.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--final-seeds must be comma-separated integers, got {args.final_seeds!r}")
+    if any(x <= 0 for x in args.final_seeds):
+        p.error(f"--final-seeds are the seeds besides 0 (positive integers), got {args.final_seeds}")
+    return args
 
 
 def step_scores(state_path: Path) -> dict[int, dict[int, float]]:
@@ -75,12 +89,14 @@ def main(argv=None) -> int:
     winners = [min(scores[s], key=lambda c: (scores[s][c], c)) for s in sorted(scores)]
     for step in wanted:
         ranked = sorted(scores[step], key=lambda c: (scores[step][c], c))
-        for role, block in (("winner", ranked[0]), ("runner-up", ranked[1])):
+        jobs = [("winner", ranked[0], 0), ("runner-up", ranked[1], 0),
+                *((f"winner seed{x}", ranked[0], x) for x in args.final_seeds)]
+        for role, block, seed in jobs:
             if (step, role) in done:
                 continue
             blocks = winners[:step] + [block]
-            train_final_scalars(model, final_batches, blocks, objective=data.objective, progress=False)
-            row = {"step": step, "role": role, "block": block, "skipped": sorted(blocks),
+            train_final_scalars(model, final_batches, blocks, objective=data.objective, seed=seed, progress=False)
+            row = {"step": step, "role": role, "block": block, "skipped": sorted(blocks), "final_seed": seed,
                    "step_score": scores[step][block], "final_loss": mean_nll(model, data.calibration,
                                                                              progress=False).nll}
             done[(step, role)] = row
@@ -91,19 +107,27 @@ def main(argv=None) -> int:
 
 
 def write(done: dict, args, out: Path) -> None:
+    seeds = sorted({r.get("final_seed", 0) for r in done.values()} - {0})
     lines = [f"near-ties on the faithful path, SmolLM2-135M-Instruct, {args.task} (32 items, fold 0): the runner-up "
              "of each step instead of the winner",
              "step score: mean loss over one epoch from fresh scalars (what the search compares); final: calibration "
              "NLL after the search's final scalars (3 epochs, batch 1)",
              f"{'step':>4} {'winner':>6} {'runner-up':>9} {'step gap':>9} {'final (winner)':>15} "
-             f"{'final (runner-up)':>18} {'final gap':>10}"]
+             f"{'final (runner-up)':>18} {'final gap':>10}"
+             + "".join(f"{f'winner, seed {x}':>16}" for x in seeds)]
     for step in sorted({s for s, _ in done}):
         w, r = done.get((step, "winner")), done.get((step, "runner-up"))
         if w is None or r is None:
             continue
+        other = [done.get((step, f"winner seed{x}")) for x in seeds]
         lines.append(f"{step:>4} {w['block']:>6} {r['block']:>9} "
                      f"{100 * (r['step_score'] / w['step_score'] - 1):>+8.2f}% {w['final_loss']:>15.4f} "
-                     f"{r['final_loss']:>18.4f} {100 * (r['final_loss'] / w['final_loss'] - 1):>+9.2f}%")
+                     f"{r['final_loss']:>18.4f} {100 * (r['final_loss'] / w['final_loss'] - 1):>+9.2f}%"
+                     + "".join(f"{'-':>16}" if o is None
+                               else f"{100 * (o['final_loss'] / w['final_loss'] - 1):>+15.2f}%" for o in other))
+    if seeds:
+        lines.append("winner, seed s: the winner's final loss when the final training's data order has seed s, "
+                     "against seed 0 (same blocks)")
     meta = metadata("cpu")
     lines.append(f"({meta['device']}, torch {meta['torch']}, commit {meta['commit']})")
     text = "\n".join(lines)
