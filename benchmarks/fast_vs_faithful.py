@@ -82,11 +82,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    done = read_rows(work / f"fast_vs_faithful_{args.task}.jsonl", lambda r: (r["method"], r["k"]))
-    rows_path = work / f"fast_vs_faithful_{args.task}{args.seed_tag}.jsonl"
-    reference = done if args.seed else None  # seed 0's rows: what another seed is compared with
-    if args.seed:
-        done = read_rows(rows_path, lambda r: (r["method"], r["k"]))
+    def rows_file(seed_tag):
+        return work / f"fast_vs_faithful_{args.task}{seed_tag}.jsonl"
+
+    def key(r):
+        return r["method"], r["k"]
+
+    rows_path = rows_file(args.seed_tag)
+    done = read_rows(rows_path, key)
+    reference = read_rows(rows_file(""), key) if args.seed else None  # seed 0's rows: what another seed is compared with
     torch.manual_seed(0)
     model, tok = load_model(None)
     # The same calibration as the quality study's fold 0 (the split ranks items independently of the evaluation
