@@ -50,7 +50,7 @@ from torch import nn
 
 from ..patch import SCALAR_NAMES, get_scalars, patched_layers, reset_scalars, set_scalars
 from . import lazy
-from .screening import ScreenSets, _set_skips, screen_candidates, screen_cost, screen_step, worst_case
+from .screening import ScreenSets, set_attention_skips, screen_candidates, screen_cost, screen_step, worst_case
 from .state import SearchState
 from .train import PassCounter, TokenPassCost, train_schedule
 
@@ -154,7 +154,7 @@ def _merge(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
 def _train(model, batches, chosen, c, schedule, *, start, stop, objective, teacher, lr, cost, state_in=None,
            desc=None, progress=False):
     """Train candidate ``c`` over schedule positions start:stop (fresh scalars and optimizer when start == 0)."""
-    _set_skips(model, chosen + [c])
+    set_attention_skips(model, chosen + [c])
     if state_in is None:
         reset_scalars(model)
         opt_state = None
@@ -255,7 +255,7 @@ def greedy_search(model: nn.Module, batches: list[dict], *, num_skip: int, fast:
         pick = min(trained, key=lambda c: (results[c]["loss"], c))
         theta = torch.tensor(results[pick]["scalars"])
         chosen.append(pick)
-        _set_skips(model, chosen)
+        set_attention_skips(model, chosen)
         entry.update({"scores": {str(c): round(results[c]["loss"], 6) for c in trained}, "picked": pick,
                       "passes_so_far": round(counter.total), "seconds": round(time.perf_counter() - t0, 2)})
         log.append(entry)

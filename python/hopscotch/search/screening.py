@@ -23,10 +23,10 @@ from .train import BACKWARD_FACTOR, PassCounter, TokenPassCost, batch_tokens
 if TYPE_CHECKING:
     from .greedy import FastSettings
 
-__all__ = ["screen_candidates", "screen_cost", "worst_case", "ScreenSets", "screen_step"]
+__all__ = ["screen_candidates", "screen_cost", "worst_case", "ScreenSets", "screen_step", "set_attention_skips"]
 
 
-def _set_skips(model, attention) -> None:
+def set_attention_skips(model, attention) -> None:
     """Skips through the patch API only (the one way to change them); MLP blocks are never skipped here."""
     set_skips(model, attention=attention, mlp=())
 
@@ -48,7 +48,7 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
     cand = set(candidates)
     sums = {c: 0.0 for c in candidates}
     weight = 0
-    _set_skips(model, chosen)
+    set_attention_skips(model, chosen)
     try:
         for i, batch in enumerate(batches):
             device = layers[0].input_layernorm.weight.device
@@ -59,11 +59,11 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
             for c in range(n_layers):
                 if c in cand:
                     branch = stream.clone()
-                    _set_skips(model, chosen + [c])
+                    set_attention_skips(model, chosen + [c])
                     try:
                         hidden = run.run(branch, start=c)
                     finally:
-                        _set_skips(model, chosen)
+                        set_attention_skips(model, chosen)
                     loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None,
                                       hidden=hidden)
                     sums[c] += loss.item() * n
@@ -71,7 +71,7 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
             counter.forward += screen_cost(cost, [batch], candidates, chosen)[0]
             weight += n
     finally:
-        _set_skips(model, chosen)
+        set_attention_skips(model, chosen)
     return {c: s / max(weight, 1) for c, s in sums.items()}
 
 
