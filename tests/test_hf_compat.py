@@ -150,3 +150,23 @@ def test_doctor_cli_exit_status_and_fallback(tmp_path):
     allowed = subprocess.run([sys.executable, "-m", "hopscotch", "doctor", "--arch", "llama", "--allow-fallback"],
                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_hopscotch_loads_models_without_hub_kernels(tiny_dir, monkeypatch):
+    """transformers >= 5.25 kernelizes from_pretrained by default (kernels fetched from the Hub); hopscotch's
+    loader asks for transformers' own modules on every version, and the model it returns is not kernelized."""
+    from transformers import AutoModelForCausalLM
+
+    from hopscotch.models import load_model
+
+    seen: list[dict] = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        seen.append(dict(kwargs))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(recording))
+    model = load_model(str(tiny_dir), with_tokenizer=False)
+    assert seen and all(kw.get("use_kernels") is False for kw in seen), seen
+    assert not getattr(model, "use_kernels", False)

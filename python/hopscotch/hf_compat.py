@@ -7,7 +7,9 @@ did not know the new name silently dropped the cache and generated garbage. So:
 * the cache's name is read from the installed library (the signature of ``create_causal_mask`` and the fields of
   ``BaseModelOutputWithPast``), never assumed; the code calls ``cache_kwargs`` / ``output_cache`` / ``model_output``;
 * ``check_forward_kwargs`` lists every keyword argument the patched decoder stack honours, and refuses any other
-  (naming it and the transformers version) instead of dropping it.
+  (naming it and the transformers version) instead of dropping it;
+* ``FROM_PRETRAINED_KWARGS`` is what hopscotch's loaders pass to ``from_pretrained``: 5.25 made it "kernelize" a
+  model by default (module forwards swapped for kernels the ``kernels`` package fetches from the Hugging Face Hub).
 
 The versions tested are those in pyproject.toml's range: CI runs the oldest (5.17) and the newest release.
 """
@@ -23,6 +25,7 @@ import transformers
 __all__ = [
     "TRANSFORMERS_VERSION",
     "CACHE_NAMES",
+    "FROM_PRETRAINED_KWARGS",
     "UnsupportedKeywordError",
     "cache_kwarg_name",
     "cache_kwargs",
@@ -35,6 +38,10 @@ __all__ = [
 TRANSFORMERS_VERSION: str = transformers.__version__
 # The cache's names, newest first: ``cache`` (5.24+), ``past_key_values`` (up to 5.23; a deprecated alias after).
 CACHE_NAMES = ("cache", "past_key_values")
+# What hopscotch's loaders (models.py) pass to ``from_pretrained``: transformers' own torch modules (the reference
+# the patched layers are checked against), and no hub at load time. use_kernels=False is the default up to 5.24 and
+# accepted by every version claimed (>= 5.17); 5.25 defaults to True.
+FROM_PRETRAINED_KWARGS = {"use_kernels": False}
 
 
 class UnsupportedKeywordError(TypeError):

