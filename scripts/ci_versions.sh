@@ -35,9 +35,10 @@ PY
 }
 
 # pip installs the newest transformers whose dependencies it can resolve from the reachable index; when that is not
-# the newest release (transformers 5.25 needs kernels >= 0.19.1, which the index CI reaches does not have), say so,
-# and run the same tests on the newest release installed without its dependencies: its modelling code is what the
-# patch must follow, and the package's own loaders never use the missing one (hf_compat.FROM_PRETRAINED_KWARGS).
+# the newest release (transformers 5.25 needs kernels >= 0.19.1, which the index CI reaches lacked for a while),
+# say so, and run the same tests on the newest release installed without its dependencies: its modelling code is
+# what the patch must follow, and the package's own loaders never use the missing one
+# (hf_compat.FROM_PRETRAINED_KWARGS).
 newest_release_without_its_deps() {
   local latest got why
   latest=$("$VENV/bin/python" -m pip index versions transformers 2>/dev/null | sed -n 's/^transformers (\(.*\))$/\1/p')
