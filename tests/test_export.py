@@ -9,7 +9,7 @@ import torch
 
 import hopscotch
 from hopscotch import SkipPlan, apply_plan, export_model, from_pretrained
-from hopscotch.hf_compat import output_cache
+from hopscotch.hf_compat import FROM_PRETRAINED_KWARGS, output_cache
 from hopscotch.export import ExportError, FoldError
 from hopscotch.patch import kv_cache_bytes, patched_layers
 from decilm_reference import decilm_logits
@@ -102,8 +102,8 @@ def test_vanilla_format_loads_with_stock_transformers(arch, tmp_path):
     apply_plan(model, plan)
     ref = _logits(model, ids)
     out = export_model(model, plan, tmp_path / "van", format="vanilla")
-    # use_kernels=False: transformers >= 5.25 would otherwise fetch hub kernels, and tests never reach a hub
-    stock = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, use_kernels=False)
+    # as hopscotch's loaders do: no hub kernels (transformers >= 5.25 fetches them by default; tests reach no hub)
+    stock = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, **FROM_PRETRAINED_KWARGS)
     assert not hopscotch.is_patched(stock)
     torch.testing.assert_close(_logits(stock, ids), ref, **FOLD_TOL)
     assert float(stock.model.layers[1].self_attn.o_proj.weight.detach().abs().max()) == 0.0
@@ -140,7 +140,7 @@ def test_hopscotch_format_folds_each_norms_eps_exactly(arch, tmp_path):
     assert loaded.model.norm.variance_epsilon == pytest.approx(1e-3 / hi ** 2)
     with pytest.warns(UserWarning, match=r"scale the residual stream by 0.3 to 3.15.*format='hopscotch' .*exact"):
         van = export_model(model, plan, tmp_path / "v", format="vanilla")
-    stock = AutoModelForCausalLM.from_pretrained(van, dtype=torch.float32, use_kernels=False)
+    stock = AutoModelForCausalLM.from_pretrained(van, dtype=torch.float32, **FROM_PRETRAINED_KWARGS)
     one_eps = (_logits(stock, ids) - ref).abs().max().item()
     assert one_eps > 100 * max(exact, 1e-7)  # the error the per-norm eps removes is real
 
@@ -241,7 +241,7 @@ def test_smollm2_learned_plan_folds_exactly_in_hopscotch_format_and_within_eps_i
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # C stays near 1: no eps warning
         van = export_model(model, plan, tmp_path / "v", format="vanilla")
-    stock = AutoModelForCausalLM.from_pretrained(van, dtype=torch.float32, use_kernels=False)
+    stock = AutoModelForCausalLM.from_pretrained(van, dtype=torch.float32, **FROM_PRETRAINED_KWARGS)
     one_eps = (_logits(stock, ids) - ref).abs().max().item()
     # float32 logits up to ~30: the per-norm eps leaves float rounding only; the one eps adds its own (small) error.
     assert exact < 1e-3

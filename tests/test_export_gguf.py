@@ -25,6 +25,7 @@ import torch
 from hopscotch import SkipPlan, apply_plan, export_model, unpatch_model
 from hopscotch.bench.llama_cpp import LlamaCpp, LlamaCppMissing, require_llama_cpp
 from hopscotch.export import ExportError
+from hopscotch.hf_compat import FROM_PRETRAINED_KWARGS
 from model_testing import tiny_model
 
 gguf = pytest.importorskip("gguf")
@@ -216,9 +217,9 @@ def test_tiny_gguf_runs_in_llama_cpp_like_the_patched_model(tmp_path):
     ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(0))
     out = export_model(model, plan, tmp_path / "m.gguf", format="gguf", dtype="f32",
                        gguf_tokenizer=_tokenizer_gguf(tmp_path / "tok.gguf", 97))
-    # use_kernels=False: transformers >= 5.25 would otherwise fetch hub kernels, and tests never reach a hub
+    # as hopscotch's loaders do: no hub kernels (transformers >= 5.25 fetches them by default; tests reach no hub)
     folded = AutoModelForCausalLM.from_pretrained(export_model(model, plan, tmp_path / "v", format="vanilla"),
-                                                  use_kernels=False)
+                                                  **FROM_PRETRAINED_KWARGS)
     apply_plan(model, plan)
     with torch.no_grad():
         ref, ref_folded = model(ids).logits[0].numpy(), folded(ids).logits[0].numpy()
@@ -255,7 +256,7 @@ def smollm2_gguf(tmp_path_factory):
             for dt in ("f16", "q8_0"):
                 case[dt] = export_model(model, plan, d / f"{name}-{dt}.gguf", format="gguf", dtype=dt)
             van = AutoModelForCausalLM.from_pretrained(export_model(model, plan, d / "van", format="vanilla"),
-                                                      use_kernels=False)
+                                                      **FROM_PRETRAINED_KWARGS)
             with torch.no_grad():
                 case["folded"] = van(ids).logits[0].numpy()
         apply_plan(model, plan)
