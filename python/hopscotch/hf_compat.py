@@ -48,7 +48,21 @@ class UnsupportedKeywordError(TypeError):
     """A keyword argument the patched model would not honour (refused rather than silently dropped)."""
 
 
-@functools.lru_cache(maxsize=1)
+def _computed_once(fn):
+    """``functools.lru_cache`` for a function of no arguments, in plain Python: torch.compile ignores an lru_cache
+    wrapper, traces the ``inspect`` calls inside and warns; it traces this one as a list lookup."""
+    value = []
+
+    @functools.wraps(fn)
+    def once():
+        if not value:
+            value.append(fn())
+        return value[0]
+
+    return once
+
+
+@_computed_once
 def cache_kwarg_name() -> str:
     """The name under which the installed transformers passes a KV cache to a model's forward."""
     from transformers.masking_utils import create_causal_mask
@@ -66,7 +80,7 @@ def cache_kwargs(cache) -> dict:
     return {cache_kwarg_name(): cache}
 
 
-@functools.lru_cache(maxsize=1)
+@_computed_once
 def _output_cache_field() -> str:
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
