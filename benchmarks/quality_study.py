@@ -65,8 +65,8 @@ METHODS = {  # label -> search() arguments (cheap ones first, the faithful searc
 }
 TASKS = ("arc_easy", "boolq", "hellaswag")
 METRICS = ("eval_loss", "acc", "acc_norm", "wiki_ppl")
-SMOKE = dict(tasks="arc_easy,boolq", calibration=2, evaluation=6, ks="1", seeds=2, wiki_blocks=2, text_blocks=2,
-             max_new_tokens=8, final_epochs=1, batch_size=2)
+SMOKE = dict(tasks="arc_easy,boolq", calibration=2, evaluation=6, ks="1", fold_k=1, seeds=2, wiki_blocks=2,
+             text_blocks=2, max_new_tokens=8, final_epochs=1, batch_size=2)
 
 
 def parse_args(argv=None):
@@ -76,7 +76,10 @@ def parse_args(argv=None):
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--calibration", type=int, default=32, help="calibration items per fold (default 32)")
     p.add_argument("--evaluation", type=int, default=1000, help="evaluation items (all there are if fewer)")
-    p.add_argument("--seeds", type=int, default=3, help="calibration folds at k=4 (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="calibration folds at --fold-k (default 3)")
+    p.add_argument("--fold-k", type=int, default=4,
+                   help="the k of the headline rows, the transfer matrix and the extra calibration folds, run "
+                        "whatever --ks says (default 4)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--final-epochs", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -216,7 +219,12 @@ class Study:
         bad = [m for m in methods if m not in METHODS]
         if bad:
             sys.exit(f"unknown methods {bad}; expected some of {', '.join(METHODS)}")
-        k_seeds = 4 if 4 in ks else ks[len(ks) // 2]
+        if a.fold_k < 1:
+            sys.exit(f"--fold-k {a.fold_k}: expected a number of skipped blocks >= 1")
+        # The headline k always runs (once its rows exist, at no cost): `--ks 6,8` must not move the transfer
+        # matrix and the extra folds to k = 8.
+        k_seeds = a.fold_k
+        ks = sorted(set(ks) | {k_seeds})
         if self.args.report:
             self.write(tasks, ks, methods, k_seeds)
             return
