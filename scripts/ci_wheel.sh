@@ -33,13 +33,14 @@ python3 -m venv "$WVENV"
 if [ -n "$TORCH" ]; then
   # That torch with the dependencies it asks for; then the pinned set without the packages it brought (triton,
   # the CUDA libraries, ...), so the rest stays pinned.
-  names() { "$WVENV/bin/python" -m pip list --format=freeze 2>/dev/null | cut -d= -f1 | tr 'A-Z_.' 'a-z__' | tr _ - | sort; }
+  normalised() { tr 'A-Z_.' 'a-z__' | tr _ -; }  # a package name as pip compares it
+  names() { "$WVENV/bin/python" -m pip list --format=freeze 2>/dev/null | cut -d= -f1 | normalised | sort; }
   before=$(names)
   quiet "$WVENV/bin/pip" install --disable-pip-version-check "$TORCH"
   brought=$(comm -13 <(echo "$before") <(names))
   CONSTRAINTS=$(mktemp -t hopscotch-ci-constraints.XXXXXX)
   while IFS= read -r line; do
-    name=$(sed 's/[=<>!~; [].*//' <<<"$line" | tr 'A-Z_.' 'a-z__' | tr _ -)
+    name=$(sed 's/[=<>!~; [].*//' <<<"$line" | normalised)
     grep -qx -- "$name" <<<"$brought" || echo "$line"
   done <"$ROOT/constraints.txt" >"$CONSTRAINTS"
 fi
