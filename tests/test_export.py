@@ -11,6 +11,7 @@ import hopscotch
 from hopscotch import SkipPlan, apply_plan, export_model, from_pretrained
 from hopscotch.hf_compat import FROM_PRETRAINED_KWARGS, output_cache
 from hopscotch.export import ExportError, FoldError
+from hopscotch.export.formats import PLAN_SUBDIR, export_plan_path
 from hopscotch.patch import kv_cache_bytes, patched_layers
 from decilm_reference import decilm_logits
 from model_testing import tiny_model
@@ -56,7 +57,7 @@ def test_hopscotch_format_round_trip(arch, shard, tmp_path):
     loaded = from_pretrained(out)
     torch.testing.assert_close(_logits(loaded, ids), ref, **FOLD_TOL)
     assert all(float(v) == 1.0 for layer in patched_layers(loaded) for v in layer.scalars())  # folded
-    assert SkipPlan.load(out / "hopscotch_plan.json") == plan  # the plan travels with the export
+    assert SkipPlan.load(export_plan_path(out)) == plan  # the plan travels with the export, in its subfolder
     with torch.no_grad():
         res = loaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                               return_dict_in_generate=True)
@@ -160,6 +161,37 @@ def test_hopscotch_format_1_exports_still_load_and_unknown_formats_are_refused(t
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ExportError, match=r"hopscotch export format 3; this version reads formats 1 and 2"):
         from_pretrained(out)
+
+
+@pytest.mark.filterwarnings("ignore:attention block 0 is skipped")
+@pytest.mark.parametrize("format", ["hopscotch", "decilm", "vanilla"])
+def test_export_holds_only_what_weight_loaders_expect_at_the_top_level(format, tmp_path):
+    """Engines (vLLM) load every top-level *.safetensors as weights: the plan lives in a subfolder."""
+    model = tiny_model("llama", intermediate_size=256)
+    plan = _plan(model, attn=(1, 3))
+    out = export_model(model, plan, tmp_path / "exp", format=format, max_shard_size="20KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    weights = sorted(p.name for p in out.glob("*.safetensors"))
+    assert weights == sorted(set(index["weight_map"].values())) and len(weights) > 1
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [PLAN_SUBDIR]
+    assert export_plan_path(out) == out / PLAN_SUBDIR and SkipPlan.load(export_plan_path(out)) == plan
+
+
+def test_exports_with_the_plan_at_the_top_level_still_load(tmp_path):
+    """Exports written before the plan moved to its subfolder: hopscotch_plan.json + .safetensors beside the weights."""
+    model = tiny_model("llama")
+    plan = _plan(model, attn=(1, 3))
+    ids = torch.randint(3, 97, (1, 7))
+    out = export_model(model, plan, tmp_path / "old")
+    assert export_plan_path(tmp_path) is None
+    import shutil
+
+    shutil.rmtree(out / PLAN_SUBDIR)
+    plan.save(out / "hopscotch_plan.json")
+    assert (out / "hopscotch_plan.safetensors").is_file()
+    assert export_plan_path(out) == out / "hopscotch_plan.json" and SkipPlan.load(export_plan_path(out)) == plan
+    apply_plan(model, plan)
+    torch.testing.assert_close(_logits(from_pretrained(out), ids), _logits(model, ids), **FOLD_TOL)
 
 
 def test_export_never_overwrites_and_leaves_nothing_half_written(tmp_path, monkeypatch):

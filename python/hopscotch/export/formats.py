@@ -1,18 +1,25 @@
-"""What each export format writes: which weights, and which config."""
+"""What each export format writes (which weights, which config, where the plan goes) and what it refuses."""
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from pathlib import Path
 
 from ..plan import SkipPlan
 
-__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "decilm_config", "hopscotch_config",
-           "llama_layer_problems", "rope_settings", "warn_single_eps", "skipped_weight",
-           "weight_scale_key"]
+__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "LEGACY_PLAN_FILE", "PLAN_SUBDIR", "decilm_config",
+           "decilm_problems", "export_plan_path", "format_problems", "hopscotch_config", "llama_layer_problems",
+           "rope_settings", "warn_single_eps", "skipped_weight", "weight_scale_key"]
 
 FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
+# The plan's provenance inside an export directory: a subfolder (plan.json + scalars.safetensors), because weight
+# loaders (vLLM, llama.cpp's converter) take every top-level *.safetensors for weights. Exports written before
+# this held it at the top level as LEGACY_PLAN_FILE (+ hopscotch_plan.safetensors); both are read.
+PLAN_SUBDIR = "hopscotch_plan"
+LEGACY_PLAN_FILE = "hopscotch_plan.json"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 # Weights that belong to an attention block / an MLP block (the norm in front of each block included).
 _ATTN_PARTS = ("self_attn.", "input_layernorm.")
@@ -71,6 +78,17 @@ def warn_single_eps(plan: SkipPlan, format: str) -> None:
                       stacklevel=3)
 
 
+def export_plan_path(export_dir: str | os.PathLike) -> Path | None:
+    """The plan an export directory carries, for ``SkipPlan.load``: ``<dir>/hopscotch_plan/`` (current layout) or
+    ``<dir>/hopscotch_plan.json`` (exports written before it); None when it carries none."""
+    d = Path(export_dir)
+    if (d / PLAN_SUBDIR / "plan.json").is_file():
+        return d / PLAN_SUBDIR
+    if (d / LEGACY_PLAN_FILE).is_file():
+        return d / LEGACY_PLAN_FILE
+    return None
+
+
 def _find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - n % k
 
@@ -91,6 +109,31 @@ def llama_layer_problems(config) -> list[str]:
     return problems
 
 
+def decilm_problems(config, plan: SkipPlan) -> list[str]:
+    """What the decilm format (as vLLM's DeciLM loader, ``nemotron_nas.py``, reads it) cannot express for this
+    model and plan (empty: it can)."""
+    problems = llama_layer_problems(config)
+    hidden, inter = config.hidden_size, config.intermediate_size
+    if _find_multiple(int(2 * (1.5 * inter / hidden) * hidden / 3), 256) != inter:
+        problems.append(f"intermediate_size {inter} (not a multiple of 256, which ffn_mult cannot express)")
+    return problems
+
+
+def format_problems(format: str, config, plan: SkipPlan) -> list[str]:
+    """Why ``format`` cannot hold this model (its transformers config) with this plan, one entry per limit hit
+    (empty: it can). Every format's refusals come from here; the writers raise ExportError on a non-empty list
+    before anything is written."""
+    if format == "decilm":
+        return decilm_problems(config, plan)
+    if format == "gguf":
+        from .gguf_export import gguf_problems
+
+        return gguf_problems(config, plan)
+    if format in ("hopscotch", "vanilla"):
+        return []  # any supported architecture (arch.check_supported) with any valid plan
+    raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+
+
 def decilm_config(config, plan: SkipPlan) -> dict:
     """The DeciLM (``nemotron-nas``) config entries for this model and plan; refuses what the format cannot hold.
 
@@ -98,11 +141,7 @@ def decilm_config(config, plan: SkipPlan) -> dict:
     (intermediate = multiple of 256 at or above int(2 * ffn_mult * hidden / 3)), KV heads per layer
     ``num_attention_heads / n_heads_in_group``.
     """
-    problems = llama_layer_problems(config)
-    hidden, inter = config.hidden_size, config.intermediate_size
-    ffn_mult = 1.5 * inter / hidden
-    if _find_multiple(int(2 * ffn_mult * hidden / 3), 256) != inter:
-        problems.append(f"intermediate_size {inter} (not a multiple of 256, which ffn_mult cannot express)")
+    problems = decilm_problems(config, plan)
     if problems:
         raise ExportError("the decilm format cannot represent this model exactly: " + "; ".join(problems)
                           + ". Use format='hopscotch' or 'vanilla'.")
@@ -111,6 +150,7 @@ def decilm_config(config, plan: SkipPlan) -> dict:
                       "has attention (its residual stream starts there) and fails on such a checkpoint, and "
                       "llama.cpp does not load it (it reads the head size from layer 0); transformers does",
                       stacklevel=3)
+    ffn_mult = 1.5 * config.intermediate_size / config.hidden_size
     group = config.num_attention_heads // config.num_key_value_heads
     blocks = [{"attention": {"no_op": i in plan.skipped_attention, "replace_with_linear": False,
                              "n_heads_in_group": group},

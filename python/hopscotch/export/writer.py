@@ -11,6 +11,11 @@ Formats:
 In every format the scalars are folded into the weights (``fold.py``); the hopscotch format also writes each
 norm's eps (exact), the others keep the one eps of the model (exact up to it). The checkpoint is written to a temporary
 directory next to ``out_dir`` and renamed at the end: an interrupted export leaves nothing half-written.
+
+A directory export holds only what its loader expects at the top level: the weights (``model*.safetensors``), its
+config and generation config, the tokenizer when given, and for decilm the config class. Engines load every
+top-level ``*.safetensors`` as weights (vLLM does), so the plan's provenance goes to a subfolder,
+``hopscotch_plan/`` (``formats.export_plan_path`` finds it, or an older export's top-level ``hopscotch_plan.json``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from ..arch import causal_lm, check_supported
 from ..plan import SkipPlan
 from .fold import folded_weights
-from .formats import FORMATS, ExportError, decilm_config, hopscotch_config, warn_single_eps
+from .formats import FORMATS, PLAN_SUBDIR, ExportError, decilm_config, hopscotch_config, warn_single_eps
 
 __all__ = ["export_model", "ExportError", "FORMATS"]
 
@@ -121,7 +126,7 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
         gen = getattr(lm, "generation_config", None)
         if gen is not None:
             gen.save_pretrained(tmp)
-        plan.save(tmp / "hopscotch_plan.json")
+        plan.save(tmp / PLAN_SUBDIR)  # provenance; its scalars are already folded into the weights
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _finish(tmp, out_dir)
