@@ -61,7 +61,8 @@ def _bad_plans(model, tmp_path):
     wide = tiny_model("llama", hidden_size=96)
     qwen = tiny_model("qwen3")
     cases = {
-        "wrong layer count": (SkipPlan.for_model(other, [1]), r"num_layers=4 but the model has num_layers=5"),
+        "wrong layer count": (SkipPlan.for_model(other, [1]), r"this plan is for a 4-layer llama model; this model has "
+                                                              r"5 layers"),
         "wrong architecture": (SkipPlan.for_model(qwen, [1]), r"model_type='qwen3' but the model has "
                                                               r"model_type='llama'"),
         "wrong hidden size": (SkipPlan.for_model(wide, [1]), r"hidden_size=96 but the model has hidden_size=64"),
@@ -76,13 +77,18 @@ def _bad_plans(model, tmp_path):
                                                                                            float("nan"))),
                         r"scalars of layers \[3\] are NaN or infinite"),
         "inf scalars": (SkipPlan(good.fingerprint, [1], scalars=torch.full((5, 4), float("inf"))), r"NaN or infinite"),
+        "all attention": (SkipPlan(good.fingerprint, [0, 1, 2, 3, 4]), r"skips all 5 attention blocks; at most 4"),
+        "all mlp": (SkipPlan(good.fingerprint, [], [0, 1, 2, 3, 4]), r"skips all 5 MLP blocks"),
+        "mlp null": (SkipPlan(good.fingerprint, [1], None), r"skipped_mlp is None \(NoneType\); expected a list"),
+        "scalars a list": (SkipPlan(good.fingerprint, [1], scalars=[[1.0] * 4] * 5), r"scalars are a list; expected"),
     }
     return cases
 
 
 @pytest.mark.parametrize("case", ["wrong layer count", "wrong architecture", "wrong hidden size", "other config",
                                   "index out of range", "negative index", "duplicates", "non-integer",
-                                  "scalars shape", "nan scalars", "inf scalars"])
+                                  "scalars shape", "nan scalars", "inf scalars", "all attention", "all mlp",
+                                  "mlp null", "scalars a list"])
 def test_bad_plans_raise_and_leave_the_model_as_it_was(case, tmp_path):
     model = tiny_model("llama")
     apply_plan(model, _plan(model, attn=(2,), seed=1))
@@ -134,7 +140,7 @@ def _corrupt(tmp_path, model, how):
     ("missing scalars", r"cannot read the plan's scalars .*p\.safetensors"),
     ("not a plan", r"is not a hopscotch plan \(format 'something-else'"),
     ("missing field", r"lacks the fields \['skipped_attention'\]"),
-    ("bad index in file", r"p\.json: skipped_attention holds \[99\], out of range"),
+    ("bad index in file", r"p\.json: skipped_attention changed after the plan was saved"),
     ("non-utf8", r"not a valid plan file"),
 ])
 def test_corrupt_or_truncated_files_are_refused_by_name(tmp_path, how, pattern):
@@ -169,3 +175,82 @@ def test_switching_plans_needs_no_reload_and_free_skipped_releases_weights():
     apply_plan(model, _plan(model, attn=(0, 1, 4)))  # a plan that keeps them skipped is fine
     with pytest.raises(ValueError, match="were freed"):
         set_skips(model, attention=[1])
+
+
+def _edit(path, **changes):
+    doc = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is _DELETE:
+            del doc[key]
+        elif callable(value):
+            doc[key] = value(doc[key])
+        else:
+            doc[key] = value
+    path.write_text(json.dumps(doc, indent=1))
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    ({"skipped_attention": [1, 4]}, r"p\.json: skipped_attention changed after the plan was saved"),
+    ({"skipped_mlp": None}, r"skipped_mlp changed after the plan was saved"),
+    ({"fingerprint": lambda f: {**f, "num_layers": 6}}, r"fingerprint changed after the plan was saved"),
+    ({"provenance": lambda p: {**p, "method": "hopscotch"}}, r"provenance changed after the plan was saved"),
+    ({"checksums": lambda c: {**c, "skipped_attention": "0" * 64}}, r"checksums are missing or were edited"),
+    ({"checksum": _DELETE}, r"checksums are missing or were edited"),
+])
+def test_a_hand_edited_plan_is_refused_naming_what_changed(tmp_path, changes, pattern):
+    model = tiny_model("llama")
+    path = _plan(model, attn=(1, 3)).save(tmp_path / "p.json")
+    SkipPlan.load(path)  # as saved: loads
+    _edit(path, **changes)
+    with pytest.raises(PlanError, match=pattern):
+        SkipPlan.load(path)
+
+
+def test_a_format_1_plan_loads_with_a_warning_and_is_signed_when_saved_again(tmp_path):
+    model = tiny_model("llama")
+    plan = _plan(model, attn=(1, 3))
+    path = plan.save(tmp_path / "p.json")
+    import hashlib
+
+    blob = path.with_suffix(".safetensors").read_bytes()
+    _edit(path, format="hopscotch-plan/1", checksums=_DELETE, checksum=_DELETE,
+          scalars_sha256=hashlib.sha256(blob).hexdigest())
+    from hopscotch.plan import PlanWarning
+
+    with pytest.warns(PlanWarning, match=r"p\.json is a format-1 plan.*Re-save it"):
+        old = SkipPlan.load(path)
+    assert old == plan
+    _edit(path, skipped_attention=[1, 2])  # undetectable in format 1 (the reason for format 2) ...
+    with pytest.warns(PlanWarning):
+        assert SkipPlan.load(path).skipped_attention == [1, 2]
+    old.save(path)  # ... detectable once re-saved
+    _edit(path, skipped_attention=[1, 2])
+    with pytest.raises(PlanError, match="skipped_attention changed"):
+        SkipPlan.load(path)
+
+
+def test_every_committed_plan_is_signed():
+    """The plans in the repository (study results, test fixtures) were re-saved in format 2: they load silently."""
+    import warnings
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    paths = sorted(root.glob("benchmarks/results/**/*.json")) + sorted(root.glob("tests/data_fixtures/**/plan.json"))
+    plans = [p for p in paths if '"hopscotch-plan/' in p.read_text(errors="replace")[:200]]
+    assert len(plans) >= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for p in plans:
+            SkipPlan.load(p)
+
+
+def test_load_and_save_refuse_a_path_that_is_not_one():
+    from hopscotch.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"SkipPlan.load: path=None \(NoneType\); expected a path"):
+        SkipPlan.load(None)
+    with pytest.raises(ArgumentError, match=r"SkipPlan.save: path=3 \(int\); expected a path"):
+        _plan(tiny_model("llama")).save(3)

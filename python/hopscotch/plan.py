@@ -4,6 +4,11 @@ A plan is data, not code: ``plan.save(path)`` writes a small JSON (fingerprint, 
 and a safetensors file with the scalars, each written atomically. ``SkipPlan.load`` reads them back and checks
 them; ``validate(model)`` says, in one error naming the mismatch, why a plan does not fit a model.
 
+A plan is one signed whole (format 2): the JSON holds a SHA-256 of each part (fingerprint, skip lists,
+provenance, scalars file) and one checksum over those, so a plan edited by hand is refused with the name of the
+part that changed. This guards against edits and corruption, not against someone who recomputes the checksums.
+Format-1 plans (checksum over the scalars only) still load, with a warning saying how to re-save them.
+
 ``path`` is either a ``.json`` file (the scalars go beside it, same stem, ``.safetensors``) or a directory
 (``plan.json`` + ``scalars.safetensors`` inside it).
 """
@@ -14,6 +19,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +27,16 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .errors import PlanError, as_index_list, as_path
+from .limits import check_skip_lists
 
-__all__ = ["SCALAR_NAMES", "PlanError", "SkipPlan", "architecture_fingerprint", "FINGERPRINT_FIELDS", "package_versions"]
+__all__ = ["SCALAR_NAMES", "PlanError", "PlanWarning", "SkipPlan", "architecture_fingerprint", "FINGERPRINT_FIELDS",
+           "package_versions"]
 
-_FORMAT = "hopscotch-plan/1"
+_FORMAT = "hopscotch-plan/2"
+_FORMAT_V1 = "hopscotch-plan/1"  # checksum over the scalars only; still read
+# The parts of a plan each checksum covers, in the order an edit is reported.
+_SIGNED = ("fingerprint", "skipped_attention", "skipped_mlp", "provenance", "scalars")
 # The four scalars of every layer, in the paper's order (b_att, s_att, b_mlp, s_mlp): the patched layers'
 # parameter names, the plan's safetensors keys and the columns of every [num_layers, 4] scalar tensor.
 SCALAR_NAMES = ("attn_scale", "attn_residual_scale", "mlp_scale", "mlp_residual_scale")
@@ -35,8 +47,41 @@ FINGERPRINT_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "interme
                       "layer_types", "rope_parameters", "rope_theta", "rope_scaling")
 
 
-class PlanError(ValueError):
-    """A plan that cannot be read, or that does not fit the model it is applied to."""
+class PlanWarning(UserWarning):
+    """A plan that loads but should be re-saved (an older format)."""
+
+
+def _digest(value) -> str:
+    """SHA-256 of a JSON value in one canonical spelling (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _checksums(doc: dict, scalars_blob: bytes) -> dict[str, str]:
+    sums = {k: _digest(doc.get(k)) for k in _SIGNED if k != "scalars"}
+    sums["scalars"] = hashlib.sha256(scalars_blob).hexdigest()
+    return sums
+
+
+def _signature(doc: dict) -> str:
+    """The one checksum over the parts' checksums (and the format and scalars file name)."""
+    return _digest({"format": doc.get("format"), "scalars_file": doc.get("scalars_file"),
+                    "checksums": doc.get("checksums")})
+
+
+def _check_signature(doc: dict, blob: bytes, json_path: Path, st_path: Path) -> None:
+    """Refuse a format-2 plan whose parts no longer match their checksums, naming the parts that changed."""
+    sums = doc.get("checksums")
+    if not isinstance(sums, dict) or doc.get("checksum") != _signature(doc):
+        raise PlanError(f"{json_path}: its checksums are missing or were edited, so the plan cannot be trusted; "
+                        "make it again (hopscotch search, or SkipPlan.for_model(...).save)")
+    changed = [k for k, v in _checksums(doc, blob).items() if sums.get(k) != v]
+    if changed == ["scalars"]:
+        raise PlanError(f"{st_path} does not match {json_path.name} (checksum differs: corrupt, truncated or "
+                        "from another plan)")
+    if changed:
+        raise PlanError(f"{json_path}: {', '.join(changed)} changed after the plan was saved (checksum differs); "
+                        "a hand-edited plan is refused: make a new one (hopscotch search, or "
+                        "SkipPlan.for_model(model, attention, mlp, scalars).save(path))")
 
 
 def _config_of(model_or_config):
@@ -86,6 +131,9 @@ class SkipPlan:
     skipped_mlp: list[int] = field(default_factory=list)
     scalars: torch.Tensor | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    # The JSON file this plan was loaded from (None for a plan made in memory): commands that write files refuse
+    # to overwrite it.
+    source: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_layers(self) -> int:
@@ -96,8 +144,9 @@ class SkipPlan:
         """A plan for ``model`` (scalars default to 1). Provenance gets versions and a timestamp."""
         prov = {"versions": package_versions(),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **provenance}
-        plan = cls(architecture_fingerprint(model), sorted(int(i) for i in skipped_attention),
-                   sorted(int(i) for i in skipped_mlp), scalars, prov)
+        attention = sorted(as_index_list(skipped_attention, "SkipPlan.for_model", "skipped_attention"))
+        mlp = sorted(as_index_list(skipped_mlp, "SkipPlan.for_model", "skipped_mlp"))
+        plan = cls(architecture_fingerprint(model), attention, mlp, scalars, prov)
         plan.check()
         return plan
 
@@ -110,19 +159,17 @@ class SkipPlan:
     # ---- checks -------------------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Checks that need no model: indices in range, no duplicates, scalars finite and of the right shape."""
+        """Checks that need no model: the skip lists within ``limits`` (integers in range, no duplicates, some
+        attention and some MLP kept), scalars finite and of the right shape."""
+        if not isinstance(self.fingerprint, dict):
+            raise PlanError(f"plan fingerprint is {self.fingerprint!r}; expected a dict (architecture_fingerprint)")
         n = self.fingerprint.get("num_layers")
-        if not isinstance(n, int) or n <= 0:
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise PlanError(f"plan fingerprint has num_layers={n!r}; expected a positive integer")
-        for name, idx in (("skipped_attention", self.skipped_attention), ("skipped_mlp", self.skipped_mlp)):
-            if any(not isinstance(i, int) or isinstance(i, bool) for i in idx):
-                raise PlanError(f"{name} holds {idx!r}; expected a list of integer block indices")
-            if len(set(idx)) != len(idx):
-                dups = sorted({i for i in idx if idx.count(i) > 1})
-                raise PlanError(f"{name} lists blocks {dups} more than once")
-            bad = [i for i in idx if not 0 <= i < n]
-            if bad:
-                raise PlanError(f"{name} holds {bad}, out of range for a model with {n} layers (0..{n - 1})")
+        check_skip_lists(self.skipped_attention, self.skipped_mlp, n)
+        if self.scalars is not None and not isinstance(self.scalars, torch.Tensor):
+            raise PlanError(f"plan scalars are a {type(self.scalars).__name__}; expected a torch.Tensor "
+                            f"[{n}, {len(SCALAR_NAMES)}] or None")
         if self.scalars is not None:
             shape = tuple(self.scalars.shape)
             if shape != (n, len(SCALAR_NAMES)):
@@ -132,12 +179,18 @@ class SkipPlan:
                 raise PlanError(f"plan scalars of layers {bad} are NaN or infinite")
 
     def validate(self, model) -> None:
-        """Raise PlanError naming the first mismatch if this plan does not fit ``model``."""
-        self.check()
+        """Raise PlanError naming the first mismatch if this plan does not fit ``model``: the model's identity is
+        compared first (a plan for a 32-layer model on a 30-layer one says so), then the plan's own checks."""
         mine, theirs = self.fingerprint, architecture_fingerprint(model)
+        if not isinstance(mine, dict):
+            self.check()
+        if mine.get("model_type") == theirs.get("model_type") and mine.get("num_layers") != theirs.get("num_layers"):
+            raise PlanError(f"this plan is for a {mine.get('num_layers')}-layer {mine.get('model_type')} model; this "
+                            f"model has {theirs.get('num_layers')} layers")
         for key in ("model_type", "num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads"):
             if mine.get(key) != theirs.get(key):
                 raise PlanError(f"plan is for {key}={mine.get(key)!r} but the model has {key}={theirs.get(key)!r}")
+        self.check()
         if mine.get("config_hash") != theirs.get("config_hash"):
             a, b = mine.get("config", {}), theirs.get("config", {})
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -147,26 +200,32 @@ class SkipPlan:
     # ---- files --------------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan JSON and the scalars (safetensors); returns the JSON path."""
+        """Write the plan JSON and the scalars (safetensors), signed as one whole; returns the JSON path."""
         from safetensors.torch import save as st_save
 
+        path = as_path(path, "SkipPlan.save", "path")
         self.check()
         json_path, st_path = _paths(path)
         scalars = self.scalar_tensor().contiguous()
         blob = st_save({k: scalars[:, j].contiguous() for j, k in enumerate(SCALAR_NAMES)})
         doc = {"format": _FORMAT, "fingerprint": self.fingerprint, "skipped_attention": self.skipped_attention,
-               "skipped_mlp": self.skipped_mlp, "scalars_file": st_path.name,
-               "scalars_sha256": hashlib.sha256(blob).hexdigest(), "provenance": self.provenance}
-        text = json.dumps(doc, indent=1, default=str)
+               "skipped_mlp": self.skipped_mlp, "scalars_file": st_path.name, "provenance": self.provenance}
+        doc = json.loads(json.dumps(doc, default=str))  # what load() will read back, digested the same way
+        doc["checksums"] = _checksums(doc, blob)
+        doc["checksum"] = _signature(doc)
+        text = json.dumps(doc, indent=1)
         atomic_write_bytes(st_path, blob)
         atomic_write_text(json_path, text)
         return json_path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SkipPlan":
-        """Read a plan written by ``save``; PlanError names the file and what is wrong with it."""
-        from safetensors.torch import load as st_load
-
+        """Read a plan written by ``save``; PlanError names the file and what is wrong with it (an edited part
+        of a signed plan by name)."""
+        path = as_path(path, "SkipPlan.load", "path")
+        if path.is_file() and path.suffix != ".json":
+            raise PlanError(f"{path} is not a plan file; expected PLAN.json (its scalars PLAN.safetensors beside "
+                            "it) or a directory holding plan.json")
         json_path, _ = _paths(path)
         if not json_path.is_file():
             raise PlanError(f"no plan at {json_path}")
@@ -174,27 +233,49 @@ class SkipPlan:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PlanError(f"{json_path} is not a valid plan file (corrupt or truncated JSON: {exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-            raise PlanError(f"{json_path} is not a hopscotch plan (format {doc.get('format') if isinstance(doc, dict) else None!r}; "
-                            f"expected {_FORMAT!r})")
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        if fmt not in (_FORMAT, _FORMAT_V1):
+            raise PlanError(f"{json_path} is not a hopscotch plan (format {fmt!r}; expected {_FORMAT!r})")
         missing = [k for k in ("fingerprint", "skipped_attention", "skipped_mlp", "scalars_file") if k not in doc]
         if missing:
             raise PlanError(f"{json_path} lacks the fields {missing}")
+        if not isinstance(doc["scalars_file"], str) or not doc["scalars_file"]:
+            raise PlanError(f"{json_path}: scalars_file is {doc['scalars_file']!r}; expected a file name")
         st_path = json_path.parent / doc["scalars_file"]
         try:
             blob = st_path.read_bytes()
         except OSError as exc:
             raise PlanError(f"cannot read the plan's scalars {st_path}: {exc}") from None
-        if doc.get("scalars_sha256") and hashlib.sha256(blob).hexdigest() != doc["scalars_sha256"]:
-            raise PlanError(f"{st_path} does not match {json_path.name} (checksum differs: corrupt, truncated or "
-                            "from another plan)")
+        if fmt == _FORMAT:
+            _check_signature(doc, blob, json_path, st_path)
+        else:
+            if doc.get("scalars_sha256") and hashlib.sha256(blob).hexdigest() != doc["scalars_sha256"]:
+                raise PlanError(f"{st_path} does not match {json_path.name} (checksum differs: corrupt, truncated "
+                                "or from another plan)")
+        plan = cls._from_doc(doc, blob, json_path, st_path)
+        if fmt == _FORMAT_V1:  # once it is known to be a valid plan otherwise
+            warnings.warn(PlanWarning(
+                f"{json_path} is a format-1 plan, whose checksum covers only its scalars: an edit to its skip lists "
+                "or fingerprint cannot be detected. Re-save it (signed whole) after checking it: python -c "
+                f"\"import hopscotch; p = '{json_path}'; hopscotch.SkipPlan.load(p).save(p)\""), stacklevel=2)
+        return plan
+
+    @classmethod
+    def _from_doc(cls, doc: dict, blob: bytes, json_path: Path, st_path: Path) -> "SkipPlan":
+        from safetensors.torch import load as st_load
+
+        for key, kind in (("fingerprint", dict), ("skipped_attention", list), ("skipped_mlp", list),
+                          ("provenance", dict)):
+            if key in doc and not isinstance(doc[key], kind):
+                what = "a list of integer block indices" if kind is list else "a JSON object"
+                raise PlanError(f"{json_path}: {key} is {json.dumps(doc[key])}; expected {what}")
         try:
             tensors = st_load(blob)
             scalars = torch.stack([tensors[k].float() for k in SCALAR_NAMES], dim=1)
         except Exception as exc:  # safetensors raises its own error types
             raise PlanError(f"{st_path} is not a valid scalars file ({exc})") from None
         plan = cls(doc["fingerprint"], list(doc["skipped_attention"]), list(doc["skipped_mlp"]), scalars,
-                   doc.get("provenance", {}))
+                   doc.get("provenance", {}), source=json_path)
         try:
             plan.check()
         except PlanError as exc:

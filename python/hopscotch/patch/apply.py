@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from torch import nn
 
+from ..errors import check_arg
 from ..plan import PlanError, SkipPlan
 from .patcher import get_scalars, is_patched, patch_model, patched_layers, set_scalars, set_skips
 
@@ -14,10 +17,21 @@ def apply_plan(model: nn.Module, plan: SkipPlan, *, free_skipped: bool = False) 
     """Apply ``plan`` to ``model`` and return it.
 
     The plan is validated against the model first (architecture, layer count, indices, scalars); a plan that does
-    not fit raises ``PlanError`` and leaves the model exactly as it was. Applying another plan later needs no
+    not fit raises ``PlanError`` and leaves the model exactly as it was, as does a model loaded from an export
+    (its plan is already in its weights). Applying another plan later needs no
     reload (docs/ARCHITECTURE.md §2.5). ``free_skipped=True`` releases the weights of the skipped attention blocks
     and skipped MLP blocks (they can then never be kept again without reloading the model).
     """
+    check_arg(isinstance(model, nn.Module), "apply_plan", "model", model,
+              "a loaded transformers causal LM (a torch.nn.Module)")
+    if not isinstance(plan, SkipPlan):
+        hint = (f": load it with SkipPlan.load({str(plan)!r})" if isinstance(plan, (str, os.PathLike)) else "")
+        check_arg(False, "apply_plan", "plan", plan, f"a SkipPlan{hint}")
+    check_arg(isinstance(free_skipped, bool), "apply_plan", "free_skipped", free_skipped, "True or False")
+    exported = getattr(model, "hopscotch_export", None)  # set by hopscotch.models when it loaded an export
+    if exported is not None:
+        raise PlanError(f"this model is a {exported.describe()} ({exported.path}): its plan is already folded into "
+                        "its weights, so another plan cannot be applied on top; apply plans to the original model")
     plan.validate(model)
     if is_patched(model):
         for kind, skipped in (("attention", plan.skipped_attention), ("mlp", plan.skipped_mlp)):

@@ -9,7 +9,6 @@ back and gives every fused projection its own weights again.
 
 from __future__ import annotations
 
-import operator
 import types
 from typing import Iterable
 
@@ -17,6 +16,8 @@ import torch
 from torch import nn
 
 from ..arch import base_model, check_supported, layer_attention_type
+from ..errors import as_index_list, check_arg
+from ..limits import check_skip_lists
 from .layer import SCALAR_NAMES, HopscotchDecoderLayer
 from .stack import patched_forward
 
@@ -75,6 +76,8 @@ def patch_model(model: nn.Module) -> nn.Module:
     Nothing is skipped and every scalar is 1 afterwards, so the model computes what it computed before
     (docs/ARCHITECTURE.md §2.1); ``apply_plan`` or ``set_skips`` choose what to skip.
     """
+    check_arg(isinstance(model, nn.Module), "patch_model", "model", model,
+              "a loaded transformers causal LM (a torch.nn.Module)")
     model_type = check_supported(model)
     base = base_model(model)
     if hasattr(base, "_hopscotch_state"):
@@ -109,15 +112,20 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int] = ()) -> None:
-    """Skip exactly these attention and MLP blocks (all others kept); compact cache indices follow."""
+def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int] = (), *,
+              allow_no_attention: bool = False) -> None:
+    """Skip exactly these attention and MLP blocks (all others kept); compact cache indices follow.
+
+    The skip sets follow ``hopscotch.limits`` (in range, no duplicates, some attention and some MLP kept);
+    ``allow_no_attention=True`` lifts the attention part for benchmarks that time the attention-free floor."""
+    check_arg(isinstance(model, nn.Module) and is_patched(model), "set_skips", "model", model,
+              "a patched model (call hopscotch.patch_model(model) or apply_plan first)")
+    check_arg(isinstance(allow_no_attention, bool), "set_skips", "allow_no_attention", allow_no_attention,
+              "True or False")
     state = _state(model)
-    n = len(state.layers)
-    attention, mlp = _indices(attention, "attention"), _indices(mlp, "mlp")
-    for name, idx in (("attention", attention), ("mlp", mlp)):
-        bad = [i for i in idx if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"{name} block indices {bad} are out of range; the model has {n} layers (0..{n - 1})")
+    attention, mlp = check_skip_lists(as_index_list(attention, "set_skips", "attention"),
+                                      as_index_list(mlp, "set_skips", "mlp"), len(state.layers),
+                                      names=("attention", "mlp"), allow_no_attention=allow_no_attention)
     for kind, idx in (("attention", attention), ("mlp", mlp)):
         freed = [lay.layer_idx for lay in state.layers
                  if getattr(lay, "attn_freed" if kind == "attention" else "mlp_freed") and lay.layer_idx not in idx]
@@ -131,13 +139,6 @@ def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int
         layer.mlp_skipped = layer.layer_idx in skip_mlp
         layer.cache_index = None if layer.attn_skipped else compact
         compact += 0 if layer.attn_skipped else 1
-
-
-def _indices(values: Iterable[int], name: str) -> list[int]:
-    try:
-        return sorted({operator.index(i) for i in values})
-    except TypeError:
-        raise ValueError(f"{name} block indices must be integers; got {list(values)!r}") from None
 
 
 @torch.no_grad()

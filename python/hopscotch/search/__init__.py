@@ -17,15 +17,18 @@ token-passes (``train.py`` defines the unit) next to its wall time.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 
 import torch
 from torch import nn
 
+from ..errors import check_arg
+from ..limits import check_num_skip
 from ..patch import apply_plan, is_patched, patch_model, reset_scalars, set_skips, unpatch_model
 from ..patch.patcher import get_scalars
-from ..plan import SkipPlan, architecture_fingerprint
+from ..plan import PlanError, SkipPlan, architecture_fingerprint
 from .baselines import select_llm_drop, select_random
 from .greedy import FastSettings, greedy_search, worst_case
 from .objectives import OBJECTIVES, teacher_logprobs
@@ -63,6 +66,40 @@ def _check(batches, method, objective, num_skip, n_layers):
             raise ValueError(f"calibration batch {i} has keys {sorted(b)}; expected input_ids, attention_mask, labels")
 
 
+_INTS = ("num_skip", "seed", "final_epochs", "shortlist", "max_shortlist", "refine", "first_finish", "pool",
+         "challengers", "candidate_epochs")
+_FLOATS = ("lr", "final_lr", "margin", "probe_fraction", "screen_fraction", "refine_fraction", "first_probe")
+
+
+def _check_types(model, batches, args: dict) -> None:
+    """search()'s argument types, each refused by name (values are checked by _check and the settings)."""
+    check_arg(isinstance(model, nn.Module) and hasattr(model, "config"), "search", "model", model,
+              "a loaded transformers causal LM")
+    exported = getattr(model, "hopscotch_export", None)  # hopscotch.models marks a model loaded from an export
+    if exported is not None:
+        raise PlanError(f"search: the model is a {exported.describe()} ({exported.path}); search the original model")
+    for name, value in (("batches", batches), ("similarity_batches", args["similarity_batches"])):
+        if name == "similarity_batches" and value is None:
+            continue
+        check_arg(isinstance(value, (list, tuple)) and all(isinstance(b, dict) for b in value), "search", name,
+                  value, "a list of dicts of tensors (input_ids, attention_mask, labels)")
+    for name in ("method", "objective", "target", "strategy"):
+        check_arg(isinstance(args[name], str), "search", name, args[name], "a string")
+    for name in _INTS:
+        check_arg(isinstance(args[name], int) and not isinstance(args[name], bool), "search", name, args[name],
+                  "an integer")
+    for name in _FLOATS + ("budget_ratio",):
+        value = args[name]
+        if name == "budget_ratio" and value is None:
+            continue
+        check_arg(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                  "search", name, value, "a finite number")
+    for name in ("iterative", "progress"):
+        check_arg(isinstance(args[name], bool), "search", name, args[name], "True or False")
+    check_arg(args["state_path"] is None or isinstance(args["state_path"], (str, os.PathLike)), "search",
+              "state_path", args["state_path"], "None or a path")
+
+
 def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fast", num_skip: int = 4,
            objective: str = "nll", seed: int = 0, lr: float = 1e-2, final_lr: float = 3e-3, final_epochs: int = 3,
            final_batch_size: int | None = 1,
@@ -88,9 +125,11 @@ def search(model: nn.Module, batches: list[dict], *, method: str = "hopscotch-fa
     tune ``hopscotch-fast``'s screen strategy (``greedy.py``); ``strategy="lazy"`` carries trained losses from
     step to step instead (``lazy.py``: ``first_probe``, ``first_finish``, ``pool``, ``challengers``, and the
     screen and refine batches; no budget ledger: its cost is fixed by its settings)."""
+    _check_types(model, batches, locals())
     base_cfg = model.config
     n_layers = base_cfg.num_hidden_layers
     _check(batches, method, objective, num_skip, n_layers)
+    check_num_skip(num_skip, n_layers, "block" if method == "shortgpt" else target if method == "llm-drop" else "attn")
     if candidate_epochs < 1:
         raise ValueError(f"candidate_epochs={candidate_epochs}: expected 1 or more")
     if final_batch_size is not None and (not isinstance(final_batch_size, int) or final_batch_size < 1):
