@@ -131,6 +131,40 @@ inline void check_rotary_inputs(const at::Tensor& positions, const at::Tensor& q
   }
 }
 
+// rotary_embedding_kv_cache: positions [B, T]; query [B, T, q_heads, D]; key and value [B, T, kv_heads, D]
+// (unit-stride features, any other strides); key_cache and value_cache [B, kv_heads, capacity, D] with unit-stride
+// features; slots [T] integer (each slot is checked by the kernels: it depends on device data).
+inline void check_rotary_kv_cache_inputs(const at::Tensor& positions, const at::Tensor& query, const at::Tensor& key,
+                                         const at::Tensor& value, const at::Tensor& cos_sin_cache,
+                                         const at::Tensor& key_cache, const at::Tensor& value_cache,
+                                         const at::Tensor& slots, const char* op) {
+  TORCH_CHECK(positions.dim() == 2, op, ": positions has shape ", positions.sizes(),
+              "; expected [batch, tokens]");
+  check_rotary_inputs(positions, query, key, cos_sin_cache, op, "query");
+  check_same_device(query, value, op, "query", "value");
+  check_same_dtype(query, value, op, "query", "value");
+  TORCH_CHECK(value.sizes() == key.sizes() && value.stride(-1) == 1, op, ": value has shape ", value.sizes(),
+              " and strides ", value.strides(), "; expected key's shape ", key.sizes(),
+              " with unit-stride features");
+  const auto check_cache = [&](const at::Tensor& c, const char* name) {
+    check_same_device(query, c, op, "query", name);
+    check_same_dtype(query, c, op, "query", name);
+    TORCH_CHECK(c.dim() == 4 && c.size(0) == key.size(0) && c.size(1) == key.size(2) && c.size(3) == key.size(3) &&
+                    c.stride(3) == 1,
+                op, ": ", name, " has shape ", c.sizes(), " and strides ", c.strides(), "; expected [",
+                key.size(0), ", ", key.size(2), ", capacity, ", key.size(3), "] with unit-stride features");
+  };
+  check_cache(key_cache, "key_cache");
+  check_cache(value_cache, "value_cache");
+  TORCH_CHECK(value_cache.sizes() == key_cache.sizes(), op, ": value_cache has shape ", value_cache.sizes(),
+              " but key_cache has shape ", key_cache.sizes(), "; expected the same shape");
+  TORCH_CHECK(slots.scalar_type() == at::kLong || slots.scalar_type() == at::kInt, op, ": slots has dtype ",
+              slots.scalar_type(), "; expected int64 or int32");
+  check_same_device(query, slots, op, "query", "slots");
+  TORCH_CHECK(slots.dim() == 1 && slots.size(0) == positions.size(1), op, ": slots has shape ", slots.sizes(),
+              "; expected [", positions.size(1), "] (one cache slot per token)");
+}
+
 // A [tokens, heads, head_size] view of q or k that shares its storage (the op writes in place).
 inline at::Tensor rotary_token_view(const at::Tensor& t, const char* op, const char* name) {
   const int64_t tokens = t.numel() == 0 ? 0 : t.numel() / (t.size(-1) * t.size(-2));

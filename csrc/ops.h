@@ -10,6 +10,9 @@
 //   activation: L::silu_and_mul(gate_up, out)                                      [rows, 2d] -> [rows, d]
 //               L::silu_gate_up_small(x, weight, bias*, out)       x: [tokens <= L::kFusedMaxTokens, hidden]
 //   rotary:     L::rotary(positions, src_q, q, src_k*, k*, cache, inverse)  [tokens, heads, head_size] views
+//               L::rotary_kv_cache(positions, q, key, value, cache, key_cache, value_cache, slots)
+//                 positions [B * T] and slots [T] contiguous; q, key, value [B, T, heads, head_size] at their
+//                 strides (unit-stride features); key_cache, value_cache [B, kv_heads, capacity, head_size]
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -157,6 +160,18 @@ at::Tensor rotary_embedding_out_host(const at::Tensor& positions, const at::Tens
   return out;
 }
 
+template <class L>
+void rotary_embedding_kv_cache_host(const at::Tensor& positions, at::Tensor& query, const at::Tensor& key,
+                                    const at::Tensor& value, const at::Tensor& cos_sin_cache, at::Tensor& key_cache,
+                                    at::Tensor& value_cache, const at::Tensor& slots) {
+  check_rotary_kv_cache_inputs(positions, query, key, value, cos_sin_cache, key_cache, value_cache, slots,
+                               "rotary_embedding_kv_cache");
+  if (positions.numel() == 0) return;
+  const typename L::Guard guard(query);
+  L::rotary_kv_cache(positions.reshape({-1}).contiguous(), query, key, value, cos_sin_cache.contiguous(), key_cache,
+                     value_cache, slots.contiguous());
+}
+
 // Every op of a backend, in one place, so that the CPU and CUDA registrations cannot drift apart.
 #define HOPSCOTCH_REGISTER_NORM(m, L)                                    \
   m.impl("rms_norm", &::hopscotch::rms_norm_host<L>);                    \
@@ -167,6 +182,7 @@ at::Tensor rotary_embedding_out_host(const at::Tensor& positions, const at::Tens
   m.impl("silu_gate_up", &::hopscotch::silu_gate_up_host<L>)
 #define HOPSCOTCH_REGISTER_ROTARY(m, L)                               \
   m.impl("rotary_embedding", &::hopscotch::rotary_embedding_host<L>); \
-  m.impl("rotary_embedding_out", &::hopscotch::rotary_embedding_out_host<L>)
+  m.impl("rotary_embedding_out", &::hopscotch::rotary_embedding_out_host<L>); \
+  m.impl("rotary_embedding_kv_cache", &::hopscotch::rotary_embedding_kv_cache_host<L>)
 
 }  // namespace hopscotch

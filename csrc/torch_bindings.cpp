@@ -25,4 +25,11 @@ TORCH_LIBRARY(hopscotch_ext, m) {
   // Out-of-place rotary_embedding of x [*P, heads, head_size] (any strides; the result is contiguous).
   // inverse=True rotates by -angle (sin negated): the backward of the forward rotation.
   m.def("rotary_embedding_out(Tensor positions, Tensor x, Tensor cos_sin_cache, bool inverse=False) -> Tensor");
+  // The decode step's cache write: rotates query [B, T, q_heads, head_size] in place, and writes the rotated key
+  // and the value ([B, T, kv_heads, head_size], any strides with unit-stride features) straight into their slots
+  // of key_cache / value_cache [B, kv_heads, capacity, head_size]: token t goes to slot slots[t] (of every batch
+  // row). positions: [B, T] rows of cos_sin_cache. Nothing else of the caches is read or written.
+  m.def(
+      "rotary_embedding_kv_cache(Tensor positions, Tensor(a!) query, Tensor key, Tensor value, Tensor cos_sin_cache,"
+      " Tensor(b!) key_cache, Tensor(c!) value_cache, Tensor slots) -> ()");
 }

@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 # Tiny-model tests of everything that touches transformers' API, plus the real-model patch tests (SmolLM2:
 # cached == uncached generation, the compact cache, PEFT); the slower real-model export tests run in the main run.
-TESTS=(tests/test_hf_compat.py tests/test_patch.py tests/test_plan.py tests/test_export.py tests/test_cli.py
-       tests/test_dispatch.py)
+TESTS=(tests/test_hf_compat.py tests/test_patch.py tests/test_decode_cache.py tests/test_plan.py tests/test_export.py
+       tests/test_cli.py tests/test_dispatch.py)
 
 run_with() {  # NAME, then pip arguments that choose the transformers version
   local name=$1; shift

@@ -52,6 +52,9 @@ def opcheck_cases(device: str) -> list[tuple]:
         (ops.rotary_embedding.default, (pos, rnd(7, 3, 16), rnd(7, 1, 16), cache)),
         (ops.rotary_embedding_out.default, (pos, rnd(7, 3, 16), cache, False)),
         (ops.rotary_embedding_out.default, (pos.view(1, 7), rnd(1, 7, 2, 20), cache, True)),  # partial rotary
+        (ops.rotary_embedding_kv_cache.default,  # batch 2, 3 tokens, GQA 3:1, slots 4..6 of 9
+         (pos[:6].view(2, 3), rnd(2, 3, 3, 16), rnd(2, 3, 1, 16), rnd(2, 3, 1, 16), cache, rnd(2, 1, 9, 16),
+          rnd(2, 1, 9, 16), torch.arange(4, 7, device=device))),
     ]
 
 

@@ -25,7 +25,9 @@ from model_testing import tiny_model
 needs_ext = pytest.mark.skipif(not hopscotch_ext.info()["loaded"],
                                reason=f"compiled extension not loaded: {hopscotch_ext.info()['load_error']}")
 
-INFERENCE_OPS = {"hopscotch_ext::scaled_add_rms_norm_", "hopscotch_ext::rms_norm", "hopscotch_ext::rotary_embedding",
+# Inference with the model's own KV cache (use_cache, the default) and without a cache.
+INFERENCE_OPS = {"hopscotch_ext::scaled_add_rms_norm_", "hopscotch_ext::rms_norm",
+                 "hopscotch_ext::rotary_embedding_kv_cache", "hopscotch_ext::rotary_embedding",
                  "hopscotch_ext::silu_gate_up"}
 TRAINING_OPS = {"hopscotch_ext::scaled_add_rms_norm", "hopscotch_ext::rms_norm",
                 "hopscotch_ext::rotary_embedding_out", "hopscotch_ext::silu_gate_up"}
@@ -38,6 +40,7 @@ def _inference_counts(arch: str = "llama") -> dict:
     before = hopscotch_ext.reference_calls()
     with OpCounter() as counter, torch.no_grad():
         model(torch.tensor([[5, 6, 7, 8, 9]]))
+        model(torch.tensor([[5, 6, 7, 8, 9]]), use_cache=False)
     return {"ops": dict(counter.hopscotch_ops()), "reference": dict(hopscotch_ext.reference_calls() - before)}
 
 

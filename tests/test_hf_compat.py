@@ -134,7 +134,8 @@ def test_op_counter_sees_the_patched_ops():
     with OpCounter() as counter, torch.no_grad():
         model(torch.tensor([[5, 6, 7]]))
     ops = counter.hopscotch_ops()
-    assert ops["hopscotch_ext::rotary_embedding"] == model.config.num_hidden_layers
+    # use_cache (the config's default): the model's own cache, written by the rotary kernel's cache variant
+    assert ops["hopscotch_ext::rotary_embedding_kv_cache"] == model.config.num_hidden_layers
     assert ops["hopscotch_ext::silu_gate_up"] == model.config.num_hidden_layers  # the fused MLP op
 
 

@@ -157,3 +157,86 @@ def test_rotary_out_gradients():
     torch.testing.assert_close(xf.grad, xf.detach())
     with pytest.raises(RuntimeError, match="no gradient w.r.t. cos_sin_cache"):
         hopscotch_ext.rotary_embedding_out(pos, x, cache.clone().requires_grad_()).sum().backward()
+
+
+# rotary_embedding_kv_cache: (batch, tokens, q_heads, kv_heads, head_size, rot_dim, capacity)
+KV_CACHE_CASES = [
+    (1, 1, 9, 3, 64, 64, 5),  # SmolLM2 decode, batch 1
+    (16, 1, 32, 8, 128, 128, 33),  # Llama-3-8B decode, batch 16
+    (3, 7, 4, 4, 128, 64, 19),  # MHA, partial rotary, a prefill of 7 tokens
+    (2, 5, 5, 1, 48, 20, 11),  # half = 10 (the CUDA kernel's scalar path), odd capacity
+]
+
+
+def _qkv_views(batch, tokens, qh, kh, hs, dtype, device, g):
+    """q, k, v as strided views into one fused qkv projection output, as the patched attention makes them."""
+    qkv = torch.randn(batch, tokens, (qh + 2 * kh) * hs, generator=g).to(dtype).to(device)
+    q = qkv[..., : qh * hs].view(batch, tokens, qh, hs)
+    k = qkv[..., qh * hs: (qh + kh) * hs].view(batch, tokens, kh, hs)
+    v = qkv[..., (qh + kh) * hs:].view(batch, tokens, kh, hs)
+    return q, k, v
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", KV_CACHE_CASES)
+@pytest.mark.parametrize("cache_dtype", ["float32", "same"])
+def test_rotary_kv_cache_matches_reference_and_writes_only_its_slots(case, dtype, device, cache_dtype):
+    needs_cuda_kernels(device)
+    batch, tokens, qh, kh, hs, rot, cap = case
+    g = torch.Generator().manual_seed(batch * 100 + tokens + hs)
+    table = _cos_sin_cache(512, rot, torch.float32 if cache_dtype == "float32" else dtype, device)
+    pos = torch.randint(0, 512, (batch, tokens), generator=g).to(device)
+    q, k, v = _qkv_views(batch, tokens, qh, kh, hs, dtype, device, g)
+    assert not k.is_contiguous() or batch * tokens == 1
+    start = cap - tokens - 1  # the tokens land in the middle: slots on both sides must stay untouched
+    slots = torch.arange(start, start + tokens, device=device)
+    kc = torch.randn(batch, kh, cap, hs, generator=g).to(dtype).to(device)
+    vc = torch.randn(batch, kh, cap, hs, generator=g).to(dtype).to(device)
+    q_before, kc_before, vc_before, k_before, v_before = q.clone(), kc.clone(), vc.clone(), k.clone(), v.clone()
+    assert hopscotch_ext.rotary_embedding_kv_cache(pos, q, k, v, table, kc, vc, slots) is None
+    assert_close_to_oracle(q, R.apply_rotary_ref(q_before, pos, table),
+                           R.apply_rotary_ref(q_before.double(), pos, table.double()))
+    written = kc[:, :, start:start + tokens].transpose(1, 2)
+    assert_close_to_oracle(written, R.apply_rotary_ref(k_before, pos, table),
+                           R.apply_rotary_ref(k_before.double(), pos, table.double()))
+    torch.testing.assert_close(vc[:, :, start:start + tokens].transpose(1, 2), v_before, rtol=0, atol=0)
+    torch.testing.assert_close(written[..., rot:], k_before[..., rot:], rtol=0, atol=0)  # partial rotary
+    torch.testing.assert_close(k, k_before, rtol=0, atol=0)  # k and v are only read
+    torch.testing.assert_close(v, v_before, rtol=0, atol=0)
+    others = torch.ones(cap, dtype=torch.bool)
+    others[start:start + tokens] = False
+    for after, before in ((kc, kc_before), (vc, vc_before)):
+        torch.testing.assert_close(after[:, :, others], before[:, :, others], rtol=0, atol=0)
+    # The same bits as the in-place rotary on q and k (one rotation, two destinations).
+    q2, k2 = q_before.clone(), k_before.contiguous()
+    hopscotch_ext.rotary_embedding(pos, q2, k2, table)
+    torch.testing.assert_close(q, q2, rtol=0, atol=0)
+    torch.testing.assert_close(written, k2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_kv_cache_refuses_bad_inputs(device):
+    needs_cuda_kernels(device)
+    table = _cos_sin_cache(16, 8, torch.float32, device)
+    q, k, v = (torch.randn(2, 3, h, 8, device=device) for h in (4, 2, 2))
+    kc, vc = torch.zeros(2, 2, 6, 8, device=device), torch.zeros(2, 2, 6, 8, device=device)
+    pos, slots = torch.arange(6, device=device).view(2, 3), torch.arange(3, device=device)
+    op = hopscotch_ext.rotary_embedding_kv_cache
+    cases = [
+        (lambda: op(pos.view(-1), q, k, v, table, kc, vc, slots), r"positions has shape \[6\]; expected \[batch"),
+        (lambda: op(pos, q, k, v, table, kc[:, :1], vc, slots), r"key_cache has shape \[2, 1, 6, 8\].*expected \[2, 2,"),
+        (lambda: op(pos, q, k, v, table, kc, vc[:, :, :5], slots), r"value_cache has shape .*expected the same shape"),
+        (lambda: op(pos, q, k, v[..., :4], table, kc, vc, slots), r"value has shape .*expected key's shape"),
+        (lambda: op(pos, q, k, v, table, kc, vc, slots[:2]), r"slots has shape \[2\]; expected \[3\]"),
+        (lambda: op(pos, q, k, v, table, kc, vc, slots.float()), r"slots has dtype Float; expected int64"),
+        (lambda: op(pos, q, k, v, table, kc.double(), vc, slots), r"key_cache has dtype Double but query"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+    if device == "cpu":  # CUDA: a device-side assert (it would need a sync to check on the host)
+        with pytest.raises(RuntimeError, match=r"slots holds 6; expected 0 <= slot < 6"):
+            op(pos, q, k, v, table, kc, vc, slots + 4)
+    with pytest.raises(RuntimeError, match="writes in place and has no backward"):
+        op(pos, q.requires_grad_(), k, v, table, kc, vc, slots)

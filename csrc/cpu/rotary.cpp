@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "../checks.h"
 #include "../dispatch_utils.h"
 #include "../ops.h"
@@ -71,6 +73,50 @@ void rotary_launch(const at::Tensor& pos, const at::Tensor& src_q, at::Tensor& q
   });
 }
 
+// rotary_embedding_kv_cache: per (batch row, token), q rotated in place, k rotated into key_cache's slot (the
+// features past rot_dim copied as they are), v copied into value_cache's slot.
+template <typename scalar_t, typename cache_t>
+void rotary_kv_cache_launch(const at::Tensor& pos, at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& cache, at::Tensor& kc, at::Tensor& vc, const at::Tensor& slots) {
+  const int64_t batch = q.size(0), tokens = q.size(1), head_size = q.size(3);
+  const int64_t rot_dim = cache.size(1), half = rot_dim / 2, max_pos = cache.size(0), capacity = kc.size(2);
+  const int64_t* pp = pos.const_data_ptr<int64_t>();
+  const int64_t* sp = slots.const_data_ptr<int64_t>();
+  const cache_t* cp = cache.const_data_ptr<cache_t>();
+  scalar_t* qp = q.mutable_data_ptr<scalar_t>();
+  const scalar_t* kp = k.const_data_ptr<scalar_t>();
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  scalar_t* kcp = kc.mutable_data_ptr<scalar_t>();
+  scalar_t* vcp = vc.mutable_data_ptr<scalar_t>();
+  const int64_t q_heads = q.size(2), kv_heads = k.size(2);
+  const int64_t work_per_token = (q_heads + 2 * kv_heads) * head_size;
+  at::parallel_for(0, batch * tokens, cpu::row_grain(work_per_token), [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / tokens, t = bt - b * tokens;
+      const int64_t p = pp[bt], slot = sp[t];
+      TORCH_CHECK(p >= 0 && p < max_pos, "rotary_embedding_kv_cache: positions holds ", p,
+                  "; expected 0 <= position < ", max_pos, " (the rows of cos_sin_cache)");
+      TORCH_CHECK(slot >= 0 && slot < capacity, "rotary_embedding_kv_cache: slots holds ", slot,
+                  "; expected 0 <= slot < ", capacity, " (the capacity of key_cache)");
+      const cache_t* cos = cp + p * rot_dim;
+      scalar_t* qt = qp + b * q.stride(0) + t * q.stride(1);
+      rotate_heads<scalar_t, cache_t>(qt, q.stride(2), qt, q.stride(2), q_heads, cos, cos + half, half, 1);
+      const scalar_t* kt = kp + b * k.stride(0) + t * k.stride(1);
+      scalar_t* kslot = kcp + b * kc.stride(0) + slot * kc.stride(2);
+      rotate_heads<scalar_t, cache_t>(kt, k.stride(2), kslot, kc.stride(1), kv_heads, cos, cos + half, half, 1);
+      const scalar_t* vt = vp + b * v.stride(0) + t * v.stride(1);
+      scalar_t* vslot = vcp + b * vc.stride(0) + slot * vc.stride(2);
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        if (rot_dim < head_size) {  // partial rotary: the rest of the key passes through
+          std::memcpy(kslot + h * kc.stride(1) + rot_dim, kt + h * k.stride(2) + rot_dim,
+                      static_cast<size_t>(head_size - rot_dim) * sizeof(scalar_t));
+        }
+        std::memcpy(vslot + h * vc.stride(1), vt + h * v.stride(2), static_cast<size_t>(head_size) * sizeof(scalar_t));
+      }
+    }
+  });
+}
+
 struct CpuRotary {
   using Guard = NoGuard;
 
@@ -82,6 +128,19 @@ struct CpuRotary {
         rotary_launch<scalar_t, float>(pos, src_q, q, src_k, k, cache, inverse);
       } else {
         rotary_launch<scalar_t, scalar_t>(pos, src_q, q, src_k, k, cache, inverse);
+      }
+    });
+  }
+
+  static void rotary_kv_cache(const at::Tensor& positions, at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& cache, at::Tensor& kc, at::Tensor& vc, const at::Tensor& slots) {
+    const at::Tensor pos = positions.to(at::kLong).contiguous();
+    const at::Tensor sl = slots.to(at::kLong).contiguous();
+    HOPSCOTCH_DISPATCH_FLOATING_TYPES_AND_DOUBLE(q.scalar_type(), "rotary_embedding_kv_cache_cpu", [&] {
+      if (cache.scalar_type() == at::kFloat) {
+        rotary_kv_cache_launch<scalar_t, float>(pos, q, k, v, cache, kc, vc, sl);
+      } else {
+        rotary_kv_cache_launch<scalar_t, scalar_t>(pos, q, k, v, cache, kc, vc, sl);
       }
     });
   }

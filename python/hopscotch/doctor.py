@@ -6,7 +6,7 @@ a dependency changes under the package:
 * patched (nothing skipped) == original: logits;
 * a skip == the original with that attention block replaced by an identity (``testing.zeroed_attention``);
 * cached generation == uncached generation, with a skipped block 0 and left padding;
-* the compact KV cache holds exactly the kept blocks' share of the full cache's bytes;
+* generate() uses the model's own HopscotchCache, and it holds exactly the kept blocks' share of the bytes;
 * the compiled kernels ran (not the pure-torch fallback): ops counted as they dispatch.
 
 Each check is one line; the exit status is non-zero when any check fails.
@@ -129,28 +129,34 @@ def _check_cached_generation(arch: str) -> str:
 
 def _check_compact_cache(arch: str) -> str:
     from .hf_compat import output_cache
-    from .patch.kv_cache import kv_cache_bytes, kv_layer_bytes
-    from .patch import patch_model, set_skips
+    from .patch import HopscotchCache, patch_model, set_skips
+    from .patch.kv_cache import kv_cache_bytes
     from .testing import tiny_model
 
     model = tiny_model(arch)
     ids, mask = _ids(model.config.vocab_size)
-    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+    new = 4
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0,
               return_dict_in_generate=True)
-    full_cache = output_cache(model.generate(**kw))
     n = model.config.num_hidden_layers
     skips = [0, 1, 4]
-    # Per kept block, the bytes the full cache holds for it (sliding-window layers hold fewer tokens than others).
-    expected = sum(kv_layer_bytes(full_cache.layers[i]) for i in range(n) if i not in skips)
     patch_model(model)
+    full_cache = output_cache(model.generate(**kw))
     set_skips(model, attention=skips)
     thin_cache = output_cache(model.generate(**kw))
-    thin = kv_cache_bytes(thin_cache)
+    assert isinstance(thin_cache, HopscotchCache), \
+        f"generate() on the patched model used a {type(thin_cache).__name__}, not the model's own HopscotchCache"
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    # Keys and values of every kept block for the generation's tokens (all but the last generated one), no more.
+    per_block = 2 * ids.shape[0] * cfg.num_key_value_heads * (ids.shape[1] + new - 1) * head_dim * 4
+    full, thin = kv_cache_bytes(full_cache), kv_cache_bytes(thin_cache)
+    assert full == n * per_block, f"KV bytes {full} with nothing skipped; expected {n} blocks x {per_block}"
     assert len(thin_cache.layers) == n - len(skips), \
         f"the cache has {len(thin_cache.layers)} layers with {len(skips)} of {n} attention blocks skipped"
-    assert expected > 0 and thin == expected, \
-        f"KV bytes {thin} with {len(skips)} of {n} blocks skipped; expected {expected} (the kept blocks' share)"
-    return f"{thin} of {kv_cache_bytes(full_cache)} bytes with {len(skips)}/{n} blocks skipped"
+    assert thin * n == full * (n - len(skips)), \
+        f"KV bytes {thin} with {len(skips)} of {n} blocks skipped; expected {full * (n - len(skips)) // n}"
+    return f"{thin} of {full} bytes with {len(skips)}/{n} blocks skipped"
 
 
 def _check_compiled_ops(arch: str) -> str:

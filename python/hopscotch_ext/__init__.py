@@ -21,6 +21,8 @@ import torch
 _REBUILD_HINT = ("rebuild with `pip install --no-build-isolation -e .` in the repository "
                  "(see README.md); until then the slower pure-torch references are used")
 
+from . import ops, reference  # noqa: E402  (defines the schemas; registers nothing until ops.register)
+
 _load_error: str | None = None
 
 try:
@@ -35,6 +37,11 @@ try:
         _load_error = (f"hopscotch_ext._C was built against torch {_built_torch} but torch "
                        f"{torch.__version__} is installed")
         _C = None
+    else:
+        _missing = [name for name in ops.SCHEMAS if not hasattr(torch.ops.hopscotch_ext, name)]
+        if _missing:  # built from older sources: the compiled library lacks ops this Python code calls
+            _load_error = f"hopscotch_ext._C lacks the ops {_missing} (it was built from older sources)"
+            _C = None
 except (ImportError, OSError) as exc:  # not built, or undefined symbols from another torch
     _C = None
     _load_error = f"hopscotch_ext._C could not be loaded ({exc})"
@@ -45,14 +52,12 @@ if _load_error is not None:
 # Informational only: the registration below decides, callers never branch on it.
 EXTENSION_LOADED: bool = _C is not None
 
-from . import ops, reference  # noqa: E402
-
 ops.register(compiled=EXTENSION_LOADED)
 
 from . import functional  # noqa: E402
 from .functional import add_rms_norm, rotate_qk, silu_gate_up  # noqa: E402
-from .ops import (reference_calls, rms_norm, rotary_embedding, rotary_embedding_out, scaled_add_rms_norm,  # noqa: E402
-                  scaled_add_rms_norm_, silu_and_mul)
+from .ops import (reference_calls, rms_norm, rotary_embedding, rotary_embedding_kv_cache,  # noqa: E402
+                  rotary_embedding_out, scaled_add_rms_norm, scaled_add_rms_norm_, silu_and_mul)
 
 
 def info() -> dict[str, Any]:
@@ -89,6 +94,7 @@ __all__ = [
     "reference_calls",
     "rms_norm",
     "rotary_embedding",
+    "rotary_embedding_kv_cache",
     "rotary_embedding_out",
     "rotate_qk",
     "scaled_add_rms_norm",

@@ -32,7 +32,7 @@ __all__ = [
     "silu_gate_up",
     "rotary_embedding",
     "rotary_embedding_out",
-    "apply_rotary",
+    "rotary_embedding_kv_cache",
 ]
 
 _LIB = "hopscotch_ext"
@@ -50,6 +50,9 @@ SCHEMAS: dict[str, str] = {
                          "Tensor cos_sin_cache) -> ()"),
     "rotary_embedding_out": ("rotary_embedding_out(Tensor positions, Tensor x, Tensor cos_sin_cache, "
                              "bool inverse=False) -> Tensor"),
+    "rotary_embedding_kv_cache": ("rotary_embedding_kv_cache(Tensor positions, Tensor(a!) query, Tensor key, "
+                                  "Tensor value, Tensor cos_sin_cache, Tensor(b!) key_cache, Tensor(c!) value_cache, "
+                                  "Tensor slots) -> ()"),
 }
 
 # The pure-torch implementation of each op when the compiled one is absent.
@@ -61,6 +64,7 @@ _REFERENCES: dict[str, Callable] = {
     "silu_gate_up": ref.silu_gate_up_ref,
     "rotary_embedding": ref.rotary_embedding_ref,
     "rotary_embedding_out": ref.rotary_embedding_out_ref,
+    "rotary_embedding_kv_cache": ref.rotary_embedding_kv_cache_ref,
 }
 
 _reference_calls: collections.Counter = collections.Counter()
@@ -115,9 +119,13 @@ def rotary_embedding_out(positions: torch.Tensor, x: torch.Tensor, cos_sin_cache
     return torch.ops.hopscotch_ext.rotary_embedding_out(positions, x, cos_sin_cache, inverse)
 
 
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
-    """Deprecated spelling of ``rotary_embedding_out(positions, x, cos_sin_cache)``."""
-    return rotary_embedding_out(positions, x, cos_sin_cache)
+def rotary_embedding_kv_cache(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              cos_sin_cache: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                              slots: torch.Tensor) -> None:
+    """The decode step's cache write: ``query`` [B, T, Hq, D] rotated in place; the rotated ``key`` and the ``value``
+    [B, T, Hkv, D] written into slot ``slots[t]`` of ``key_cache`` / ``value_cache`` [B, Hkv, capacity, D]."""
+    torch.ops.hopscotch_ext.rotary_embedding_kv_cache(positions, query, key, value, cos_sin_cache, key_cache,
+                                                      value_cache, slots)
 
 
 # ---- registration ------------------------------------------------------------------------------------------
@@ -154,6 +162,10 @@ def _register_fakes() -> None:
     def _(positions, x, cos_sin_cache, inverse=False):
         return x.new_empty(x.shape)
 
+    @torch.library.register_fake(f"{_LIB}::rotary_embedding_kv_cache")
+    def _(positions, query, key, value, cos_sin_cache, key_cache, value_cache, slots):
+        return None
+
 
 def _inference_only(name: str, functional: str) -> Callable:
     """Autograd kernel of an in-place op: refuses inputs that need a gradient (it has no backward; the in-place
@@ -184,6 +196,8 @@ def _register_autograd() -> None:
              with_keyset=True)
     lib.impl("rotary_embedding", _inference_only("rotary_embedding", "rotary_embedding_out"), "Autograd",
              with_keyset=True)
+    lib.impl("rotary_embedding_kv_cache", _inference_only("rotary_embedding_kv_cache", "rotary_embedding_out"),
+             "Autograd", with_keyset=True)
 
 
 def _counted(name: str) -> Callable:

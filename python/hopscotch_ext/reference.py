@@ -17,6 +17,7 @@ __all__ = [
     "silu_gate_up_ref",
     "rotary_embedding_ref",
     "rotary_embedding_out_ref",
+    "rotary_embedding_kv_cache_ref",
     "apply_rotary_ref",
 ]
 
@@ -105,3 +106,14 @@ def rotary_embedding_ref(positions: torch.Tensor, query: torch.Tensor, key: torc
     query.copy_(apply_rotary_ref(query, positions, cos_sin_cache))
     if key is not None:
         key.copy_(apply_rotary_ref(key, positions, cos_sin_cache))
+
+
+def rotary_embedding_kv_cache_ref(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                  cos_sin_cache: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                                  slots: torch.Tensor) -> None:
+    """In place: ``query`` [B, T, Hq, D] rotated; ``key_cache[b, h, slots[t]]`` = rotated ``key[b, t, h]`` and
+    ``value_cache[b, h, slots[t]]`` = ``value[b, t, h]`` (caches [B, Hkv, capacity, D])."""
+    query.copy_(apply_rotary_ref(query, positions, cos_sin_cache))
+    idx = slots.long()
+    key_cache[:, :, idx] = apply_rotary_ref(key, positions, cos_sin_cache).transpose(1, 2)
+    value_cache[:, :, idx] = value.transpose(1, 2)

@@ -1,14 +1,18 @@
 """End-to-end benchmark: prefill latency, decode throughput, KV-cache bytes and peak memory, same model, same run.
 
 Providers, each on the same loaded weights:
-  ``hf``           the unpatched HF model (k is ignored: nothing skipped)
-  ``hf_identity``  the unpatched model with the k skipped attention modules replaced by a Python identity
-                   (returns zeros: what LLM-Drop's code does; no attention work, but the HF layer and cache logic)
-  ``hopscotch``    the patched model (fused ops, compact KV cache) with k attention blocks skipped
+  ``hf``                 the unpatched HF model and its DynamicCache (k is ignored: nothing skipped)
+  ``hf_identity``        the unpatched model with the k skipped attention modules replaced by a Python identity
+                         (returns zeros: what LLM-Drop's code does; no attention work, but the HF layer and cache)
+  ``hopscotch``          the patched model (fused ops, its own HopscotchCache) with k attention blocks skipped
+  ``hopscotch_compiled`` the same with each decode step under ``torch.compile(fullgraph=True)`` (on CUDA
+                         ``mode="reduce-overhead"``: the step replays as a CUDA graph)
 Skipped blocks are the last k (speed does not depend on which). Decode is a greedy loop of single-token forwards
-on a cache filled by an untimed prefill, identical for every provider. Ratios are against ``hf`` at the same
-batch size in the same run. With ``rounds`` > 1 every case is measured once per round, the cases interleaved, and
-the repetitions of all rounds are pooled: slow drifts of a shared machine then hit every case alike.
+on a cache filled by an untimed prefill, identical for every provider; ``fill="random"`` fills the cache with
+random keys and values of the same shapes instead (decode costs the same whatever the values, and a long
+prefill at a large batch takes minutes on a CPU). Ratios are against ``hf`` at the same batch size in the same run.
+With ``rounds`` > 1 every case is measured once per round, the cases interleaved, and the repetitions of all rounds
+are pooled: slow drifts of a shared machine then hit every case alike.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..hf_compat import cache_kwargs
-from ..patch import kv_cache_bytes, patch_model, set_skips, unpatch_model
+from ..patch import HopscotchCache, kv_cache_bytes, patch_model, set_skips, unpatch_model
 from ..testing import zeroed_attention
 from .results import summarize_ms, synchronize, time_fn
 
-__all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "speed_ratio", "PROVIDERS"]
+__all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "speed_ratio", "PROVIDERS", "FILLS"]
 
-PROVIDERS = ("hf", "hf_identity", "hopscotch")
+PROVIDERS = ("hf", "hf_identity", "hopscotch", "hopscotch_compiled")
+FILLS = ("prefill", "random")
 
 
 @dataclass
@@ -41,6 +46,8 @@ class E2EConfig:
     min_reps: int = 3
     rounds: int = 1  # passes over all cases, interleaved; repetitions pooled across rounds
     seed: int = 0
+    fill: str = "prefill"  # how the decode cache is filled: "prefill" (computed) or "random" (same shapes)
+    max_kv_bytes: int | None = None  # decode batches whose full-model KV cache would exceed this are skipped
 
 
 @contextlib.contextmanager
@@ -50,7 +57,7 @@ def _provider(model, provider: str, skipped: list[int]):
     elif provider == "hf_identity":  # LLM-Drop's skip in HF's own layers: the block is an identity, not run
         with zeroed_attention(model, skipped):
             yield
-    elif provider == "hopscotch":
+    elif provider in ("hopscotch", "hopscotch_compiled"):
         patch_model(model)
         set_skips(model, attention=skipped)
         try:
@@ -61,7 +68,9 @@ def _provider(model, provider: str, skipped: list[int]):
         raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
 
 
-def _new_cache(model):
+def _new_cache(model, provider: str, capacity: int):
+    if provider.startswith("hopscotch"):
+        return HopscotchCache(capacity=capacity)
     from transformers.cache_utils import DynamicCache
 
     return DynamicCache(config=model.config)
@@ -73,28 +82,75 @@ def _prompt(model, batch: int, length: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _prefill(model, ids):
-    cache = _new_cache(model)
+def _prefill(model, ids, cache):
     out = model(input_ids=ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].argmax(-1, keepdim=True), cache
 
 
 @torch.no_grad()
-def _decode(model, first, cache, steps: int):
+def _random_fill(model, provider: str, ids, cache, skipped: list[int], seed: int):
+    """The cache a prefill of ``ids`` would leave, shapes and all, holding random keys and values."""
+    cfg = model.config
+    batch, length = ids.shape
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    dtype = next(model.parameters()).dtype
+    g = torch.Generator(device=ids.device).manual_seed(seed)
+
+    def rand():
+        return torch.randn(batch, cfg.num_key_value_heads, length, head_dim, generator=g, device=ids.device,
+                           dtype=dtype)
+
+    if isinstance(cache, HopscotchCache):  # one forward of one token lays it out; then the slots are overwritten
+        model(input_ids=ids[:, :1], **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+        cache.crop(0)
+        cache.reserve(batch, length)
+        for block in cache.layers:
+            block.key_buffer[:, :, :length] = rand()
+            block.value_buffer[:, :, :length] = rand()
+        cache.advance(length)
+    else:
+        for i in range(cfg.num_hidden_layers):
+            if i not in skipped:
+                cache.update(rand(), rand(), i)
+    return ids[:, -1:], cache
+
+
+@torch.no_grad()
+def _decode(step, first, cache, steps: int):
     nxt = first
     for _ in range(steps):
-        out = model(input_ids=nxt, **cache_kwargs(cache), use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        nxt = step(nxt, cache).argmax(-1)
     return cache
 
 
-def _repeatable_decode(model, first, cache, steps: int):
+def _step_fn(model, provider: str, device):
+    """One decode step, (next token ids [B, 1], cache) -> logits [B, 1, vocab]; compiled for hopscotch_compiled."""
+    def step(nxt, cache):
+        return model(input_ids=nxt, **cache_kwargs(cache), use_cache=True).logits[:, -1:]
+
+    if provider != "hopscotch_compiled":
+        return step
+    torch._dynamo.reset()
+    mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+    return torch.compile(step, fullgraph=True, mode=mode)
+
+
+def _repeatable_decode(step, first, cache, steps: int):
     """A decode of ``steps`` tokens that can be timed repeatedly: each run ends by putting the cache back to the
-    prompt's entries (``update()`` concatenates into new tensors, so the saved ones are intact)."""
+    prompt's entries (a HopscotchCache forgets the new tokens; a DynamicCache's ``update()`` concatenates into new
+    tensors, so the saved ones are intact)."""
+    if isinstance(cache, HopscotchCache):
+        length = cache.get_seq_length()
+
+        def run():
+            _decode(step, first, cache, steps)
+            cache.crop(length)
+
+        return run
     saved = [(lay.keys, lay.values, getattr(lay, "cumulative_length", None)) for lay in cache.layers]
 
     def run():
-        _decode(model, first, cache, steps)
+        _decode(step, first, cache, steps)
         for lay, (keys, values, cum) in zip(cache.layers, saved):
             lay.keys, lay.values = keys, values
             if cum is not None:
@@ -124,11 +180,13 @@ def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
              if not (p == "hf" and k != cfg.ks[0]) and not (p == "hf_identity" and k == 0)]
     if cfg.rounds < 1:
         raise ValueError(f"rounds={cfg.rounds}: expected 1 or more")
+    per_seq = (cfg.prompt_len + cfg.new_tokens) * kv_bytes_per_token(model.config, next(model.parameters()).dtype, L)
+    batches = [b for b in cfg.decode_batches if cfg.max_kv_bytes is None or b * per_seq <= cfg.max_kv_bytes]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.rounds * len(cases) * (1 + len(cfg.decode_batches)), desc="e2e benchmark")
+        bar = tqdm(total=cfg.rounds * len(cases) * (1 + len(batches)), desc="e2e benchmark")
     found: dict[tuple, dict] = {}  # (provider, k, phase, batch) -> row without timings, plus pooled samples
 
     def record(row, t):
@@ -137,23 +195,32 @@ def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
         if bar:
             bar.update()
 
+    if cfg.fill not in FILLS:
+        raise ValueError(f"fill={cfg.fill!r}: expected one of {', '.join(FILLS)}")
     timing = dict(warmup=1, min_reps=cfg.min_reps, budget_s=cfg.budget_s, keep_samples=True)
+    capacity = cfg.prompt_len + cfg.new_tokens
     for _ in range(cfg.rounds):
         for provider, k in cases:
             skipped = list(range(L - k, L))
             k_row = 0 if provider == "hf" else k
             with _provider(model, provider, [] if provider == "hf" else skipped):
-                ids = _prompt(model, cfg.prefill_batch, cfg.prompt_len, cfg.seed)
-                _peak_reset(device)
-                t = time_fn(lambda: _prefill(model, ids), device, **timing)
-                record({"phase": "prefill", "provider": provider, "k": k_row, "batch": cfg.prefill_batch,
-                        "tokens": cfg.prompt_len, "peak_mem_bytes": _peak(device)}, t)
-                for batch in cfg.decode_batches:
-                    ids = _prompt(model, batch, cfg.prompt_len, cfg.seed + batch)
-                    first, cache = _prefill(model, ids)
+                if provider != "hopscotch_compiled":  # its prefill is the eager one
+                    ids = _prompt(model, cfg.prefill_batch, cfg.prompt_len, cfg.seed)
                     _peak_reset(device)
-                    t = time_fn(_repeatable_decode(model, first, cache, cfg.new_tokens), device, **timing)
-                    _decode(model, first, cache, cfg.new_tokens)
+                    t = time_fn(lambda: _prefill(model, ids, _new_cache(model, provider, capacity)), device, **timing)
+                    record({"phase": "prefill", "provider": provider, "k": k_row, "batch": cfg.prefill_batch,
+                            "tokens": cfg.prompt_len, "peak_mem_bytes": _peak(device)}, t)
+                step = _step_fn(model, provider, device)
+                for batch in batches:
+                    ids = _prompt(model, batch, cfg.prompt_len, cfg.seed + batch)
+                    cache = _new_cache(model, provider, capacity)
+                    if cfg.fill == "random":
+                        first, cache = _random_fill(model, provider, ids, cache, skipped if k_row else [], cfg.seed)
+                    else:
+                        first, cache = _prefill(model, ids, cache)
+                    _peak_reset(device)
+                    t = time_fn(_repeatable_decode(step, first, cache, cfg.new_tokens), device, **timing)
+                    _decode(step, first, cache, cfg.new_tokens)
                     synchronize(device)
                     record({"phase": "decode", "provider": provider, "k": k_row, "batch": batch,
                             "tokens": cfg.new_tokens, "kv_cache_bytes": kv_cache_bytes(cache),
@@ -212,9 +279,11 @@ def speed_ratio(model, skipped_attention: list[int], *, prompt_len: int = 128, n
     for provider, skipped in (("hf", []), ("hopscotch", list(skipped_attention))):
         with _provider(model, provider, skipped):
             ids = _prompt(model, batch, prompt_len, 0)
-            pre = time_fn(lambda: _prefill(model, ids), device, warmup=1, min_reps=3, budget_s=budget_s)
-            first, cache = _prefill(model, ids)
-            decode = _repeatable_decode(model, first, cache, new_tokens)
+            cap = prompt_len + new_tokens
+            pre = time_fn(lambda: _prefill(model, ids, _new_cache(model, provider, cap)), device, warmup=1,
+                          min_reps=3, budget_s=budget_s)
+            first, cache = _prefill(model, ids, _new_cache(model, provider, cap))
+            decode = _repeatable_decode(_step_fn(model, provider, device), first, cache, new_tokens)
             dec = time_fn(decode, device, warmup=1, min_reps=3, budget_s=budget_s)
             out[provider] = {"prefill_ms": pre["ms_median"], "decode_tokens_per_s": batch * new_tokens /
                              (dec["ms_median"] / 1e3)}

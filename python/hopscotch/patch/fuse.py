@@ -43,6 +43,11 @@ class FusedLinear:
             self.weight = torch.cat([m.weight.detach() for m in modules], dim=0)
             self.bias = torch.cat([m.bias.detach() for m in modules]) if modules[0].bias is not None else None
             self._rebind()
+        # Not parameters of any module, so a compiled step would take them as graph inputs, and a CUDA graph would
+        # copy them into its own buffers at every replay: their address is fixed, say so.
+        for t in (self.weight, self.bias):
+            if t is not None:
+                torch._dynamo.mark_static_address(t)
 
     def _rebind(self) -> None:
         start = 0

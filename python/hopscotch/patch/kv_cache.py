@@ -1,8 +1,9 @@
-"""The compact KV cache: entries for kept attention blocks only (docs/ARCHITECTURE.md §2.2).
+"""A transformers cache on a patched model: entries for kept attention blocks only (docs/ARCHITECTURE.md §2.2).
 
-Kept attention blocks get compact cache indices 0..K-1. Whatever cache object the caller brings (a
-``DynamicCache`` or ``StaticCache`` that ``generate()`` built from the config with one layer per decoder layer,
-or one the user made), it is compacted before its first use: its layer list becomes the cache layers of the kept
+The patched model's own cache is ``hopscotch_cache.HopscotchCache`` (what ``generate()`` and ``use_cache=True`` get).
+A transformers cache the caller brings (a ``DynamicCache`` or ``StaticCache`` built from the config with one layer
+per decoder layer, e.g. by ``generate(cache_implementation="static")``, or one the user made) still works: kept
+attention blocks get compact cache indices 0..K-1, and the cache is compacted before its first use: its layer list becomes the cache layers of the kept
 blocks, in order, so per-layer cache types (sliding-window layers) stay with their blocks, skipped blocks own no
 cache layer (and no memory), and ``get_seq_length()`` -- which reads cache layer 0 -- reads the first *kept*
 block, so positions and masks are right whichever blocks are skipped, block 0 included.
@@ -71,5 +72,8 @@ def kv_layer_bytes(layer) -> int:
 
 
 def kv_cache_bytes(cache) -> int:
-    """Bytes held by the keys and values of every layer of a transformers cache."""
+    """Bytes the keys and values of a cache hold: a HopscotchCache's allocation (capacity included), or what every
+    layer of a transformers cache holds."""
+    if hasattr(cache, "allocated_bytes"):
+        return cache.allocated_bytes()
     return sum(kv_layer_bytes(layer) for layer in getattr(cache, "layers", []))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import hopscotch_ext
 
@@ -114,8 +115,7 @@ class HopscotchDecoderLayer(nn.Module):
         forward's shared ``stack.StackRun`` (cache, masks, rotary table). A skipped block does nothing at all."""
         if not self.attn_skipped:
             x = stream.norm(self.input_layernorm)
-            out = self.attention(x, run.rope, run.cache, run.mask(self.attention_type, x.device))
-            stream.pending = (out, self.attn_scale, self.attn_residual_scale)
+            stream.pending = (self.attention(x, run), self.attn_scale, self.attn_residual_scale)
         if not self.mlp_skipped:
             x = stream.norm(self.post_attention_layernorm)
             stream.pending = (self.mlp_block(x), self.mlp_scale, self.mlp_residual_scale)
@@ -125,10 +125,13 @@ class HopscotchDecoderLayer(nn.Module):
     def _use_fused(self, fused: FusedLinear | None) -> bool:
         return fused is not None and not (torch.is_grad_enabled() and fused.trainable())
 
-    def attention(self, x: torch.Tensor, rope, cache, mask) -> torch.Tensor:
-        """Attn(x) for normed input x [B, T, hidden]: projections, rotary, cache update, SDPA, o_proj."""
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    def attention(self, x: torch.Tensor, run) -> torch.Tensor:
+        """Attn(x) for normed input x [B, T, hidden]: projections, rotary, cache write, SDPA, o_proj.
 
+        With the model's own HopscotchCache (``run.step``) one kernel rotates q in place and writes the rotated k
+        and v straight into their cache slots, and SDPA reads the cache (GQA natively, no mask unless padded).
+        Without a cache, or with a transformers cache, k and v are rotated and handed over (contiguous) as HF does.
+        """
         attn = self.self_attn
         bsz, seq = x.shape[:2]
         hd = attn.head_dim
@@ -140,13 +143,19 @@ class HopscotchDecoderLayer(nn.Module):
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary
             q = hopscotch_ext.rms_norm(q, attn.q_norm.weight, attn.q_norm.variance_epsilon)
             k = hopscotch_ext.rms_norm(k, attn.k_norm.weight, attn.k_norm.variance_epsilon)
-        q, k = rope.rotate(q, k, x.device)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(k, v, self.cache_index)
-        out, _ = sdpa_attention_forward(attn, q, k, v, mask,
-                                        dropout=attn.attention_dropout if self.training else 0.0,
-                                        scaling=attn.scaling)
+        step = run.step
+        if step is not None:
+            block = run.cache.layers[self.cache_index]
+            run.rope.rotate_into_cache(q, k, v, block.key_buffer, block.value_buffer, step.slots_on(x.device))
+            out = step.attend(block, q, attn.scaling).transpose(1, 2)  # [B, T, Hq, D]
+        else:
+            q, k = run.rope.rotate(q, k, x.device)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if run.cache is not None:  # a transformers cache: it appends (torch.cat) what it is given
+                k, v = run.cache.update(k.contiguous(), v.contiguous(), self.cache_index)
+            out, _ = sdpa_attention_forward(attn, q, k, v, run.mask(self.attention_type, x.device),
+                                            dropout=attn.attention_dropout if self.training else 0.0,
+                                            scaling=attn.scaling)  # [B, T, Hq, D]
         return attn.o_proj(out.reshape(bsz, seq, -1))
 
     def mlp_block(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..arch import base_model, check_supported, layer_attention_type
+from ..arch import UnsupportedModelError, base_model, causal_lm, check_supported, layer_attention_type
 from ..errors import as_index_list, check_arg
 from ..limits import check_skip_lists
+from .generation import install_generate_hook, remove_generate_hook
 from .layer import SCALAR_NAMES, HopscotchDecoderLayer
 from .stack import patched_forward
 
@@ -30,18 +31,38 @@ _SILU = ("silu", "swish")
 class PatchState:
     """What a patched decoder stack needs at run time; lives at ``base_model._hopscotch_state``."""
 
-    def __init__(self, model_type: str, layers: list[HopscotchDecoderLayer], originals: list[nn.Module],
+    def __init__(self, model_type: str, config, layers: list[HopscotchDecoderLayer], originals: list[nn.Module],
                  saved_forward):
         self.model_type = model_type
+        self.config = config
         self.layers = layers
         self.originals = originals
         self.saved_forward = saved_forward
+        self._kept: tuple[int, ...] | None = None
 
     def kept_attention(self) -> tuple[int, ...]:
-        return tuple(layer.layer_idx for layer in self.layers if not layer.attn_skipped)
+        """Original indices of the kept attention blocks (memoised; ``set_skips`` resets it)."""
+        if self._kept is None:
+            self._kept = tuple(layer.layer_idx for layer in self.layers if not layer.attn_skipped)
+        return self._kept
 
     def kept_attention_types(self) -> set[str]:
         return {layer.attention_type for layer in self.layers if not layer.attn_skipped}
+
+    def cache_blocks(self) -> list[tuple]:
+        """What a HopscotchCache allocates per kept attention block: (layer_idx, kv_heads, head_dim,
+        sliding_window, dtype, device), the dtype and device of the block's key projection."""
+        config = self.config
+        blocks = []
+        for layer in self.layers:
+            if layer.attn_skipped:
+                continue
+            attn = layer.self_attn
+            weight = attn.k_proj.weight
+            window = getattr(config, "sliding_window", None) if layer.attention_type == "sliding_attention" else None
+            blocks.append((layer.layer_idx, config.num_key_value_heads, attn.head_dim, window, weight.dtype,
+                           weight.device))
+        return blocks
 
     @torch.compiler.disable
     def ensure_fused(self) -> None:
@@ -90,8 +111,12 @@ def patch_model(model: nn.Module) -> nn.Module:
     saved_forward = base.__dict__.get("forward")  # an instance-level forward (e.g. an accelerate hook), if any
     for i, layer in enumerate(layers):
         base.layers[i] = layer
-    base._hopscotch_state = PatchState(model_type, layers, originals, saved_forward)
+    base._hopscotch_state = PatchState(model_type, config, layers, originals, saved_forward)
     base.forward = types.MethodType(patched_forward, base)
+    try:
+        install_generate_hook(causal_lm(model))
+    except UnsupportedModelError:  # the decoder stack alone was patched: no generate() to hook
+        pass
     return model
 
 
@@ -109,6 +134,10 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     else:
         del base.forward
     del base._hopscotch_state
+    try:
+        remove_generate_hook(causal_lm(model))
+    except UnsupportedModelError:
+        pass
     return model
 
 
@@ -139,6 +168,7 @@ def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int
         layer.mlp_skipped = layer.layer_idx in skip_mlp
         layer.cache_index = None if layer.attn_skipped else compact
         compact += 0 if layer.attn_skipped else 1
+    state._kept = None
 
 
 @torch.no_grad()

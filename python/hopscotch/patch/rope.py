@@ -35,3 +35,9 @@ class RopeContext:
         """Rotate q [B, T, Hq, D] and k [B, T, Hkv, D] (in place when no gradient is needed)."""
         table, rows = self._on(device)
         return hopscotch_ext.rotate_qk(q, k, rows, table)
+
+    def rotate_into_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_cache: torch.Tensor,
+                          value_cache: torch.Tensor, slots: torch.Tensor) -> None:
+        """Rotate q in place and write the rotated k and v into cache slots ``slots`` [T] (inference only)."""
+        table, rows = self._on(q.device)
+        hopscotch_ext.rotary_embedding_kv_cache(rows, q, k, v, table, key_cache, value_cache, slots)

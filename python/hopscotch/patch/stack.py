@@ -12,11 +12,17 @@ A skipped block contributes nothing and changes nothing: the pending delta simpl
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 import hopscotch_ext
 
 from ..hf_compat import cache_kwargs, check_forward_kwargs, model_output, pop_cache
+from transformers.cache_utils import DynamicCache
+
+from .cache_step import CacheStep
+from .hopscotch_cache import HopscotchCache
 from .kv_cache import compact_cache
 from .rope import RopeContext
 
@@ -57,7 +63,9 @@ class Stream:
             self.residual = self.residual.to(w.device)
         if self.pending is None:
             return hopscotch_ext.rms_norm(self.residual, w, eps)
-        delta, b, s = (t.to(w.device) for t in self.pending)
+        delta, b, s = self.pending
+        if delta.device != w.device:  # model dispatched across devices (no .to() dispatched otherwise)
+            delta, b, s = delta.to(w.device), b.to(w.device), s.to(w.device)
         self.pending = None
         # In place at inference (the delta's buffer becomes the normed output), differentiable when training.
         x, self.residual = hopscotch_ext.add_rms_norm(delta, self.residual, w, b, s, eps)
@@ -79,30 +87,53 @@ def _masks(base, state, hidden, attention_mask, cache, position_ids) -> dict:
 
 
 class StackRun:
-    """What every layer of one forward shares: the cache, the masks per attention type and the rotary table."""
+    """What every layer of one forward shares: the cache (and, for a HopscotchCache, this forward's ``CacheStep``),
+    the masks per attention type and the rotary table."""
 
     def __init__(self, base, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                  inputs_embeds=None, use_cache=False):
         state = base._hopscotch_state
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        state.ensure_fused()
+        traced = torch.compiler.is_compiling()
+        if not traced:  # a compiled step runs on the fusion its (eager) prefill checked
+            state.ensure_fused()
         hidden = base.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.clone()
         bsz, seq = hidden.shape[:2]
         self.layers = state.layers
         self.cache = None
-        if use_cache or cache is not None:
-            if cache is None:
-                from transformers.cache_utils import DynamicCache
-
-                cache = DynamicCache(config=base.config)
+        self.step: CacheStep | None = None
+        if use_cache and cache is None:
+            # The model's own cache serves inference; a forward that records gradients (the scalars are always
+            # trainable parameters) gets a transformers cache, as the unpatched model would.
+            # Under torch.compile only a cache allocated beforehand can be written (pass one in).
+            own = not traced and not torch.is_grad_enabled()
+            cache = HopscotchCache() if own else DynamicCache(config=base.config)
+        if isinstance(cache, HopscotchCache):
+            if torch.is_grad_enabled() and not traced:
+                raise ValueError("a HopscotchCache serves inference only: run the forward under torch.no_grad() or "
+                                 "torch.inference_mode(), or pass a transformers DynamicCache (or use_cache=False) "
+                                 "when gradients are needed")
+            if traced:  # laid out and allocated by an eager forward; reading its host length would recompile
+                cache.check_layout(state.kept_attention())
+            else:
+                cache.bind(state.kept_attention(), state.cache_blocks)
+            self.cache = cache
+            if cache.layers:  # some attention is kept: it writes the cache
+                self.step = CacheStep(cache, bsz, seq, attention_mask, traced)
+        elif cache is not None:  # a transformers cache (DynamicCache, StaticCache ...): compacted, its own masks
             self.cache = compact_cache(cache, state.kept_attention(), len(state.layers))  # the caller's own object
         if position_ids is None:
-            past = self.cache.get_seq_length() if self.cache is not None else 0
-            position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
+            if self.step is not None:
+                position_ids = self.step.positions()
+            else:
+                past = self.cache.get_seq_length() if self.cache is not None else 0
+                position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
         position_ids = position_ids.to(hidden.device)
-        self.masks = _masks(base, state, hidden, attention_mask, self.cache, position_ids)
-        self.rope = RopeContext(base.rotary_emb, position_ids, bsz, seq, hidden.device) if self.masks else None
+        self.masks = {} if self.step is not None else _masks(base, state, hidden, attention_mask, self.cache,
+                                                             position_ids)
+        kept = bool(state.kept_attention())
+        self.rope = RopeContext(base.rotary_emb, position_ids, bsz, seq, hidden.device) if kept else None
         self.hidden = hidden
         self.final_norm = base.norm
 
@@ -115,6 +146,8 @@ class StackRun:
         """Layers ``start``.. of the stack, then the final norm: the last hidden state."""
         for layer in self.layers[start:]:
             layer(stream, self)
+        if self.step is not None:
+            self.step.finish()
         return stream.norm(self.final_norm)
 
 
@@ -129,6 +162,11 @@ def patched_forward(self, input_ids=None, attention_mask=None, position_ids=None
     check_forward_kwargs(kwargs)
     if use_cache is None:
         use_cache = getattr(self.config, "use_cache", False)
-    run = StackRun(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
-    out = model_output(run.run(Stream(run.hidden)), run.cache if use_cache else None)
+    # Inference (no gradient) runs under inference_mode: the custom ops' autograd kernels are then not even
+    # dispatched. A traced forward is left as the caller traces it.
+    inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    with torch.inference_mode() if inference else contextlib.nullcontext():
+        run = StackRun(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache)
+        hidden = run.run(Stream(run.hidden))
+    out = model_output(hidden, run.cache if use_cache else None)
     return out if return_dict is not False else out.to_tuple()
