@@ -293,3 +293,20 @@ def test_inference_runs_under_inference_mode_so_no_autograd_kernel_is_dispatched
     assert modes and all(modes)
     assert not out.logits.is_inference()  # what the caller gets back is an ordinary tensor
     out.logits.add_(1)  # (so it can be written in place)
+
+
+@pytest.mark.parametrize("fill", ["prefill", "random"])
+def test_the_e2e_benchmark_reports_the_own_caches_allocation(fill):
+    """hopscotch bench's decode rows: the patched model's KV bytes are its HopscotchCache's allocation, the kept
+    share of the full model's at equal capacity (prompt + new tokens)."""
+    from hopscotch.bench.e2e import E2EConfig, run_e2e
+
+    model = tiny_model("llama")
+    cfg = E2EConfig(ks=[0, 2], providers=["hf", "hopscotch"], decode_batches=[3], prompt_len=9, new_tokens=4,
+                    budget_s=0.01, min_reps=1, fill=fill)
+    rows = {(r["provider"], r["k"], r["phase"]): r for r in run_e2e(model, cfg, progress=False)}
+    kv = {k: rows[("hopscotch", k, "decode")]["kv_cache_bytes"] for k in (0, 2)}
+    assert kv[0] == 5 * 2 * 3 * 2 * (9 + 4) * 16 * 4  # blocks x (K, V) x batch x heads x capacity x dims x bytes
+    assert kv[2] * 5 == kv[0] * 3
+    assert rows[("hf", 0, "decode")]["kv_cache_bytes"] == 5 * 2 * 3 * 2 * (9 + 4) * 16 * 4  # its tokens: the same
+    assert not hasattr(model.model, "_hopscotch_state")  # left unpatched
