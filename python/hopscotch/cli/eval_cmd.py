@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, add_model_args, emit, load_from_args
+from .common import CliError, add_model_args, emit, load_from_args, model_export_info
 
 DESCRIPTION = """Evaluate a model (optionally with a skip plan applied) on the evaluation split of a task: held-out
 loss (NLL of the original model's answers, or of the gold answers with --objective nll), 0-shot accuracy by
@@ -81,9 +81,18 @@ def run(args) -> int:
         raise CliError(f"--compare {args.compare}: no such file (a plan, or 'original')")
     if args.resamples < 100:
         raise CliError(f"--resamples {args.resamples}: expected at least 100")
+    for flag, value, low in (("--calibration", args.calibration, 0), ("--evaluation", args.evaluation, 1),
+                             ("--wiki-blocks", args.wiki_blocks, 0)):
+        if value < low:
+            raise CliError(f"{flag} {value}: expected {low} or more")
+    exported = model_export_info(args)
+    if exported is not None and (args.plan or args.compare):
+        flag, value = ("--plan", args.plan) if args.plan else ("--compare", args.compare)
+        raise CliError(f"{flag} {value}: --model {args.model} is a {exported.describe()}, its plan already in its "
+                       "weights; evaluate it without --plan / --compare, or evaluate the original model with the plan")
     plan = SkipPlan.load(args.plan) if args.plan else None
     other = SkipPlan.load(args.compare) if args.compare and args.compare != "original" else None
-    model, tok, _ = load_from_args(args)
+    model, tok, _ = load_from_args(args, accept_export=True)
     progress = not (args.quiet or args.json)
     for p in (plan, other):
         if p is not None:
@@ -95,13 +104,20 @@ def run(args) -> int:
         apply_plan(model, plan)
     keep = args.compare is not None
     ev = evaluate_task(model, tok, data, progress=progress, keep_items=keep, resamples=args.resamples)
-    result = {"plan": args.plan, "skipped_attention": plan.skipped_attention if plan else [],
-              **{k: v for k, v in ev.items() if k != "items"}}
+    skipped = plan.skipped_attention if plan else list(exported.skipped_attention) if exported else []
+    result = {"plan": args.plan, "skipped_attention": skipped, **{k: v for k, v in ev.items() if k != "items"}}
+    if exported is not None:
+        result["export"] = {"format": exported.format, "path": str(exported.path),
+                            "skipped_attention": list(exported.skipped_attention),
+                            "skipped_mlp": list(exported.skipped_mlp), "method": exported.method,
+                            "plan": str(exported.plan) if exported.plan else None}
     if args.lm_eval and data.eval_items:
         from ..evaluate import lm_eval_accuracy
 
         result["lm_eval"] = lm_eval_accuracy(model, tok, data.eval_items)
-    lines = [f"{'plan':<28}{args.plan or '(none: the original model)'}",
+    what = (f"(in its weights: {args.model} is a {exported.describe()})" if exported
+            else args.plan or "(none: the original model)")
+    lines = [f"{'plan':<28}{what}",
              f"{'skipped attention blocks':<28}{result['skipped_attention'] or '-'}"]
     for key, label, spec in _LABELS:
         if key in result:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CliError, add_model_args, emit, load_from_args
+from .common import CliError, add_model_args, check_model_arg, emit, load_from_args
 
 DESCRIPTION = """Write the model with a plan applied as a checkpoint that loads elsewhere. The plan's scalars are
 folded into the output projections; skipped blocks are not written.
@@ -36,12 +36,16 @@ def register(sub) -> None:
     p.add_argument("--save-dtype", default=None,
                    help="dtype of the written weights (default: as loaded); gguf: f32, f16, bf16 or q8_0")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out that hopscotch wrote (an earlier export); refused for any other directory, "
+                        "the working directory, or one that holds an input (the plan, the model)")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    from ..errors import parse_size
     from ..export import export_model
+    from ..export.checks import check_cli_destination
     from ..plan import SkipPlan
     from ..utils import parse_dtype
 
@@ -51,10 +55,7 @@ def run(args) -> int:
     gguf = args.format == "gguf"
     if gguf and out.suffix != ".gguf":
         raise CliError(f"--out {out}: --format gguf writes one file; give a path ending in .gguf")
-    if gguf and out.exists() and not args.overwrite:
-        raise CliError(f"--out {out} exists; pass --overwrite to replace it")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise CliError(f"--out {out} is not empty; pass --overwrite to replace it")
+    max_shard_size = parse_size(args.max_shard_size, "--max-shard-size")
     if gguf:
         from ..export.gguf_export import GGUF_DTYPES
 
@@ -62,17 +63,27 @@ def run(args) -> int:
             raise CliError(f"--save-dtype {args.save_dtype!r}: --format gguf writes {', '.join(GGUF_DTYPES)}")
         save_dtype = args.save_dtype
     else:
-        save_dtype = parse_dtype(args.save_dtype) if args.save_dtype else None
+        try:
+            save_dtype = parse_dtype(args.save_dtype) if args.save_dtype else None
+        except ValueError as exc:
+            raise CliError(f"--save-dtype: {exc}") from None
+    check_model_arg(args)
+    plan_json = Path(args.plan) if Path(args.plan).suffix == ".json" else Path(args.plan) / "plan.json"
+    check_cli_destination(out, overwrite=args.overwrite, gguf=gguf,
+                          inputs={"plan": args.plan, "plan's scalars": plan_json.with_suffix(".safetensors"),
+                                  "model": args.model})
     plan = SkipPlan.load(args.plan)
     model, tok, _ = load_from_args(args)
     source = args.model if gguf and args.model and str(args.model).endswith(".gguf") else None
     path = export_model(model, plan, out, format=args.format, tokenizer=tok, overwrite=args.overwrite,
-                        max_shard_size=args.max_shard_size, dtype=save_dtype, gguf_tokenizer=source)
-    files = [path.name] if gguf else sorted(p.name for p in path.iterdir())
+                        max_shard_size=max_shard_size, dtype=save_dtype, gguf_tokenizer=source)
+    files = [path.name] if gguf else sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     size = path.stat().st_size if gguf else sum(
         p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))
-    how = {"hopscotch": "hopscotch.from_pretrained(dir)", "decilm": "vLLM's DeciLM / Nemotron-NAS loader (checked "
-           "against it, not served here) or transformers with trust_remote_code=True", "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)",
+    how = {"hopscotch": "hopscotch.from_pretrained(dir)",
+           "decilm": "vLLM's DeciLM / Nemotron-NAS loader (checked against it, not served here) or "
+                     "hopscotch.models.load_model(dir)",
+           "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)",
            "gguf": "llama.cpp (llama-cli -m FILE, llama-server, llama-cpp-python)"}[args.format]
     emit(args, {"out": str(path), "format": args.format, "files": files, "weight_bytes": size},
          f"wrote {args.format} {'file' if gguf else 'checkpoint'} to {path} ({size / 1e6:.1f} MB"

