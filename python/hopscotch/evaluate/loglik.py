@@ -18,7 +18,8 @@ def model_device(model) -> torch.device:
 
 def _logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     device = model_device(model)
-    return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+    # No KV cache: one forward scores the whole sequence (a cache would only be allocated and thrown away).
+    return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False).logits
 
 
 @torch.no_grad()
