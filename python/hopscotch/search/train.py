@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..patch import is_patched, patch_model, patched_layers, reset_scalars, set_skips
+from .guards import ScalarGuard
 from .objectives import batch_loss, loss_positions, teacher_logprobs
 
 __all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "rebatch", "scalar_parameters",
@@ -29,6 +30,8 @@ __all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "rebat
 BACKWARD_FACTOR = 2.0  # a backward counts as this many forward passes of the same part
 # The final scalars' data order is seeded apart from the candidates' (seed + this offset).
 FINAL_SEED_OFFSET = 7919
+# The rows a holdout guard keeps out of the final training are drawn with the final seed + this offset.
+HOLDOUT_SEED_OFFSET = 104729
 
 
 @dataclass(frozen=True)
@@ -161,13 +164,15 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
                    start: int = 0, stop: int | None = None, teacher: list | None = None,
                    optimizer_state: dict | None = None, counter: PassCounter | None = None,
                    cost: TokenPassCost | None = None, desc: str | None = None,
-                   progress: bool = False) -> tuple[list[list[float]], dict]:
+                   progress: bool = False, extra_loss=None) -> tuple[list[list[float]], dict]:
     """Adam on the scalars over positions ``start:stop`` of a fixed batch schedule (``schedule[e]`` is epoch e's
     order of batch indices; positions count through the epochs in turn).
 
     Returns per epoch touched ``[epoch, loss sum, loss weight]`` (loss sums token-weighted) and the optimizer
     state to continue from: training 0:m and then m:end with that state is the same as training 0:end at once,
-    which lets the fast search stop a candidate early and finish it later.
+    which lets the fast search stop a candidate early and finish it later. ``extra_loss()``, when given, is
+    called at each step and added to its loss before the backward (a guard's term, ``guards.py``); the losses
+    returned are the task's alone.
     """
     flat = [(e, i) for e, order in enumerate(schedule) for i in order]
     stop = len(flat) if stop is None else stop
@@ -192,7 +197,7 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
                 batch = batches[i]
                 loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if extra_loss is None else loss + extra_loss()).backward()
                 opt.step()
                 n = int(loss_positions(batch).sum())
                 acc = sums.setdefault(e, [0.0, 0.0])
@@ -232,7 +237,8 @@ def full_forward_passes(cost: TokenPassCost, batches: list[dict]) -> float:
 def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, objective: str = "nll", epochs: int = 3,
                         lr: float = 3e-3, seed: int = 0, teacher: list | None = None,
                         counter: PassCounter | None = None, desc: str | None = "final scalars",
-                        progress: bool = False) -> list[float]:
+                        progress: bool = False, guard: ScalarGuard | None = None, generic: list[dict] | None = None,
+                        info: dict | None = None) -> list[float]:
     """Hopscotch's final scalars for a fixed set of skipped attention blocks (defaults: the search's).
 
     The model is patched if it is not. The scalars start at 1 with the blocks ``attention`` skipped (nothing else), then Adam runs ``epochs`` epochs
@@ -241,8 +247,16 @@ def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, obj
     when it is None it is computed here (its forward passes are added to ``counter``). Returns each epoch's
     mean training loss (empty when ``epochs`` is 0 or nothing is skipped). The search's final step and any
     experiment that trains scalars for blocks chosen another way (e.g. LLM-Drop's) share this recipe.
+
+    ``guard`` (``guards.ScalarGuard``; None or all zero: the paper's training, unchanged) adds a pull toward 1, a
+    generic-text term over ``generic`` (packed text batches, needed when ``generic_weight`` > 0), or early
+    stopping on held-out rows; ``info``, when given, receives what the guard did (held-out losses per epoch, the
+    epoch kept).
     """
     attention = sorted(int(i) for i in attention)
+    guard = guard or ScalarGuard()
+    if guard.generic_weight and not generic:
+        raise ValueError("ScalarGuard(generic_weight > 0) needs generic text batches (generic=...)")
     if not is_patched(model):
         patch_model(model)
     reset_scalars(model)
@@ -255,5 +269,77 @@ def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, obj
         if counter is not None:
             counter.forward += full_forward_passes(TokenPassCost.of(model), batches)
     set_skips(model, attention=attention)
-    return train_scalars(model, batches, objective=objective, epochs=epochs, lr=lr, seed=seed + FINAL_SEED_OFFSET,
-                         teacher=teacher, counter=counter, desc=desc, progress=progress)
+    if guard.off:
+        return train_scalars(model, batches, objective=objective, epochs=epochs, lr=lr,
+                             seed=seed + FINAL_SEED_OFFSET, teacher=teacher, counter=counter, desc=desc,
+                             progress=progress)
+    return _guarded_training(model, batches, objective, epochs, lr, seed + FINAL_SEED_OFFSET, teacher, counter,
+                             desc, progress, guard, generic or [], info if info is not None else {})
+
+
+def _guarded_training(model, batches, objective, epochs, lr, seed, teacher, counter, desc, progress, guard,
+                      generic, info) -> list[float]:
+    """train_scalars with a guard's terms, epoch by epoch (the optimizer state carried across epochs)."""
+    cost = TokenPassCost.of(model)
+    skipped = _skipped_attention(model)
+    train_idx, held_idx = list(range(len(batches))), []
+    if guard.holdout:
+        if len(batches) < 2:
+            raise ValueError(f"ScalarGuard(holdout={guard.holdout}) needs at least 2 calibration batches; got "
+                             f"{len(batches)}")
+        perm = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET))
+        n_held = min(len(batches) - 1, max(1, round(guard.holdout * len(batches))))
+        held_idx, train_idx = sorted(perm[:n_held].tolist()), sorted(perm[n_held:].tolist())
+    train = [batches[i] for i in train_idx]
+    train_teacher = [teacher[i] for i in train_idx] if teacher is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    schedule = [torch.randperm(len(train), generator=gen).tolist() for _ in range(epochs)]
+    params = scalar_parameters(model)
+    generic_turn = [0]
+
+    def extra() -> torch.Tensor:
+        term = torch.zeros((), device=params[0].device)
+        if guard.pull:
+            term = term + guard.pull * sum((p - 1).pow(2).sum() for p in params)
+        if guard.generic_weight:
+            b = generic[generic_turn[0] % len(generic)]
+            generic_turn[0] += 1
+            term = term + guard.generic_weight * batch_loss(model, b, "nll")
+            if counter is not None:
+                fwd = cost.forward(batch_tokens(b), int(loss_positions(b).sum()), 0, skipped)
+                counter.forward += fwd
+                counter.backward += BACKWARD_FACTOR * fwd
+        return term
+
+    def held_loss() -> float:
+        total = weight = 0.0
+        with torch.no_grad():
+            for i in held_idx:
+                b = batches[i]
+                n = int(loss_positions(b).sum())
+                total += batch_loss(model, b, objective, teacher[i] if teacher is not None else None).item() * n
+                weight += n
+                if counter is not None:
+                    counter.forward += cost.forward(batch_tokens(b), n, 0, skipped)
+        return total / max(weight, 1.0)
+
+    losses, held, state = [], [], None
+    best = (held_loss(), 0, [p.detach().clone() for p in params]) if held_idx else None
+    if best is not None:
+        held.append(best[0])
+    for e in range(epochs):
+        sums, state = train_schedule(model, train, [schedule[e]], objective=objective, lr=lr, teacher=train_teacher,
+                                     optimizer_state=state, counter=counter, cost=cost, desc=desc,
+                                     progress=progress, extra_loss=extra)
+        losses += [s / max(w, 1) for _, s, w in sums]
+        if held_idx:
+            held.append(held_loss())
+            if held[-1] < best[0]:
+                best = (held[-1], e + 1, [p.detach().clone() for p in params])
+    if best is not None:
+        with torch.no_grad():
+            for p, v in zip(params, best[2]):
+                p.copy_(v)
+        info.update({"holdout_rows": held_idx, "holdout_losses": held, "kept_epoch": best[1]})
+    info["guard"] = guard.as_dict()
+    return losses

@@ -1,0 +1,89 @@
+"""The guards on the final scalars' training (hopscotch/search/guards.py): each changes the training as stated,
+and all at zero is the paper's training, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hopscotch.patch import patch_model
+from hopscotch.patch.patcher import get_scalars
+from hopscotch.search.guards import ScalarGuard
+from hopscotch.search.objectives import batch_loss
+from hopscotch.search.train import train_final_scalars
+from model_testing import tiny_model
+
+
+def _batches(n, seed, width=10):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, 97, (1, width), generator=g)
+        labels = ids.clone()
+        labels[:, :4] = -100
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out
+
+
+def _train(guard=None, generic=None, info=None, epochs=3, seed=0):
+    model = tiny_model("llama")
+    patch_model(model)
+    losses = train_final_scalars(model, _batches(8, seed=1), [1, 3], epochs=epochs, lr=5e-2, seed=seed,
+                                 guard=guard, generic=generic, info=info)
+    return model, losses
+
+
+def test_all_guards_at_zero_are_the_papers_training_bit_for_bit():
+    plain, plain_losses = _train()
+    zero, zero_losses = _train(ScalarGuard(), generic=_batches(3, seed=9))
+    assert torch.equal(get_scalars(plain), get_scalars(zero)) and plain_losses == zero_losses
+    assert not torch.equal(get_scalars(plain), torch.ones_like(get_scalars(plain)))  # training moved them
+
+
+def test_the_pull_keeps_the_scalars_nearer_one():
+    far = (get_scalars(_train()[0]) - 1).abs().sum()
+    near = (get_scalars(_train(ScalarGuard(pull=1.0))[0]) - 1).abs().sum()
+    pinned = (get_scalars(_train(ScalarGuard(pull=1e6))[0]) - 1).abs().max()
+    assert near < 0.8 * far and pinned < 1e-2  # Adam takes lr-sized steps: it hovers around 1
+
+
+def test_the_generic_term_fits_the_generic_text_better():
+    generic = _batches(4, seed=5, width=16)
+    for b in generic:
+        b["labels"] = b["input_ids"].clone()  # packed text: a loss at every position
+
+    def generic_loss(model):
+        with torch.no_grad():
+            return sum(batch_loss(model, b, "nll").item() for b in generic)
+
+    without = generic_loss(_train()[0])
+    with_it = generic_loss(_train(ScalarGuard(generic_weight=5.0), generic=generic)[0])
+    assert with_it < without
+    with pytest.raises(ValueError, match="needs generic text batches"):
+        _train(ScalarGuard(generic_weight=1.0))
+
+
+def test_early_stopping_keeps_the_epoch_best_on_the_held_out_rows():
+    info = {}
+    model, losses = _train(ScalarGuard(holdout=0.25), info=info, epochs=4)
+    assert len(info["holdout_rows"]) == 2 and len(info["holdout_losses"]) == 5 and len(losses) == 4
+    best = min(range(5), key=lambda e: info["holdout_losses"][e])
+    assert info["kept_epoch"] == best
+    # The kept scalars are that epoch's: retraining only that many epochs on the same rows gives the same scalars.
+    info2 = {}
+    again, _ = _train(ScalarGuard(holdout=0.25), info=info2, epochs=best) if best else (None, None)
+    if best:
+        torch.testing.assert_close(get_scalars(again), get_scalars(model), rtol=0, atol=0)
+    else:
+        assert torch.equal(get_scalars(model), torch.ones_like(get_scalars(model)))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(pull=-1.0), r"ScalarGuard\(pull=-1.0\): expected a finite number >= 0"),
+    (dict(generic_weight=float("nan")), r"generic_weight=nan"),
+    (dict(holdout=1.0), r"expected a fraction below 1"),
+    (dict(holdout=True), r"holdout=True"),
+])
+def test_bad_guards_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ScalarGuard(**kwargs)
