@@ -1,0 +1,178 @@
+"""Scalars that fit the task without costing everything else: the guards of hopscotch/search/guards.py compared.
+
+The blocks stay fixed at each task's faithful Hopscotch plan (fold 0, k = 4 and k = 8, from the quality study);
+only the final scalars are retrained, under each guard, with the plan's own hyperparameters and seed. Each
+retrained plan is evaluated like the study's rows (held-out task loss, accuracy, Wikipedia perplexity, 95%
+intervals) and compared by paired tests on the same items with the paper's training (the study's faithful row)
+and with iterative LLM-Drop (its row at the same k). Rows go to <work>/scalar_guards.jsonl (resumable), the table
+to <out>/scalar_guards.txt and .csv.
+
+    python benchmarks/scalar_guards.py --ks 4            # about 6 min per row on 2 cores (7 rows per task)
+    python benchmarks/scalar_guards.py --report          # the table from the rows finished so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
+
+from hopscotch import SkipPlan, unpatch_model  # noqa: E402
+from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows  # noqa: E402
+from hopscotch.patch.patcher import get_scalars  # noqa: E402
+from hopscotch.search import train_final_scalars  # noqa: E402
+from hopscotch.search.guards import ScalarGuard  # noqa: E402
+from hopscotch.search.train import rebatch  # noqa: E402
+
+# name -> (guard, final batch size or None for the plan's); "paper" is the plan's own training, retrained.
+VARIANTS = {
+    "paper": (ScalarGuard(), None),
+    "generic0.5": (ScalarGuard(generic_weight=0.5), None),
+    "generic2": (ScalarGuard(generic_weight=2.0), None),
+    "pull0.03": (ScalarGuard(pull=0.03), None),
+    "pull0.3": (ScalarGuard(pull=0.3), None),
+    "holdout0.25": (ScalarGuard(holdout=0.25), None),
+    "batch4": (ScalarGuard(), 4),  # the final batch size before 2026-12-01: the calibration batch size
+}
+METRICS = ("eval_loss", "acc", "wiki_ppl")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--ks", default="4,8")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--work", default=str(RESULTS_DIR / "study_work"), help="the quality study's work folder")
+    p.add_argument("--out", default=str(RESULTS_DIR))
+    p.add_argument("--report", action="store_true", help="write the table from the finished rows; run nothing")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def _choices(text: str, allowed, name: str) -> list:
+    values = [x for x in text.split(",") if x]
+    bad = [x for x in values if x not in allowed]
+    if bad or not values:
+        sys.exit(f"--{name} {text!r}: expected some of {', '.join(map(str, allowed))}")
+    return values
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tasks = _choices(args.tasks, TASKS, "tasks")
+    ks = [int(k) for k in _choices(args.ks, ("1", "2", "4", "6", "8"), "ks")]
+    variants = _choices(args.variants, VARIANTS, "variants")
+    flags = ["--work", args.work, "--out", args.out] + (["--quiet"] if args.quiet else [])
+    study = Study(study_args(flags + (["--report"] if args.report else [])))
+    work = Path(args.work)
+    rows_path = work / "scalar_guards.jsonl"
+    rows = read_rows(rows_path, lambda r: r["key"])
+    if not args.report:
+        for k in ks:
+            for task in tasks:
+                for variant in variants:
+                    key = f"guard|{task}|{variant}|{k}"
+                    if key not in rows:
+                        rows[key] = run_one(study, work, key, task, k, variant, args.quiet)
+                        append_row(rows_path, rows[key])
+    write(study, rows, tasks, ks, Path(args.out))
+    return 0
+
+
+def run_one(study, work: Path, key: str, task: str, k: int, variant: str, quiet: bool) -> dict:
+    hop = SkipPlan.load(work / "plans" / f"{task}_f0_hopscotch_k{k}.json")
+    hp, seed = hop.provenance["hyperparameters"], hop.provenance["seed"]
+    guard, batch_size = VARIANTS[variant]
+    data = study.task_data(task)
+    model = study.model
+    unpatch_model(model)
+    info: dict = {}
+    losses = train_final_scalars(model, rebatch(data.calibration, batch_size or hp["final_batch_size"]),
+                                 hop.skipped_attention, objective=data.objective, epochs=hp["final_epochs"],
+                                 lr=hp["final_lr"], seed=seed, guard=guard, generic=data.text_calibration,
+                                 info=info, progress=not quiet)
+    scalars = get_scalars(model).clone()
+    plan = SkipPlan.for_model(model, hop.skipped_attention, (), scalars, method=f"hopscotch, final scalars {variant}",
+                              guard=guard.as_dict(), final_batch_size=batch_size or hp["final_batch_size"],
+                              final_losses=losses)
+    plan.save(work / "plans" / f"{task}_f0_guard-{variant}_k{k}.json")
+    same_as_plan = bool((scalars - hop.scalar_tensor()).abs().max() == 0)
+    row = {"key": key, "kind": "guard", "variant": variant, "k": k, "calib": task, "fold": 0, "eval": task,
+           "skipped": plan.skipped_attention, "guard": guard.as_dict(), "final_batch_size": plan.provenance[
+               "final_batch_size"], "final_losses": losses, "holdout": {k2: v for k2, v in info.items()
+                                                                        if k2 != "guard"},
+           "max_scalar_move": float((scalars - 1).abs().max()), "same_scalars_as_plan": same_as_plan,
+           **study.evaluate(key, task, plan)}
+    print({k2: row[k2] for k2 in ("key", "eval_loss", "acc", "wiki_ppl", "same_scalars_as_plan")}, flush=True)
+    return row
+
+
+def write(study, rows: dict, tasks, ks, out: Path) -> None:
+    for key, r in rows.items():
+        study.rows.setdefault(key, r)
+
+    def cell(r, m, d=3):
+        ci = r["ci"][m]
+        return f"{r[m]:.{d}f} [{ci['low']:.{d}f}, {ci['high']:.{d}f}]"
+
+    def pv(c):
+        return "<0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.2f}"
+
+    lines = ["Guards on the final scalars: each task's faithful Hopscotch blocks (fold 0), the final scalars retrained "
+             "under each guard. Made by `python benchmarks/scalar_guards.py`.",
+             "Intervals: 95% percentile bootstrap over items; p: paired tests on the same items (bootstrap for the "
+             "loss and perplexity, exact McNemar for accuracy). 'paper' is today's training retrained (its scalars "
+             "equal the plan's where marked =). lead kept: (LLM-Drop's loss - this loss) / (LLM-Drop's loss - "
+             "paper's loss).",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in metadata("cpu").items() if v), ""]
+    head = (f"{'task':10} {'k':>2} {'scalars':13} {'held-out loss':24} {'accuracy':22} {'Wikipedia ppl':22} "
+            f"{'lead kept':>9}  p vs paper (loss/acc/ppl)    p vs llm-drop-it (loss/acc/ppl)")
+    lines.append(head)
+    table = []
+    for k in ks:
+        for task in tasks:
+            paper, drop = f"main|{task}|0|hopscotch|{k}", f"main|{task}|0|llm-drop-iterative|{k}"
+            named = [("llm-drop-it", drop), ("paper (plan)", paper)] + \
+                    [(v, f"guard|{task}|{v}|{k}") for v in VARIANTS]
+            for name, key in named:
+                r = study.rows.get(key)
+                if r is None:
+                    continue
+                ps = []
+                for ref in (paper, drop):
+                    if ref == key or ref not in study.rows:
+                        ps.append("-")
+                        continue
+                    c = study.paired(ref, key)
+                    ps.append(" / ".join(pv(c[m]) for m in METRICS))
+                lead = ""
+                if paper in study.rows and drop in study.rows and key != drop:
+                    gap = study.rows[drop]["eval_loss"] - study.rows[paper]["eval_loss"]
+                    lead = f"{(study.rows[drop]['eval_loss'] - r['eval_loss']) / gap:.2f}" if gap > 0 else ""
+                mark = "=" if r.get("same_scalars_as_plan") else ""
+                lines.append(f"{task:10} {k:>2} {name + mark:13} {cell(r, 'eval_loss'):24} {cell(r, 'acc'):22} "
+                             f"{cell(r, 'wiki_ppl', 2):22} {lead:>9}  {ps[0]:28} {ps[1]}")
+                table.append({"task": task, "k": k, "scalars": name, "same_scalars_as_plan": bool(mark),
+                              **{m: r[m] for m in METRICS},
+                              **{f"{m}_{b}": r["ci"][m][b] for m in METRICS for b in ("low", "high")},
+                              "lead_kept": lead, "p_vs_paper": ps[0], "p_vs_llm_drop_it": ps[1]})
+            lines.append("")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scalar_guards.txt").write_text(text)
+    if table:
+        with (out / "scalar_guards.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
