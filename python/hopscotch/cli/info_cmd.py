@@ -37,11 +37,12 @@ def _partials(args) -> tuple[list, list, list[str]]:
     from ..models import cache_dir
     from .common import CliError
 
-    roots = [cache_dir(), Path.cwd()]
+    roots = [cache_dir().resolve(), Path.cwd().resolve()]
     for d in args.partials_in:
         if not Path(d).is_dir():
             raise CliError(f"--partials-in {d}: no such directory")
-        roots.append(Path(d))
+        if Path(d).resolve() not in roots:
+            roots.append(Path(d).resolve())
     found, seen = [], set()
     for root in roots:
         for part in find_partials(root):
