@@ -151,6 +151,10 @@ CASES = [
     # bench (its own options are cli/bench_cmd.py's; --model goes through the shared loader)
     _c("bench: --ks not integers", "bench", "--ks", "0,x", says="--ks '0,x': expected integers"),
     _c("bench: --rounds 0", "bench", "--rounds", "0", says="--rounds 0: expected 1 or more"),
+    _c("bench: --new-tokens 0", "bench", "--new-tokens", "0", says="--new-tokens 0: expected 1 or more"),
+    _c("bench: --budget -1", "bench", "--budget", "-1", says="--budget -1.0: expected a positive number"),
+    _c("bench: --csv under a file", "bench", "--csv", "/dev/null/x.csv", says="/dev/null is not a directory"),
+    _c("bench: --max-kv-fraction 2", "bench", "--max-kv-fraction", "2", says="--max-kv-fraction 2.0: expected a"),
     _c("bench: --model an export", "bench", "--model", "hop", "--quiet",
        says="--model hop is a hopscotch export of a plan"),
     # info, doctor, the top level

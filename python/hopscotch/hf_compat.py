@@ -22,6 +22,8 @@ import inspect
 import torch
 import transformers
 
+from .errors import HopscotchError
+
 __all__ = [
     "TRANSFORMERS_VERSION",
     "CACHE_NAMES",
@@ -44,7 +46,7 @@ CACHE_NAMES = ("cache", "past_key_values")
 FROM_PRETRAINED_KWARGS = {"use_kernels": False}
 
 
-class UnsupportedKeywordError(TypeError):
+class UnsupportedKeywordError(HopscotchError, TypeError):
     """A keyword argument the patched model would not honour (refused rather than silently dropped)."""
 
 

@@ -59,7 +59,7 @@ def _provider(model, provider: str, skipped: list[int]):
             yield
     elif provider in ("hopscotch", "hopscotch_compiled"):
         patch_model(model)
-        set_skips(model, attention=skipped)
+        set_skips(model, attention=skipped, allow_no_attention=True)  # --ks all: the attention-free floor
         try:
             yield
         finally:

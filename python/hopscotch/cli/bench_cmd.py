@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import CliError, add_model_args, emit, load_from_args, resolve_device, resolve_dtype
 
@@ -108,6 +109,15 @@ def run(args) -> int:
     _ks_tokens(args.ks)
     if args.rounds < 1:
         raise CliError(f"--rounds {args.rounds}: expected 1 or more")
+    if args.new_tokens < 1:
+        raise CliError(f"--new-tokens {args.new_tokens}: expected 1 or more decoded tokens per measurement")
+    if not args.budget > 0:
+        raise CliError(f"--budget {args.budget}: expected a positive number of seconds")
+    if args.max_kv_fraction is not None and not 0 < args.max_kv_fraction <= 1:
+        raise CliError(f"--max-kv-fraction {args.max_kv_fraction}: expected a fraction in (0, 1]")
+    csv_dir = Path(args.csv).parent
+    if csv_dir.exists() and not csv_dir.is_dir():
+        raise CliError(f"--csv {args.csv}: {csv_dir} is not a directory")
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     batches = _ints(args.batches or ("1,16" if cuda else "1,8"), "batches")
@@ -122,8 +132,6 @@ def run(args) -> int:
     ks = _ks(args.ks, L)
     max_kv = None
     if args.max_kv_fraction is not None:
-        if not 0 < args.max_kv_fraction <= 1:
-            raise CliError(f"--max-kv-fraction {args.max_kv_fraction}: expected a fraction in (0, 1]")
         if cuda:
             import torch
 

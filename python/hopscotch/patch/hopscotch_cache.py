@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
+from ..errors import HopscotchError
 from .kv_cache import CacheMismatchError
 
 __all__ = ["HopscotchCache", "KVBlock", "CacheCapacityError"]
@@ -33,7 +34,7 @@ __all__ = ["HopscotchCache", "KVBlock", "CacheCapacityError"]
 _GRANULE = 256  # default first allocation: the first forward's tokens rounded up to this
 
 
-class CacheCapacityError(ValueError):
+class CacheCapacityError(HopscotchError, ValueError):
     """A forward needs more tokens than the cache may hold (``max_capacity``) or its batch / dtype changed."""
 
 

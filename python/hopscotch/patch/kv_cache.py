@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import HopscotchError
+
 __all__ = ["CacheMismatchError", "compact_cache", "kv_cache_bytes", "kv_layer_bytes"]
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(HopscotchError, ValueError):
     """A cache that was filled under another skip set (or by the unpatched model) cannot be reused."""
 
 
