@@ -290,7 +290,7 @@ def _vllm_ffn_width(ffn_mult: float, hidden: int) -> int:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_decilm_export_holds_what_vllms_nemotron_nas_loader_reads(tied, tmp_path):
-    """Checked against vLLM's reader, not served by vLLM (vLLM needs a GPU and is not installed here).
+    """What vLLM's reader reads, checked without vLLM (tests/test_vllm.py loads the export in vLLM itself).
 
     What vllm/model_executor/models/nemotron_nas.py reads, at vllm-project/vllm commit
     00bd1493b3e82d6c13c68ee8a0e1c5a96707e190: the config through transformers (no built-in "nemotron-nas" type:

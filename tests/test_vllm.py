@@ -6,7 +6,9 @@ tests/vllm_testing.py): SmolLM2 with a 4-block plan, exported by export_model an
 - the decilm export's KV cache holds only the kept attention layers: vLLM fits 30/26 times the blocks of the
   vanilla export (which keeps every layer) in the same VLLM_CPU_KVCACHE_SPACE;
 - the decilm refusal is exact: a plan that runs MLP block 0 with no attention before it, written anyway, fails in
-  vLLM's DeciLM model; skipping the whole layer 0 (accepted) serves, through ``vllm serve``'s OpenAI API.
+  vLLM's DeciLM model; skipping the whole layer 0 (accepted) serves, through ``vllm serve``'s OpenAI API;
+- tensor parallelism: a tiny DeciLM export (4 heads: SmolLM2's 9 do not split in two) generates the same tokens
+  with ``tensor_parallel_size=2`` on two CPU cores.
 
 They skip when vLLM's venv is absent, unless HOPSCOTCH_REQUIRE_VLLM=1 (CI), where they fail.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -28,9 +31,11 @@ import torch
 
 from hopscotch import SkipPlan, apply_plan, export_model, unpatch_model
 from hopscotch.export import formats
+from hopscotch.testing import tiny_model
 from vllm_testing import VllmFailed, need_vllm, post_json, run_vllm, vllm_serve
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model,  # exports with layer 0 skipped: llama.cpp's warning is not these tests' business
+              pytest.mark.filterwarnings("ignore:attention block 0 is skipped")]
 
 LOGPROB_TOL = 1e-3
 NEW_TOKENS = 32
@@ -153,3 +158,20 @@ def test_what_decilm_refuses_vllm_cannot_run(smollm2_vllm, monkeypatch):
     with pytest.raises(VllmFailed) as failed:
         run_vllm(out, case["prompts"][:1], max_tokens=2, work_dir=case["dir"])
     assert "nemotron_nas.py" in failed.value.log  # it fails in vLLM's DeciLM model, not elsewhere
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallelism on the CPU needs a core per rank")
+def test_vllm_tensor_parallel_2_on_cpu(tmp_path):
+    need_vllm()
+    model = tiny_model("llama", num_layers=6, hidden_size=128, intermediate_size=256)  # 4 heads, 2 KV heads
+    g = torch.Generator().manual_seed(0)
+    plan = SkipPlan.for_model(model, [2, 4], [], 0.9 + 0.2 * torch.rand(6, 4, generator=g), method="test")
+    out = export_model(model, plan, tmp_path / "tiny-decilm", format="decilm")
+    prompts = [torch.randint(3, 97, (12,), generator=g).tolist() for _ in range(4)]
+    refs = _reference(model, plan, prompts)
+    run = run_vllm(out, prompts, max_tokens=NEW_TOKENS, max_model_len=64, tensor_parallel_size=2,
+                   skip_tokenizer_init=True, work_dir=tmp_path)  # the tiny model has no tokenizer
+    assert "world_size=2" in run["log"]
+    for got, ref in zip(run["results"], refs):
+        assert got["tokens"] == ref["tokens"]
+        assert max(abs(a - b) for a, b in zip(got["logprobs"], ref["logprobs"])) <= LOGPROB_TOL

@@ -98,9 +98,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _run(cmd: list[str], log: Path, timeout: float) -> int:
+def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str]) -> int:
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=vllm_env(), cwd=log.parent,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=vllm_env(**env), cwd=log.parent,
                                 start_new_session=True)
         try:
             return proc.wait(timeout=timeout)
@@ -111,15 +111,22 @@ def _run(cmd: list[str], log: Path, timeout: float) -> int:
 
 
 def run_vllm(model_dir, prompts: list[list[int]], *, max_tokens: int = 32, max_model_len: int = 512,
-             work_dir=None) -> dict:
-    """Greedy generation by vLLM's offline engine on an export directory, loaded as written; see vllm_worker.py."""
+             tensor_parallel_size: int = 1, skip_tokenizer_init: bool = False, work_dir=None) -> dict:
+    """Greedy generation by vLLM's offline engine on an export directory, loaded as written; see vllm_worker.py.
+    With ``tensor_parallel_size`` > 1 each rank's threads are bound to a core of their own (vLLM's automatic
+    binding wants a NUMA node per rank)."""
     python = need_vllm()
+    env = {}
+    if tensor_parallel_size > 1:
+        cores = sorted(os.sched_getaffinity(0))[:tensor_parallel_size]
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(c) for c in cores)
     with tempfile.TemporaryDirectory(prefix="hopscotch-vllm-", dir=work_dir) as tmp:
         tmp = Path(tmp)
         job, out, log = tmp / "job.json", tmp / "out.json", tmp / "vllm.log"
         job.write_text(json.dumps({"model": str(model_dir), "prompts": prompts, "max_tokens": max_tokens,
-                                   "max_model_len": max_model_len}))
-        rc = _run([str(python), str(WORKER), str(job), str(out)], log, ENGINE_TIMEOUT_S)
+                                   "max_model_len": max_model_len, "tensor_parallel_size": tensor_parallel_size,
+                                   "skip_tokenizer_init": skip_tokenizer_init}))
+        rc = _run([str(python), str(WORKER), str(job), str(out)], log, ENGINE_TIMEOUT_S, env)
         if rc != 0:
             raise VllmFailed(f"vLLM on {model_dir} exited with {rc}; the end of its log:\n{_tail(log)}",
                              log.read_text(errors="replace"))

@@ -2,7 +2,8 @@
 standard library. tests/vllm_testing.py starts it as ``<vllm python> tests/vllm_worker.py JOB.json OUT.json``.
 
 JOB.json: ``{"model": export dir, "prompts": [[token ids], ...], "max_tokens": n, "max_model_len": n,
-"dtype": "float32"}``. vLLM loads the directory as it was written (``LLM(model=dir, trust_remote_code=True)``),
+"tensor_parallel_size": n, "skip_tokenizer_init": bool}``. vLLM loads the directory as it was written
+(``LLM(model=dir, trust_remote_code=True)``, float32),
 generates greedily from the token ids (no tokenizer involved) and OUT.json receives, per prompt, the generated
 ``tokens`` and ``logprobs`` (vLLM's log-probability of each generated token: its raw logits' log-softmax), plus
 ``kv_blocks`` / ``block_size`` and the versions. A failing load or generation exits non-zero; the traceback
@@ -21,8 +22,9 @@ def main(job_path: str, out_path: str) -> int:
 
     with open(job_path) as f:
         job = json.load(f)
-    llm = LLM(model=job["model"], trust_remote_code=True, dtype=job.get("dtype", "float32"),
-              max_model_len=job["max_model_len"], enforce_eager=True, seed=0, enable_prefix_caching=False)
+    llm = LLM(model=job["model"], trust_remote_code=True, dtype="float32", max_model_len=job["max_model_len"],
+              enforce_eager=True, seed=0, enable_prefix_caching=False,
+              tensor_parallel_size=job["tensor_parallel_size"], skip_tokenizer_init=job["skip_tokenizer_init"])
     params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True, logprobs=0)
     outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in job["prompts"]], params, use_tqdm=False)
     results = []

