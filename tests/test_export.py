@@ -329,6 +329,10 @@ def test_decilm_export_holds_what_vllms_nemotron_nas_loader_reads(tied, tmp_path
             shapes.update({p + "mlp.gate_up_proj.weight": (2 * width, hidden), p + "mlp.down_proj.weight": (hidden, width),
                            p + "post_attention_layernorm.weight": (hidden,)})
     assert [b.attention.no_op for b in config.block_configs] == [False, True, False, True, False]
+    # no-op blocks carry no heads and no width (null), as Nemotron's checkpoints write them: llama.cpp's converter
+    # (conversion/deci.py) reads a null n_heads_in_group as 0 heads, a set one as a full attention layer
+    assert [b.attention.n_heads_in_group for b in config.block_configs] == [2, None, 2, None, 2]
+    assert [b.ffn.ffn_mult for b in config.block_configs] == [6.0, 6.0, 6.0, 6.0, None]
     loaded: dict[str, int] = {}
     with safe_open(str(out / "model.safetensors"), "pt") as st:
         for name in st.keys():

@@ -162,9 +162,13 @@ def decilm_config(config, plan: SkipPlan) -> dict:
                       "converted (it reads the head size from layer 0); vLLM and transformers do", stacklevel=3)
     ffn_mult = 1.5 * config.intermediate_size / config.hidden_size
     group = config.num_attention_heads // config.num_key_value_heads
+    # A no-op block has no heads and no width (null), as Nemotron's own checkpoints write it: vLLM reads neither
+    # for a no-op block, and llama.cpp's converter (conversion/deci.py) reads a null n_heads_in_group as an
+    # attention-free layer (0 heads, no tensors) and a null ffn_mult as an FFN-free one.
     blocks = [{"attention": {"no_op": i in plan.skipped_attention, "replace_with_linear": False,
-                             "n_heads_in_group": group},
-               "ffn": {"no_op": i in plan.skipped_mlp, "replace_with_linear": False, "ffn_mult": ffn_mult}}
+                             "n_heads_in_group": None if i in plan.skipped_attention else group},
+               "ffn": {"no_op": i in plan.skipped_mlp, "replace_with_linear": False,
+                       "ffn_mult": None if i in plan.skipped_mlp else ffn_mult}}
               for i in range(config.num_hidden_layers)]
     theta, rope = rope_settings(config)
     out = {"model_type": "nemotron-nas", "architectures": ["DeciLMForCausalLM"], "block_configs": blocks,
