@@ -15,7 +15,8 @@ formats:
              a patched model with the compact KV cache (the speed and memory gains)
   decilm     DeciLMForCausalLM (block_configs with attention.no_op), for vLLM, llama.cpp's converter, MLX
              and TensorRT-LLM; its config class ships with it (load with trust_remote_code=True).
-             Llama-layer models without biases only.
+             Llama-layer models without biases only; the first block kept must be an attention block
+             (vLLM's DeciLM model): skip all of layer 0 or keep its attention.
   vanilla    the original architecture, skipped blocks kept with zeroed output projections: loads with plain
              AutoModelForCausalLM.from_pretrained, same outputs, but NO speed or memory gain.
   gguf       one llama.cpp file (--out NAME.gguf), DeciLM architecture: skipped attention blocks have 0 heads
@@ -81,7 +82,7 @@ def run(args) -> int:
     size = path.stat().st_size if gguf else sum(
         p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))
     how = {"hopscotch": "hopscotch.from_pretrained(dir)",
-           "decilm": "vLLM's DeciLM / Nemotron-NAS loader (checked against it, not served here) or "
+           "decilm": f"vllm serve {path} --trust-remote-code (served by vLLM in CI, docs/ENGINES.md) or "
                      "hopscotch.models.load_model(dir)",
            "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)",
            "gguf": "llama.cpp (llama-cli -m FILE, llama-server, llama-cpp-python)"}[args.format]
