@@ -2,7 +2,7 @@
 
     python benchmarks/fast_vs_faithful.py                  # SmolLM2-135M-Instruct, arc_easy, 32 items, k = 1..8
     python benchmarks/fast_vs_faithful.py --max-k 4 --task boolq
-    python benchmarks/fast_vs_faithful.py --task boolq --max-k 3 --probe-fraction 0.25 --max-shortlist 6 --margin 0.05
+    python benchmarks/fast_vs_faithful.py --task boolq --max-k 3 --max-shortlist 6 --margin 0.05
                                                            # a variant of the fast search's settings, kept apart
     python benchmarks/fast_vs_faithful.py --task boolq --methods hopscotch --seed 1
                                                            # the faithful search's own spread: another batch order
@@ -20,7 +20,7 @@ faithful search: how far the reference itself moves when only the order of its c
 Per k and method the CSV holds the skipped blocks, the *final calibration loss* (mean NLL over the calibration
 loss positions with the final scalars, measured after training by a separate no-grad pass: not the running mean
 of the last training epoch), the token-passes (``hopscotch.search.train`` defines the unit: every forward and
-backward token through every part of the model, the LM head included, screening and probes included) and the
+backward token through every part of the model, the LM head included, screening included) and the
 recorded wall seconds of the steps used. The text table adds fast / faithful ratios.
 Writes <out>/fast_vs_faithful_<task>.csv and .txt.
 """
@@ -28,6 +28,7 @@ Writes <out>/fast_vs_faithful_<task>.csv and .txt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,14 +39,12 @@ import torch
 from hopscotch import unpatch_model
 from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
-from hopscotch.search import search
+from hopscotch.search import FastConfig, search
 from hopscotch.evaluate import mean_nll
 from hopscotch.tasks import prepare_task
 
 METHODS = ("hopscotch-fast", "hopscotch")  # the cheap one first: its table rows appear early
-FAST_KNOBS = {"budget_ratio": float, "max_shortlist": int, "margin": float, "probe_fraction": float,
-              "refine": int, "screen_fraction": float, "refine_fraction": float, "strategy": str,
-              "first_probe": float, "first_finish": int, "pool": int, "challengers": int}
+FAST_KNOBS = {f.name: type(f.default) for f in dataclasses.fields(FastConfig)}  # search(..., name=) for each
 
 
 def parse_args(argv=None):
@@ -145,7 +144,7 @@ def write(done: dict, args, out: Path, reference: dict | None = None) -> None:
              f"({args.calibration} items, batch {args.batch_size}, {args.final_epochs} final epochs)",
              "final loss: mean calibration NLL with the final scalars (a no-grad pass after training)",
              "passes: token-passes (every forward and backward token through every layer and the LM head; "
-             "screening and probes included)",
+             "screening included)",
              *([f"fast: {args.fast_label} (the package defaults but these)"] if args.fast else []),
              *([f"seed {args.seed} (batch orders); the last table compares each search with the seed-0 faithful one"]
                if args.seed else []),

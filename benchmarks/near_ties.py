@@ -34,6 +34,7 @@ from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.evaluate import mean_nll
 from hopscotch.models import load_model
 from hopscotch.search import train_final_scalars
+from hopscotch.search.state import read_steps
 from hopscotch.search.train import rebatch
 from hopscotch.tasks import prepare_task
 
@@ -60,7 +61,7 @@ def parse_args(argv=None):
 def step_scores(state_path: Path) -> dict[int, dict[int, float]]:
     """Every trained candidate's score per step of a recorded faithful search."""
     steps: dict[int, dict[int, float]] = {}
-    for rec in json.loads(state_path.read_text())["steps"]:
+    for rec in read_steps(state_path):
         name = rec.get("name", "")
         if name.startswith("step") and "/cand" in name:
             step, cand = name[4:].split("/cand")

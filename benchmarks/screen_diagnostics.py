@@ -38,7 +38,8 @@ import torch
 from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch import patch_model, patched_layers, set_scalars, set_skips
-from hopscotch.search.greedy import step_schedule
+from hopscotch.search.runner import step_schedule
+from hopscotch.search.state import read_steps
 from hopscotch.search.objectives import batch_loss, loss_positions
 from hopscotch.search.train import frozen_base, scalar_parameters
 from hopscotch.tasks import prepare_task
@@ -79,7 +80,7 @@ def recorded_path(state_file: Path, steps: int) -> list[tuple[int, list[float], 
     """Per step of a recorded search: (winner, winner's trained scalars, trained loss of every trained candidate)."""
     if not state_file.exists():
         raise SystemExit(f"{state_file} not found: run the quality study (or fast_vs_faithful.py) for this task first")
-    rec = {r["name"]: r for r in json.loads(state_file.read_text())["steps"]}
+    rec = {r["name"]: r for r in read_steps(state_file)}
     out = []
     for s in range(steps):
         cands = {int(n.split("cand")[1]): r for n, r in rec.items() if n.startswith(f"step{s}/cand")}
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     path = recorded_path(work / f"{args.task}_f0_{method}.state.json", max(steps) + 1)
     patch_model(model)
     model.eval()
-    # the fast search's screening and refinement batches (greedy_search: a seed-0 permutation, 15% + 15%)
+    # the fast search's screening and refinement batches (ScreenStrategy: a seed-0 permutation, 15% + 15%)
     perm = torch.randperm(nb, generator=torch.Generator().manual_seed(0)).tolist()
     n_screen = max(1, round(0.15 * nb))
     scored_on = [batches[i] for i in sorted(perm[:2 * n_screen])]

@@ -38,6 +38,7 @@ from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
 from hopscotch.search import search, train_final_scalars
+from hopscotch.search.state import read_steps
 from hopscotch.search.train import PassCounter, rebatch
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
@@ -106,12 +107,12 @@ def main(argv=None) -> int:
             unpatch_model(model)
             t1 = time.perf_counter()
             plan = search(model, batches, method=args.method, num_skip=args.k, objective=data.objective, seed=0,
-                          candidate_epochs=e, final_epochs=3, final_batch_size=None, state_path=work / f"{label}.state.json",
+                          candidate_epochs=e, final_epochs=3, final_batch_size=0, state_path=work / f"{label}.state.json",
                           data_info=data.info, progress=not args.quiet)
             prov = plan.provenance
             search_passes = prov["token_passes"]["total"]
-            final_seconds = next(s["seconds"] for s in json.loads((work / f"{label}.state.json").read_text())
-                                 ["steps"] if s["name"] == f"final/k{args.k}")
+            final_seconds = next(s["seconds"] for s in read_steps(work / f"{label}.state.json")
+                                 if s["name"] == f"final/k{args.k}")
             final_passes = None
             if f_epochs != 3:  # train the final scalars again, for f_epochs, from 1
                 work_done, t2 = PassCounter(), time.perf_counter()

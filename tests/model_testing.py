@@ -30,3 +30,15 @@ def left_padded_batch(vocab: int, lengths: list[int], pad_id: int = 0, seed: int
 
 needs_peft = pytest.mark.skipif(
     __import__("importlib").util.find_spec("peft") is None, reason="peft is not installed")
+
+
+def calibration_batches(n=6, batch=3, seq=20, seed=1, vocab=97) -> list[dict]:
+    """Seeded random calibration batches for the search tests; the first half of each row is a prompt (no loss)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, vocab, (batch, seq), generator=g)
+        labels = ids.clone()
+        labels[:, : seq // 2] = -100
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out

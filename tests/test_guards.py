@@ -79,11 +79,55 @@ def test_early_stopping_keeps_the_epoch_best_on_the_held_out_rows():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(pull=-1.0), r"ScalarGuard\(pull=-1.0\): expected a finite number >= 0"),
-    (dict(generic_weight=float("nan")), r"generic_weight=nan"),
-    (dict(holdout=1.0), r"expected a fraction below 1"),
-    (dict(holdout=True), r"holdout=True"),
+    (dict(pull=-1.0), r"ScalarGuard: pull=-1.0 \(float\); expected 0 or more \(0 = off\)"),
+    (dict(generic_weight=float("nan")), r"ScalarGuard: generic_weight=nan \(float\); expected 0 or more"),
+    (dict(holdout=1.0), r"holdout=1.0 \(float\); expected a fraction in \[0, 1\)"),
+    (dict(holdout=True), r"holdout=True \(bool\); expected a finite number"),
 ])
 def test_bad_guards_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ScalarGuard(**kwargs)
+
+
+def _search(tmp_path=None, generic=None, **settings):
+    from hopscotch.search import search
+
+    return search(tiny_model("llama"), _batches(4, seed=1), method="hopscotch", num_skip=2, final_epochs=2,
+                  generic_batches=generic, state_path=tmp_path, progress=False, **settings)
+
+
+def test_the_guards_are_search_settings_recorded_in_the_plan(tmp_path):
+    """A search's final training runs under the config's guard (the same scalars as train_final_scalars with that
+    guard on the blocks it chose), and the plan records the guard's settings and what it did."""
+    from hopscotch.search.train import rebatch
+
+    paper = _search()
+    assert paper.provenance["final_guard"] == {"settings": {"generic_weight": 0.0, "pull": 0.0, "holdout": 0.0},
+                                               "did": {}}
+    held = _search(holdout=0.5, pull=0.1)
+    assert held.skipped_attention == paper.skipped_attention  # the greedy steps do not see the guard
+    assert held.provenance["hyperparameters"]["guard"] == {"generic_weight": 0.0, "pull": 0.1, "holdout": 0.5}
+    did = held.provenance["final_guard"]["did"]
+    assert len(did["holdout_rows"]) == 2 and len(did["holdout_losses"]) == 3 and did["guard"]["pull"] == 0.1
+    model = tiny_model("llama")
+    train_final_scalars(model, rebatch(_batches(4, seed=1), 1), held.skipped_attention, epochs=2, seed=0,
+                        guard=ScalarGuard(holdout=0.5, pull=0.1))
+    assert torch.equal(get_scalars(model), held.scalar_tensor())
+    assert not torch.equal(held.scalar_tensor(), paper.scalar_tensor())
+
+
+def test_the_generic_guard_needs_generic_batches_and_a_state_keeps_its_guard(tmp_path):
+    from hopscotch.errors import ArgumentError
+    from hopscotch.search import StateMismatchError
+
+    with pytest.raises(ArgumentError, match=r"search: generic_weight=0.5 needs generic text batches"):
+        _search(generic_weight=0.5)
+    generic = _batches(3, seed=5, width=16)
+    a = _search(tmp_path / "s.json", generic=generic, generic_weight=0.5)
+    assert a.provenance["final_guard"]["did"]["guard"]["generic_weight"] == 0.5
+    with pytest.raises(StateMismatchError, match=r"guard.generic_weight: 0.5 in the file, 0.0 now"):
+        _search(tmp_path / "s.json", generic=generic)
+    with pytest.raises(StateMismatchError, match=r"generic_data: "):  # other generic text: another final training
+        _search(tmp_path / "s.json", generic=_batches(3, seed=6, width=16), generic_weight=0.5)
+    again = _search(tmp_path / "s.json", generic=generic, generic_weight=0.5)
+    assert torch.equal(again.scalar_tensor(), a.scalar_tensor())

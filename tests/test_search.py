@@ -17,25 +17,18 @@ import torch
 from hopscotch import SkipPlan, current_plan, is_patched
 from hopscotch.patch import patch_model, set_skips
 from hopscotch.patch.patcher import get_scalars
-from hopscotch.search import METHODS, FastSettings, TokenPassCost, search, train_final_scalars, worst_case
-from hopscotch.search.greedy import _train, step_schedule
+from hopscotch.errors import ArgumentError
+from hopscotch.limits import SkipLimitError
+from hopscotch.search import (METHODS, ConfigError, FastConfig, SearchConfig, StateMismatchError, TokenPassCost, search,
+                              train_final_scalars, worst_case)
+from hopscotch.search.runner import step_schedule
+from hopscotch.search.screening import screen_candidates, screen_cost
+from hopscotch.search.state import read_steps
 from hopscotch.search.train import PassCounter, batch_tokens, rebatch, scalar_parameters
-from hopscotch.search.state import StateMismatchError
-from model_testing import tiny_model
+from model_testing import calibration_batches as _batches, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def _batches(n=6, batch=3, seq=20, seed=1, vocab=97):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(3, vocab, (batch, seq), generator=g)
-        labels = ids.clone()
-        labels[:, : seq // 2] = -100  # a prompt that carries no loss
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
-    return out
 
 
 def _planted_model(useless=(1, 3), num_layers=5):
@@ -101,52 +94,29 @@ def test_fast_and_faithful_agree_on_planted_useless_blocks(objective):
     assert passes["hopscotch-fast"] < passes["hopscotch"]
 
 
-def test_fast_widens_probes_and_agrees_with_faithful_on_a_deeper_planted_model():
-    """12 layers, 4 planted useless blocks, k=5: near-tied screening scores widen the shortlist; probed candidates
-    finish their training; fast and faithful skip the same blocks, at a fraction of the token-passes."""
+def test_fast_widens_the_shortlist_and_agrees_with_faithful_on_a_deeper_planted_model():
+    """12 layers, 4 planted useless blocks, k=5: near-tied screening scores widen the shortlist, the budget narrows
+    it; fast and faithful skip the same blocks, at a fraction of the token-passes."""
     useless = (1, 3, 6, 9)
     batches = _self_labelled(_planted_model(useless, 12), _batches(n=8))
     plans = {}
     for method in ("hopscotch", "hopscotch-fast"):
         plans[method] = search(_planted_model(useless, 12), batches, method=method, num_skip=5, final_epochs=1,
-                               budget_ratio=3.0, probe_fraction=0.25, max_shortlist=6, margin=0.05, refine=0,
-                               progress=False)
+                               budget_ratio=3.0, max_shortlist=6, margin=0.05, refine=0, progress=False)
     fast, faithful = plans["hopscotch-fast"], plans["hopscotch"]
     assert set(useless) <= set(fast.skipped_attention)
     assert fast.skipped_attention == faithful.skipped_attention
     assert fast.provenance["final_losses"][-1] == pytest.approx(faithful.provenance["final_losses"][-1], rel=0.02)
     steps = fast.provenance["steps"]
-    assert any(s.get("probe") for s in steps)  # the shortlist was widened somewhere
-    assert all(s["shortlist"]["width"] <= 6 for s in steps)
+    assert any(s["shortlist"]["close"] > 1 and s["shortlist"]["width"] > 1 for s in steps)  # widened somewhere
+    assert any(s["shortlist"]["width"] < s["shortlist"]["close"] for s in steps)  # and narrowed by the budget
+    assert all(s["shortlist"]["width"] <= 6 and s["budget"]["planned"] <= s["budget"]["available"] for s in steps)
     ratio = faithful.provenance["token_passes"]["total"] / fast.provenance["token_passes"]["total"]
     assert ratio >= 3.0
 
 
-def test_probe_then_finish_equals_training_at_once():
-    """The fast search stops probed candidates early and finishes them later: that must be exactly the faithful
-    training (same order, same optimizer state)."""
-    model = patch_model(tiny_model("llama", num_layers=4))
-    batches = _batches(n=6)
-    schedule = step_schedule(0, 0, len(batches))
-    cost = TokenPassCost.of(model)
-    kw = dict(objective="nll", teacher=None, lr=1e-2, cost=cost)
-    whole, _ = _train(model, batches, [], 2, schedule, start=0, stop=6, **kw)
-    probe, opt = _train(model, batches, [], 2, schedule, start=0, stop=2, **kw)
-    from hopscotch.search.greedy import _state_to_json, _merge
-
-    rest, _ = _train(model, batches, [], 2, schedule, start=2, stop=6,
-                     state_in={"scalars": probe["scalars"], "adam": _state_to_json(opt)}, **kw)
-    assert torch.allclose(torch.tensor(rest["scalars"]), torch.tensor(whole["scalars"]), atol=1e-6)
-    merged = _merge(probe["sums"], rest["sums"])
-    assert merged[0][1] / merged[0][2] == pytest.approx(whole["sums"][0][1] / whole["sums"][0][2], rel=1e-6)
-    assert rest["passes"][0] + probe["passes"][0] == pytest.approx(whole["passes"][0])
-
-
 def test_screen_cost_is_what_screening_counts():
     """The budget plans the refinement with ``screen_cost``: it must be the work ``screen_candidates`` records."""
-    from hopscotch.search.greedy import screen_candidates, screen_cost
-    from hopscotch.search.train import PassCounter
-
     model = patch_model(tiny_model("llama", num_layers=6))
     batches = _batches(n=3)
     cost = TokenPassCost.of(model)
@@ -163,7 +133,7 @@ def test_refinement_rescreens_the_best_screened_candidates_on_other_batches():
     within ``margin`` of it (at most ``max_shortlist``)."""
     batches = _self_labelled(_planted_model((1, 3), 8), _batches(n=8))
     plan = search(_planted_model((1, 3), 8), batches, method="hopscotch-fast", num_skip=2, final_epochs=1,
-                  refine=4, refine_fraction=0.25, shortlist=1, max_shortlist=3, margin=0.05, budget_ratio=None,
+                  refine=4, refine_fraction=0.25, shortlist=1, max_shortlist=3, margin=0.05, budget_ratio=0,
                   progress=False)
     for step in plan.provenance["steps"]:
         first = {int(c): v for c, v in step["screen"].items()}
@@ -175,8 +145,8 @@ def test_refinement_rescreens_the_best_screened_candidates_on_other_batches():
         close = [c for c in ranked if mean[c] - mean[ranked[0]] <= 0.05 * mean[ranked[0]]]  # within the margin
         assert sorted(int(c) for c in step["scores"]) == sorted(ranked[:min(max(1, len(close)), 3)])
     assert plan.skipped_attention == [1, 3]
-    with pytest.raises(ValueError, match="refine"):
-        FastSettings(refine=-1)
+    with pytest.raises(ConfigError, match=r"FastConfig: refine=-1 \(int\); expected 0 or more"):
+        FastConfig(refine=-1)
 
 
 def test_every_candidate_of_a_step_sees_the_same_batch_order():
@@ -201,10 +171,10 @@ def test_token_pass_unit_counts_the_head_and_backward_twice():
 def test_fast_budget_guarantee_by_construction():
     """SmolLM2's shape (30 layers, LM head ~21% of a token-pass): at k=8 the ledger guarantees >= 8x fewer
     token-passes than the faithful search, every step's floor (screening + one candidate) fitting its allowance."""
-    w = worst_case(30, 8, FastSettings(), final_epochs=3, head_share=0.21)
+    w = worst_case(30, 8, FastConfig(), final_epochs=3, head_share=0.21)
     assert w["floors_fit"] and w["ratio_min"] >= 8.0 - 1e-9
     # without the budget the widest shortlist at every step would cost more than 1/8
-    assert worst_case(30, 8, FastSettings(budget_ratio=None), final_epochs=3)["ratio_min"] < 8.0
+    assert worst_case(30, 8, FastConfig(budget_ratio=0), final_epochs=3)["ratio_min"] < 8.0
     # measured on a 30-layer tiny model: fast work vs the faithful work of the same steps (computed exactly)
     model = _planted_model((2, 5, 9, 14, 20), 30)
     batches = _self_labelled(model, _batches(n=8, seq=16))
@@ -261,7 +231,7 @@ def test_rebatch_keeps_every_row_and_token_and_drops_padding():
 
 @pytest.mark.parametrize("objective", ["nll", "kl"])
 def test_final_scalars_train_on_rebatched_rows(objective, monkeypatch):
-    """final_batch_size=1: one Adam step per row and epoch, over the same tokens; None keeps the batches."""
+    """final_batch_size=1: one Adam step per row and epoch, over the same tokens; 0 keeps the batches."""
     import hopscotch.search.train as train_mod
 
     rows_seen = []
@@ -273,7 +243,7 @@ def test_final_scalars_train_on_rebatched_rows(objective, monkeypatch):
 
     monkeypatch.setattr(train_mod, "batch_loss", counting)
     seen, passes = {}, {}
-    for fbs in (1, None):
+    for fbs in (1, 0):
         model = tiny_model("llama", num_layers=3)
         rows_seen.clear()
         plan = search(model, _batches(n=2, batch=3), method="hopscotch", num_skip=1, objective=objective,
@@ -282,9 +252,9 @@ def test_final_scalars_train_on_rebatched_rows(objective, monkeypatch):
         seen[fbs] = list(rows_seen)
         passes[fbs] = plan.provenance["token_passes"]["total"]
     # 3 candidates x 2 batches of 3 rows, then the final scalars: 2 epochs of 6 rows of 1, or of 2 batches of 3
-    assert seen[1] == [3] * 6 + [1] * 12 and seen[None] == [3] * 6 + [3] * 4
+    assert seen[1] == [3] * 6 + [1] * 12 and seen[0] == [3] * 6 + [3] * 4
     # the same tokens (the kl teacher's forward over the re-batched rows is counted once more)
-    assert passes[1] == passes[None] if objective == "nll" else passes[1] > passes[None]
+    assert passes[1] == passes[0] if objective == "nll" else passes[1] > passes[0]
 
 
 @pytest.mark.parametrize("objective", ["nll", "kl"])
@@ -319,17 +289,23 @@ def test_train_final_scalars_is_the_search_final_step(objective):
 
 def test_bad_arguments_are_refused():
     model = tiny_model("llama", num_layers=3)
-    with pytest.raises(ValueError, match=r"unknown search method 'magic'; expected one of hopscotch"):
+    with pytest.raises(ConfigError, match=r"search: method='magic' \(str\); expected one of hopscotch, hopscotch-fast"):
         search(model, _batches(), method="magic")
-    with pytest.raises(ValueError, match=r"num_skip=4; expected an integer between 0 and the layer count \(3\)"):
-        search(model, _batches(), num_skip=4)
-    with pytest.raises(ValueError, match=r"unknown objective 'mse'"):
+    with pytest.raises(SkipLimitError, match=r"num_skip 3: expected 0 to 2 for a model with 3 layers"):
+        search(model, _batches(), num_skip=3)
+    with pytest.raises(ConfigError, match=r"search: objective='mse' \(str\); expected one of nll"):
         search(model, _batches(), objective="mse")
-    with pytest.raises(ValueError, match=r"calibration data holds no batches"):
+    with pytest.raises(ArgumentError, match=r"search: batches=\[\] holds no calibration batches"):
         search(model, [], num_skip=1)
-    with pytest.raises(ValueError, match=r"final_batch_size=0: expected a positive integer or None"):
-        search(model, _batches(), num_skip=1, final_batch_size=0)
-    with pytest.raises(ValueError, match=r"batch 0 has keys \['input_ids'\]"):
+    with pytest.raises(ConfigError, match=r"search: final_batch_size=-1 \(int\); expected 0 or more"):
+        search(model, _batches(), num_skip=1, final_batch_size=-1)
+    with pytest.raises(ConfigError, match=r"search: budget_ratio=0.5 \(float\); expected more than 1, or 0"):
+        search(model, _batches(), num_skip=1, budget_ratio=0.5)
+    with pytest.raises(ConfigError, match=r"search: probe_fraction=0.5 \(float\); expected a setting \(method, "):
+        search(model, _batches(), num_skip=1, probe_fraction=0.5)  # retired
+    with pytest.raises(ArgumentError, match=r"search: config='fast' \(str\); expected a SearchConfig or None"):
+        search(model, _batches(), "fast")
+    with pytest.raises(ArgumentError, match=r"search: batch 0 has keys \['input_ids'\]|calibration batch 0 has keys"):
         search(model, [{"input_ids": torch.ones(1, 3, dtype=torch.long)}], num_skip=1)
 
 
@@ -337,15 +313,18 @@ def test_state_of_another_search_is_refused_and_a_state_serves_other_k(tmp_path)
     state = tmp_path / "state.json"
     kw = dict(method="hopscotch-fast", final_epochs=1, state_path=state, progress=False)
     p2 = search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=2, **kw)
-    with pytest.raises(StateMismatchError, match=r"other settings \(seed: 0 in the file, 1 now\)"):
+    with pytest.raises(StateMismatchError, match=r"other settings \(seed: 0 in the file, 1 now\); delete it or "
+                                                 r"choose another state file"):
         search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=2, seed=1, **kw)
+    with pytest.raises(StateMismatchError, match=r"other settings \(fast.margin: 0.0125 in the file, 0.5 now\)"):
+        search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=2, margin=0.5, **kw)
     with pytest.raises(StateMismatchError, match=r"other settings \(data: "):
         search(tiny_model("llama", num_layers=4), _batches(n=2, seed=5), num_skip=2, **kw)
     # The greedy steps do not depend on k: k=1 reuses step 0, k=3 adds one step.
-    n_steps = len(json.loads(state.read_text())["steps"])
+    n_steps = len(read_steps(state))
     p1 = search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=1, **kw)
     assert p1.skipped_attention == [p2.provenance["steps"][0]["picked"]]
-    after_k1 = json.loads(state.read_text())["steps"]
+    after_k1 = read_steps(state)
     assert len(after_k1) == n_steps + 1 and after_k1[-1]["name"] == "final/k1"  # only the final training is new
     p3 = search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=3, **kw)
     assert set(p2.skipped_attention) < set(p3.skipped_attention)
@@ -355,8 +334,7 @@ _SCRIPT = textwrap.dedent("""
     import sys, json, torch
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
-    from test_search import _batches
-    from model_testing import tiny_model
+    from model_testing import calibration_batches as _batches, tiny_model
     from hopscotch.search import search
     model = tiny_model("llama", num_layers=5)
     plan = search(model, _batches(n=6), method={method!r}, num_skip=3, final_epochs=2, state_path=sys.argv[1],
@@ -382,7 +360,7 @@ def test_killed_search_resumes_to_the_same_plan(method, tmp_path):
     steps = 0
     while time.time() < deadline and proc.poll() is None:  # kill it once some steps are on disk
         try:
-            steps = len(json.loads(state.read_text())["steps"])
+            steps = len(read_steps(state))
         except (OSError, ValueError, KeyError):
             steps = 0
         if steps >= 4:
@@ -391,8 +369,11 @@ def test_killed_search_resumes_to_the_same_plan(method, tmp_path):
         time.sleep(0.05)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
-    recorded = len(json.loads(state.read_text())["steps"])
+    before = state.read_bytes()
+    recorded = len(read_steps(state))
     resumed = _run(script, state, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1]) == expected
-    assert len(json.loads(state.read_text())["steps"]) > recorded
+    assert len(read_steps(state)) > recorded
+    whole = before[:before.rfind(b"\n") + 1]  # the finished lines (a line being appended at the kill is redone)
+    assert state.read_bytes().startswith(whole)  # appended to, never rewritten

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import re
 import sys
 from pathlib import Path
 
 from ..limits import check_num_skip
+from ..search.config import SearchConfig
+from ..search.fields import ConfigError
+from ..search.objectives import OBJECTIVES
 from .common import CliError, add_model_args, emit, load_from_args, model_export_info
 
 HELP = "find attention blocks to skip and save the plan (resumable)"
@@ -42,7 +45,7 @@ def register(sub) -> None:
     d.add_argument("--calibration", type=int, default=32, help="calibration items (default 32)")
     d.add_argument("--evaluation", type=int, default=100,
                    help="evaluation items, disjoint from calibration (default 100)")
-    d.add_argument("--objective", default="self-distill", choices=["self-distill", "nll", "kl"],
+    d.add_argument("--objective", default="self-distill", choices=OBJECTIVES,
                    help="self-distill: NLL of the original model's own greedy answers (Hopscotch's); nll: of the "
                         "gold answers / the text; kl: to the original model's next-token distribution")
     d.add_argument("--max-new-tokens", type=int, default=48, help="length of the self-distillation answers")
@@ -50,64 +53,7 @@ def register(sub) -> None:
     d.add_argument("--similarity-data", default="wikipedia", choices=["wikipedia", "task"],
                    help="llm-drop / shortgpt: score similarities on packed Wikipedia text (default, as the papers "
                         "score C4) or on the task's calibration batches")
-    s = p.add_argument_group("search")
-    s.add_argument("--method", default="hopscotch-fast",
-                   choices=["hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random"],
-                   help="hopscotch: the paper's search (every candidate trained); hopscotch-fast: the same rule on a "
-                        "screened shortlist (default; about 8x fewer token-passes at k=8; on SmolLM2 it matched the "
-                        "faithful picks on ARC-Easy at k=1..8 and stayed within 2%% on HellaSwag at k=1..4, but ended "
-                        "3.6-4.0%% higher in calibration loss on BoolQ at k=3-4 and 8-11%% at k=5-8: use hopscotch "
-                        "when the plan matters more than search time); "
-                        "llm-drop / shortgpt / random: baselines")
-    s.add_argument("--num-skip", "-k", type=int, default=4, help="blocks to skip (default 4)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--lr", type=float, default=1e-2, help="Adam lr when scoring candidates (default 1e-2)")
-    s.add_argument("--final-lr", type=float, default=3e-3, help="Adam lr of the final scalars (default 3e-3)")
-    s.add_argument("--final-epochs", type=int, default=3, help="epochs of the final scalars (default 3)")
-    s.add_argument("--final-batch-size", type=int, default=1,
-                   help="batch size of the final scalars' training, over the same calibration rows (default 1: more "
-                        "Adam steps for the same tokens; 0 keeps --batch-size)")
-    s.add_argument("--candidate-epochs", type=int, default=1,
-                   help="training budget of each candidate: epochs over the calibration batches (default 1, the "
-                        "paper's); --calibration and --batch-size set the batches")
-    s.add_argument("--shortlist", type=int, default=1,
-                   help="hopscotch-fast: candidates trained in full per step, at least (default 1)")
-    s.add_argument("--max-shortlist", type=int, default=3,
-                   help="hopscotch-fast: most candidates trained (or probed) when screening scores are close "
-                        "(default 3)")
-    s.add_argument("--margin", type=float, default=0.0125,
-                   help="hopscotch-fast: candidates whose refined screening loss is within this fraction of the "
-                        "best are trained too (default 0.0125)")
-    s.add_argument("--probe-fraction", type=float, default=1.0,
-                   help="hopscotch-fast: share of an epoch a widened shortlist is probed on before the best "
-                        "--shortlist finish (default 1: no probing, the widened shortlist is trained in full)")
-    s.add_argument("--screen-fraction", type=float, default=0.15,
-                   help="hopscotch-fast: share of the calibration batches every candidate is screened on")
-    s.add_argument("--refine", type=int, default=10,
-                   help="hopscotch-fast: the best-screened candidates screened again on further batches (default "
-                        "10; 0 = none)")
-    s.add_argument("--refine-fraction", type=float, default=0.15,
-                   help="hopscotch-fast: share of the calibration batches the refinement screens on (default 0.15)")
-    s.add_argument("--budget-ratio", type=float, default=8.0,
-                   help="hopscotch-fast: spend at most 1/this of the faithful search's token-passes (k=8 and "
-                        "before); 0 = no budget (default 8)")
-    s.add_argument("--strategy", default="screen", choices=["screen", "lazy"],
-                   help="hopscotch-fast: how each step finds the candidates it trains: a fresh screen of every "
-                        "candidate (default), or lazy: each candidate's latest trained loss carried from step to "
-                        "step, the best one trained again with the best-screened of the next --pool (on SmolLM2 no better "
-                        "overall: within 2%% of the faithful search in 14 of 24 (task, k) cells against 15)")
-    s.add_argument("--first-probe", type=float, default=0.125,
-                   help="lazy: share of an epoch every candidate of the first step is trained on (default 0.125)")
-    s.add_argument("--first-finish", type=int, default=3,
-                   help="lazy: best first-step probes that finish their epoch (default 3)")
-    s.add_argument("--pool", type=int, default=6,
-                   help="lazy: candidates after the incumbent, by latest trained loss, screened per step "
-                        "(default 6)")
-    s.add_argument("--challengers", type=int, default=1,
-                   help="lazy: best-screened of the pool trained beside the incumbent per step (default 1)")
-    s.add_argument("--target", default="attn", choices=["attn", "mlp", "block", "joint"],
-                   help="llm-drop: which modules to drop (default attn)")
-    s.add_argument("--iterative", action="store_true", help="llm-drop: rescore after each drop")
+    _add_config_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="PLAN.json", default=None,
                    help="where to save the plan (default plans/<model>-<task>-<method>-k<k>.json)")
@@ -125,38 +71,42 @@ def _default_out(args) -> Path:
     return Path("plans") / f"{name}.json"
 
 
-def _check(args) -> None:
-    if args.num_skip < 0:
-        raise CliError(f"--num-skip {args.num_skip}: expected 0 or more")
+def _add_config_args(p) -> None:
+    """One flag per SearchConfig setting: its name, type, default, choices and help come from the field."""
+    defaults, groups = SearchConfig(), {None: p.add_argument_group("search")}
+    described = {f.name: f.metadata["help"] for f in dataclasses.fields(SearchConfig)}
+    for group, name, f in SearchConfig.settings():
+        meta = f.metadata
+        if not meta["cli"]:
+            continue
+        if group not in groups:
+            groups[group] = p.add_argument_group(f"search: {described[group]}")
+        default = defaults.value(group, name)
+        flags = [f"--{name.replace('_', '-')}"] + ([meta["short"]] if meta["short"] else [])
+        text = f"{meta['help']} (default {default})".replace("%", "%%")
+        if isinstance(default, bool):
+            groups[group].add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            groups[group].add_argument(*flags, type=type(default), default=default, choices=meta["choices"],
+                                       help=text)
+
+
+def _config(args) -> SearchConfig:
+    """The SearchConfig the flags give; a bad value is named by its flag."""
+    values = {name: getattr(args, name) for _, name, f in SearchConfig.settings() if f.metadata["cli"]}
+    try:
+        return SearchConfig().replace(**values)
+    except ConfigError as exc:
+        raise CliError(f"--{exc.name.replace('_', '-')} {exc.value}: expected {exc.expected}") from None
+
+
+def _check(args) -> SearchConfig:
+    config = _config(args)
     if args.calibration < 1 or args.evaluation < 0:
         raise CliError("--calibration must be at least 1 and --evaluation at least 0")
-    if not 0 < args.screen_fraction <= 1:
-        raise CliError(f"--screen-fraction {args.screen_fraction}: expected a fraction in (0, 1]")
-    if not 0 < args.probe_fraction <= 1:
-        raise CliError(f"--probe-fraction {args.probe_fraction}: expected a fraction in (0, 1]")
-    if args.refine < 0 or not 0 <= args.refine_fraction < 1:
-        raise CliError(f"--refine {args.refine} --refine-fraction {args.refine_fraction}: expected a count >= 0 "
-                       "and a fraction in [0, 1)")
-    if args.candidate_epochs < 1 or args.shortlist < 1 or args.max_shortlist < 1:
-        raise CliError("--candidate-epochs, --shortlist and --max-shortlist must be at least 1")
-    if not 0 < args.first_probe <= 1:
-        raise CliError(f"--first-probe {args.first_probe}: expected a fraction in (0, 1]")
-    if args.first_finish < 1 or args.pool < 0 or args.challengers < 0:
-        raise CliError(f"--first-finish {args.first_finish} --pool {args.pool} --challengers {args.challengers}: "
-                       "expected --first-finish >= 1, --pool >= 0 and --challengers >= 0")
-    if args.budget_ratio and args.budget_ratio <= 1:
-        raise CliError(f"--budget-ratio {args.budget_ratio}: expected more than 1, or 0 for no budget")
-    for flag, value in (("--lr", args.lr), ("--final-lr", args.final_lr)):
-        if not (math.isfinite(value) and value > 0):
-            raise CliError(f"{flag} {value}: expected a positive learning rate")
-    if not (math.isfinite(args.margin) and args.margin >= 0):
-        raise CliError(f"--margin {args.margin}: expected 0 or more")
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise CliError(f"{flag} {value}: expected 1 or more")
-    if args.final_epochs < 0 or args.final_batch_size < 0:
-        raise CliError(f"--final-epochs {args.final_epochs} --final-batch-size {args.final_batch_size}: expected 0 "
-                       "or more")
     if args.data and not Path(args.data).is_file():
         raise CliError(f"--data {args.data}: no such file")
     for flag, value in (("--out", args.out), ("--state", args.state)):
@@ -178,6 +128,7 @@ def _check(args) -> None:
         if args.task not in packaged_tasks():
             raise CliError(f"--task {args.task!r} is not a packaged task; see `hopscotch info` for the list, or "
                            "pass --data FILE")
+    return config
 
 
 def _check_plan_destination(args) -> None:
@@ -204,7 +155,7 @@ def run(args) -> int:
     from ..search import search
     from ..tasks import evaluate_task, prepare_task
 
-    _check(args)
+    config = _check(args)
     out = Path(args.out) if args.out else _default_out(args)
     state = Path(args.state) if args.state else out.with_name(out.stem + ".state.json")
     args._interrupt_hint = f"every finished step is saved in {state}; run the same command again to resume"
@@ -219,17 +170,8 @@ def run(args) -> int:
     if progress:
         print(f"search state: {state} (resumable)", file=sys.stderr)
     similarity = data.text_calibration if args.similarity_data == "wikipedia" else None
-    plan = search(model, data.calibration, method=args.method, num_skip=args.num_skip, objective=data.objective,
-                  seed=args.seed, lr=args.lr, final_lr=args.final_lr, final_epochs=args.final_epochs,
-                  final_batch_size=args.final_batch_size or None,
-                  target=args.target, iterative=args.iterative, shortlist=args.shortlist,
-                  max_shortlist=args.max_shortlist, margin=args.margin, probe_fraction=args.probe_fraction,
-                  budget_ratio=args.budget_ratio or None, candidate_epochs=args.candidate_epochs,
-                  screen_fraction=args.screen_fraction, refine=args.refine, refine_fraction=args.refine_fraction,
-                  strategy=args.strategy, first_probe=args.first_probe, first_finish=args.first_finish,
-                  pool=args.pool, challengers=args.challengers,
-                  similarity_batches=similarity, state_path=state,
-                  data_info=data.info, progress=progress)
+    plan = search(model, data.calibration, config.replace(objective=data.objective), similarity_batches=similarity,
+                  generic_batches=data.text_calibration, state_path=state, data_info=data.info, progress=progress)
     plan.provenance["model"] = args.model or "packaged SmolLM2-135M-Instruct"
     path = plan.save(out)
     after = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress, keep_items=True)

@@ -18,27 +18,29 @@ looks at.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+
+from .fields import check_fields, setting
 
 __all__ = ["ScalarGuard"]
 
 
 @dataclass(frozen=True)
 class ScalarGuard:
-    generic_weight: float = 0.0
-    pull: float = 0.0
-    holdout: float = 0.0
+    """The guards of one final training; ``ScalarGuard()`` (all 0) is the paper's training."""
+
+    generic_weight: float = setting(
+        0.0, "weight of the next-token loss on generic text (packed Wikipedia) added to each step's loss of the "
+        "final scalars (0 = off)", lambda v: v >= 0, "0 or more (0 = off)")
+    pull: float = setting(
+        0.0, "weight of a pull of the final scalars toward 1 (sum of (s - 1)^2) added to each step's loss (0 = off)",
+        lambda v: v >= 0, "0 or more (0 = off)")
+    holdout: float = setting(
+        0.0, "share of the calibration rows held out of the final training; the scalars of the epoch best on them "
+        "are kept (0 = off)", lambda v: 0 <= v < 1, "a fraction in [0, 1) of the calibration rows (0 = off)")
 
     def __post_init__(self):
-        for name in ("generic_weight", "pull", "holdout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
-                raise ValueError(f"ScalarGuard({name}={value!r}): expected a finite number >= 0 (0 = off)")
-        if self.holdout >= 1:
-            raise ValueError(f"ScalarGuard(holdout={self.holdout!r}): expected a fraction below 1 of the "
-                             "calibration rows to hold out (0 = off)")
+        check_fields(self)
 
     @property
     def off(self) -> bool:

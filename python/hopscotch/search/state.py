@@ -1,80 +1,190 @@
-"""Resumable search state (docs/ARCHITECTURE.md §2.6).
+"""Resumable search state (docs/ARCHITECTURE.md §2.6): one file of JSON lines, appended to, never rewritten.
 
-Every finished step of a search is written to a JSON file before the next step starts (write to a temporary
-file, fsync, rename: a kill at any moment leaves either the old or the new file, never half of one). A search
-started again with the same settings replays the finished steps from the file and continues from the first
-unfinished one; because every step is seeded by (seed, step, candidate), it reaches the same plan.
+The first line is the header: the format, the config of the search that wrote the file (``SearchConfig.as_dict``,
+verbatim) and digests of its inputs (model, data). It is written whole (temporary file, fsync, rename) when the
+file is made. Every finished step is then appended as one line and fsync'ed before the search goes on, so a kill
+at any moment leaves every finished step on disk and at most a partial last line, which the next run drops. A
+search started again with the same config and inputs replays the finished steps and continues from the first
+unfinished one; every step is seeded by (seed, step, candidate), so it reaches the same plan.
+
+A resumed search compares configs by ``SearchConfig.identity()`` (the settings that steer the recorded work) and
+the input digests. A state written by an older hopscotch (one JSON object, format 1) is resumed when it maps onto
+a config exactly, and converted to this format; otherwise it is refused, saying what differs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from ..errors import HopscotchError
+from .config import GREEDY_METHODS, ConfigError, FastConfig, SearchConfig
 
-__all__ = ["SearchState", "StateMismatchError"]
+__all__ = ["SearchState", "StateMismatchError", "FORMAT", "read_steps"]
 
-_FORMAT = "hopscotch-search-state/1"
-
-
-class StateMismatchError(ValueError):
-    """A state file exists for a search with other settings: resuming it would mix two searches."""
+FORMAT = "hopscotch-search-state/2"
+_FORMAT_1 = "hopscotch-search-state/1"
+_AFRESH = "delete it or choose another state file (--state, state_path) to start afresh"
 
 
-@dataclass
+class StateMismatchError(HopscotchError, ValueError):
+    """A state file that this search cannot resume: another search's, an unreadable one, or an old one that does
+    not map exactly onto the settings of today."""
+
+
+def _normal(value: Any) -> Any:
+    """``value`` as a JSON round trip gives it back (tuples -> lists, int keys -> str): what a resumed run reads."""
+    return json.loads(json.dumps(value))
+
+
 class SearchState:
-    """Settings of one search and the steps it has finished."""
+    """The config and inputs of one search and the steps it has finished (``path=None``: in memory only)."""
 
-    settings: dict[str, Any]
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    path: Path | None = None
+    def __init__(self, config: SearchConfig, inputs: dict[str, Any], steps: list[dict] | None = None,
+                 path: Path | None = None):
+        self.config, self.inputs, self.path = config, _normal(inputs), path
+        self.steps: list[dict[str, Any]] = []
+        self._by_name: dict[str, dict[str, Any]] = {}
+        for s in steps or []:
+            self._add(s)
 
+    # ---- opening -------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike | None, settings: dict[str, Any]) -> "SearchState":
-        """Resume the search at ``path`` if it has the same settings, or start a new one there.
-
-        ``path=None`` keeps the state in memory only (nothing is resumable).
-        """
-        settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists) for comparison
+    def open(cls, path: str | os.PathLike | None, config: SearchConfig, inputs: dict[str, Any]) -> "SearchState":
+        """Resume the search at ``path`` if it was written with the same config identity and inputs, or start a
+        new one there (the header written at once)."""
         if path is None:
-            return cls(settings)
+            return cls(config, inputs)
         path = Path(path)
-        if path.exists():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise StateMismatchError(f"search state {path} is not valid JSON ({exc}); delete it to start over")
-            if data.get("format") != _FORMAT:
-                raise StateMismatchError(f"{path} is not a hopscotch search state (format {data.get('format')!r})")
-            old = data.get("settings", {})
-            if old != settings:
-                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-                details = "; ".join(f"{k}: {old.get(k)!r} in the file, {settings.get(k)!r} now" for k in diff)
-                raise StateMismatchError(f"search state {path} was written by a search with other settings "
-                                         f"({details}); use another state path or delete it to start over")
-            return cls(settings, list(data.get("steps", [])), path)
-        state = cls(settings, [], path)
-        state.save()
+        if not path.exists():
+            state = cls(config, inputs, path=path)
+            state._write_whole()
+            return state
+        old_config, old_inputs, steps, converted = _read(path, config, repair=True)
+        mine, theirs = {**config.identity(), **_normal(inputs)}, {**old_config.identity(), **old_inputs}
+        if _normal(mine) != _normal(theirs):
+            diff = sorted(k for k in set(mine) | set(theirs) if _normal(mine.get(k)) != _normal(theirs.get(k)))
+            details = "; ".join(f"{k}: {theirs.get(k)!r} in the file, {mine.get(k)!r} now" for k in diff)
+            raise StateMismatchError(f"search state {path} was written by a search with other settings ({details}); "
+                                     + _AFRESH)
+        state = cls(old_config, old_inputs, steps, path)
+        if converted:
+            state._write_whole()
         return state
 
-    def save(self) -> None:
+    # ---- recording -----------------------------------------------------------------------------------------
+    def record(self, step: dict[str, Any]) -> None:
+        """Append a finished step (a dict with a unique ``name``) and have it on disk before returning."""
+        step = self._add(step)
         if self.path is None:
             return
-        atomic_write_text(self.path, json.dumps({"format": _FORMAT, "settings": self.settings, "steps": self.steps},
-                                                indent=1))
-
-    def record(self, step: dict[str, Any]) -> None:
-        """Append a finished step and write it to disk before returning."""
-        self.steps.append(json.loads(json.dumps(step)))
-        self.save()
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(step) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def finished(self, name: str) -> dict[str, Any] | None:
-        """The finished step called ``name`` (steps carry a unique ``name``), or None."""
-        for s in self.steps:
-            if s.get("name") == name:
-                return s
-        return None
+        """The finished step called ``name``, or None."""
+        return self._by_name.get(name)
+
+    def _add(self, step: dict[str, Any]) -> dict[str, Any]:
+        step = _normal(step)
+        self.steps.append(step)
+        self._by_name.setdefault(step.get("name"), step)
+        return step
+
+    def _write_whole(self) -> None:
+        header = {"format": FORMAT, "config": self.config.as_dict(), "inputs": self.inputs}
+        atomic_write_text(self.path, "".join(json.dumps(x) + "\n" for x in [header, *self.steps]))
+
+
+def read_steps(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The finished steps of the state file at ``path`` (either format) as they stand, for reading a search's work
+    (studies, tests); a line being appended is left alone."""
+    return _parse(Path(path), repair=False)[2]
+
+
+def _read(path: Path, current: SearchConfig, *, repair: bool) -> tuple[SearchConfig, dict, list[dict], bool]:
+    """(config, inputs, steps, converted from format 1) of the state at ``path``."""
+    fmt, head, steps = _parse(path, repair)
+    if fmt == _FORMAT_1:
+        return (*_map_format_1(path, head.get("settings", {}), current), steps, True)
+    try:
+        config = SearchConfig.from_dict(head["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise StateMismatchError(f"search state {path} has a config this hopscotch cannot read ({exc}); " + _AFRESH) \
+            from None
+    return config, head.get("inputs", {}), steps, False
+
+
+def _parse(path: Path, repair: bool) -> tuple[str, dict, list[dict]]:
+    """(format, header, steps) of the state file at ``path``. A partial last line (a search killed while
+    appending) is skipped, and with ``repair`` cut off the file, so that the next record starts clean."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StateMismatchError(f"search state {path} cannot be read ({exc})") from None
+    if not raw.startswith(b'{"format": "' + FORMAT.encode()):
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateMismatchError(f"search state {path} is not valid JSON ({exc}); " + _AFRESH) from None
+        fmt = data.get("format") if isinstance(data, dict) else None
+        if fmt != _FORMAT_1:
+            raise StateMismatchError(f"{path} is not a hopscotch search state (format {fmt!r}); " + _AFRESH)
+        return fmt, data, list(data.get("steps", []))
+    whole = raw[:raw.rfind(b"\n") + 1]  # what follows the last newline is a line being (or killed while) appended
+    records = []
+    for i, line in enumerate(whole.split(b"\n")[:-1]):
+        try:
+            records.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateMismatchError(f"search state {path}, line {i + 1} is not valid JSON ({exc}); " + _AFRESH) \
+                from None
+    if repair and len(whole) < len(raw):
+        os.truncate(path, len(whole))
+    return FORMAT, records[0], records[1:]
+
+
+# ---- format 1 (one JSON object: settings and steps), written before SearchConfig ------------------------------
+_OLD_TOP = ("method", "objective", "seed", "lr", "final_lr", "final_epochs", "final_batch_size", "candidate_epochs",
+            "target", "iterative")
+_OLD_FAST = ("screen_fraction", "refine", "refine_fraction", "shortlist", "max_shortlist", "margin", "budget_ratio",
+             "budget_k")
+_OLD_INPUTS = ("model", "data", "similarity_data")
+
+
+def _map_format_1(path: Path, old: dict, current: SearchConfig) -> tuple[SearchConfig, dict]:
+    """The config and inputs a format-1 state's settings mean today, when they mean exactly one."""
+    def refuse(reason: str):
+        raise StateMismatchError(f"search state {path} was written by an older hopscotch and cannot be resumed "
+                                 f"exactly: {reason}; " + _AFRESH)
+
+    fast = old.get("fast") or {}
+    if fast.get("strategy", "screen") != "screen":
+        refuse(f"its fast search used the {fast['strategy']} strategy, which was retired")
+    if fast.get("probe_fraction", 1.0) != 1.0:
+        refuse(f"its fast search probed widened shortlists (probe_fraction {fast['probe_fraction']}), which was "
+               "retired")
+    if old.get("method") == "hopscotch-fast" and old.get("candidate_epochs", 1) != 1:
+        refuse(f"its fast search probed widened shortlists on one of its {old['candidate_epochs']} candidate "
+               "epochs, which was retired")
+    missing = [k for k in _OLD_TOP + ("model", "data") if k not in old]
+    if old.get("method") == "hopscotch-fast":
+        missing += [f"fast.{k}" for k in _OLD_FAST if k not in fast]
+    if missing:
+        refuse("it does not record " + ", ".join(missing))
+    values = {k: old[k] for k in _OLD_TOP}
+    values["final_batch_size"] = values["final_batch_size"] or 0  # None: the calibration batches as given
+    if old["method"] == "hopscotch-fast":
+        values["fast"] = {k: fast[k] for k in _OLD_FAST}
+        values["fast"]["budget_ratio"] = values["fast"]["budget_ratio"] or 0.0  # None: no budget
+    values["num_skip"] = old.get("num_skip", current.num_skip)  # greedy states serve any k
+    try:
+        config = SearchConfig.from_dict(values)
+    except ConfigError as exc:
+        refuse(str(exc))
+    return config, {k: old[k] for k in _OLD_INPUTS if k in old}

@@ -74,11 +74,11 @@ class TokenPassCost:
         positions through the LM head."""
         return tokens * self.layers(start, skipped_attn) + head_positions * self.head
 
-    def epoch(self, batches: list[dict], skipped_attn=(), backward: bool = True) -> float:
+    def epoch(self, batches: list[dict], skipped_attn=()) -> float:
         """Token-passes of one training epoch (forward + backward) over ``batches``."""
         t = sum(batch_tokens(b) for b in batches)
         n = sum(int(loss_positions(b).sum()) for b in batches)
-        return self.forward(t, n, 0, skipped_attn) * (1 + (BACKWARD_FACTOR if backward else 0.0))
+        return self.forward(t, n, 0, skipped_attn) * (1 + BACKWARD_FACTOR)
 
 
 @dataclass
@@ -111,8 +111,9 @@ def batch_tokens(batch: dict) -> int:
 
 def rebatch(batches: list[dict], batch_size: int, pad_id: int = 0) -> list[dict]:
     """The same rows (same order) in batches of ``batch_size``, each right-padded (with ``pad_id``, masked) to its
-    longest row; a row's own padding is dropped first, so batches of 1 hold none. Rows must be right-padded (as the package's batches are).
-    The token count (``batch_tokens``) and the loss positions are unchanged, so is the token-pass count."""
+    longest row; a row's own padding is dropped first, so batches of 1 hold none. Rows must be right-padded (as
+    the package's batches are). The token count (``batch_tokens``) and the loss positions are unchanged, so is the
+    token-pass count."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
     rows = []
@@ -161,21 +162,17 @@ def _skipped_attention(model) -> list[int]:
 
 
 def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[int]], *, objective: str, lr: float,
-                   start: int = 0, stop: int | None = None, teacher: list | None = None,
-                   optimizer_state: dict | None = None, counter: PassCounter | None = None,
+                   teacher: list | None = None, optimizer_state: dict | None = None, counter: PassCounter | None = None,
                    cost: TokenPassCost | None = None, desc: str | None = None,
                    progress: bool = False, extra_loss=None) -> tuple[list[list[float]], dict]:
-    """Adam on the scalars over positions ``start:stop`` of a fixed batch schedule (``schedule[e]`` is epoch e's
-    order of batch indices; positions count through the epochs in turn).
+    """Adam on the scalars over a fixed batch schedule (``schedule[e]`` is epoch e's order of batch indices).
 
-    Returns per epoch touched ``[epoch, loss sum, loss weight]`` (loss sums token-weighted) and the optimizer
-    state to continue from: training 0:m and then m:end with that state is the same as training 0:end at once,
-    which lets the fast search stop a candidate early and finish it later. ``extra_loss()``, when given, is
+    Returns per epoch ``[epoch, loss sum, loss weight]`` (loss sums token-weighted) and the optimizer state to
+    continue from (``optimizer_state``: a guarded training goes on epoch by epoch). ``extra_loss()``, when given, is
     called at each step and added to its loss before the backward (a guard's term, ``guards.py``); the losses
     returned are the task's alone.
     """
     flat = [(e, i) for e, order in enumerate(schedule) for i in order]
-    stop = len(flat) if stop is None else stop
     params = scalar_parameters(model)
     opt = torch.optim.Adam(params, lr=lr)
     if optimizer_state is not None:
@@ -190,10 +187,10 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=stop - start, desc=desc or "train scalars", leave=False)
+        bar = tqdm(total=len(flat), desc=desc or "train scalars", leave=False)
     try:
         with frozen_base(model), torch.enable_grad():
-            for e, i in flat[start:stop]:
+            for e, i in flat:
                 batch = batches[i]
                 loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None)
                 opt.zero_grad(set_to_none=True)
@@ -241,9 +238,9 @@ def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, obj
                         info: dict | None = None) -> list[float]:
     """Hopscotch's final scalars for a fixed set of skipped attention blocks (defaults: the search's).
 
-    The model is patched if it is not. The scalars start at 1 with the blocks ``attention`` skipped (nothing else), then Adam runs ``epochs`` epochs
-    over ``batches`` with the data order seeded by ``seed + FINAL_SEED_OFFSET``; the model is left with the
-    trained scalars. For the ``kl`` objective ``teacher`` is the unpatched model's log-probs on these batches;
+    The model is patched if it is not. The scalars start at 1 with the blocks ``attention`` skipped (nothing
+    else), then Adam runs ``epochs`` epochs over ``batches`` with the data order seeded by ``seed +
+    FINAL_SEED_OFFSET``; the model is left with the trained scalars. For the ``kl`` objective ``teacher`` is the unpatched model's log-probs on these batches;
     when it is None it is computed here (its forward passes are added to ``counter``). Returns each epoch's
     mean training loss (empty when ``epochs`` is 0 or nothing is skipped). The search's final step and any
     experiment that trains scalars for blocks chosen another way (e.g. LLM-Drop's) share this recipe.

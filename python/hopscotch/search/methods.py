@@ -1,0 +1,101 @@
+"""Each search method's run on a prepared search state: Hopscotch's greedy search and its final scalars, and the
+similarity baselines (LLM-Drop, ShortGPT). ``search()`` (``__init__.py``) checks the input, opens the state and
+calls one of these; each returns what the plan and its provenance need."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..patch import is_patched, patch_model, reset_scalars, set_skips, unpatch_model
+from ..patch.patcher import get_scalars
+from .baselines import candidate_scores, llm_drop_step, split_blocks
+from .config import SearchConfig
+from .objectives import teacher_logprobs
+from .runner import GreedyRunner
+from .similarity import similarity_scores
+from .state import SearchState
+from .strategies import FaithfulStrategy, ScreenStrategy
+from .train import PassCounter, TokenPassCost, batch_tokens, full_forward_passes, rebatch, train_final_scalars
+
+__all__ = ["run_hopscotch", "run_similarity", "TOKEN_PASS_UNIT"]
+
+TOKEN_PASS_UNIT = ("one token forward through every layer and the LM head of the unpatched model, weighted by "
+                   "weight FLOPs; backward = 2 forward")
+
+
+def run_hopscotch(model: nn.Module, batches: list[dict], config: SearchConfig, state: SearchState, *,
+                  generic: list[dict] | None, progress: bool) -> tuple[list[int], torch.Tensor, dict]:
+    """The greedy search (faithful or fast) and the final scalars; returns (chosen blocks, final scalars, the
+    provenance entries)."""
+    patch_model(model)
+    set_skips(model)
+    reset_scalars(model)
+    final_batches = rebatch(batches, config.final_batch_size) if config.final_batch_size else batches
+    teacher = teacher_logprobs(model, batches) if config.objective == "kl" else None
+    runner = GreedyRunner(model, batches, state, objective=config.objective, lr=config.lr, seed=config.seed,
+                          candidate_epochs=config.candidate_epochs, teacher=teacher, progress=progress)
+    if config.method == "hopscotch-fast":
+        strategy = ScreenStrategy(runner, config.fast, final_epochs=config.final_epochs)
+    else:
+        strategy = FaithfulStrategy(runner)
+    log = runner.run(strategy, config.num_skip)
+    counter = runner.counter
+    if teacher is not None:  # the teacher's forward over the calibration data (once)
+        counter.forward += full_forward_passes(runner.cost, batches)
+    final = state.finished(f"final/k{config.num_skip}")
+    if final is None:
+        final = _final_scalars(model, final_batches, runner.chosen, config, teacher, generic, progress)
+        state.record(final)
+    counter.add_record(final)
+    prov = {"steps": log, "final_losses": final["losses"], "token_passes": counter.as_dict(),
+            "search_seconds": round(counter.seconds, 2), "token_pass_unit": TOKEN_PASS_UNIT,
+            "final_guard": {"settings": config.guard.as_dict(), "did": final.get("guard", {})}}
+    return runner.chosen, torch.tensor(final["scalars"]), prov
+
+
+def _final_scalars(model, final_batches, chosen, config, teacher, generic, progress) -> dict:
+    """The final scalars' training for the chosen blocks, as a state record (what the guard did, when on)."""
+    work, t0, info = PassCounter(), time.perf_counter(), {}
+    # the teacher is per batch: train_final_scalars recomputes it when the final batches differ
+    losses = train_final_scalars(model, final_batches, chosen, objective=config.objective, epochs=config.final_epochs,
+                                 lr=config.final_lr, seed=config.seed, counter=work, progress=progress,
+                                 teacher=teacher if config.final_batch_size == 0 else None,
+                                 guard=config.guard, generic=generic, info=info)
+    record = {"name": f"final/k{config.num_skip}", "losses": losses, "scalars": get_scalars(model).tolist(),
+              "passes": [work.forward, work.backward], "seconds": round(time.perf_counter() - t0, 2)}
+    if not config.guard.off:
+        record["guard"] = info
+    return record
+
+
+def run_similarity(model: nn.Module, batches: list[dict], config: SearchConfig, state: SearchState,
+                   progress: bool) -> tuple[list[int], list[int], list[dict]]:
+    """LLM-Drop or ShortGPT on ``batches``, each step recorded (a resumed run replays them); returns (attention
+    blocks, MLP blocks, step log)."""
+    if is_patched(model):
+        unpatch_model(model)
+    target, iterative = ("block", False) if config.method == "shortgpt" else (config.target, config.iterative)
+    # every module still runs when scored (dropped ones are zeroed by hooks); no LM head
+    score_passes = sum(batch_tokens(b) for b in batches) * TokenPassCost.of(model).layers(0)
+    chosen: list[tuple[str, int]] = []
+    log: list[dict] = []
+    scores = None
+    while len(chosen) < config.num_skip:
+        entry = state.finished(f"llm_drop_{len(log)}")
+        if entry is None:
+            passes = 0.0
+            if scores is None or iterative:
+                attn, mlp = split_blocks(chosen)
+                scores = candidate_scores(similarity_scores(model, batches, dropped_attn=attn, dropped_mlp=mlp,
+                                                            progress=progress), target)
+                passes = score_passes
+            entry = {**llm_drop_step(scores, chosen, config.num_skip, iterative, len(log)), "passes": passes}
+            state.record(entry)
+            entry = state.finished(entry["name"])
+        chosen.extend((k, int(i)) for k, i in entry["picked"])
+        log.append(entry)
+    attn, mlp = split_blocks(chosen)
+    return attn, mlp, log

@@ -1,0 +1,143 @@
+"""The search's one home for settings (SearchConfig) and its state file: the command line's flags come from the
+config, bad values are named, a resumed search compares configs; the state file is appended to, survives a partial
+last line, and states written by an older hopscotch resume when they map exactly (tests/search_state_v1/: written
+by hopscotch at commit 22ddc95 for a 4-layer tiny Llama, k = 2) and are refused, saying why, when they do not."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hopscotch.cli import build_parser
+from hopscotch.cli.common import CliError
+from hopscotch.cli.search_cmd import _config as cli_config
+from hopscotch.search import (METHODS, OBJECTIVES, ConfigError, FastConfig, ScalarGuard, SearchConfig,
+                              StateMismatchError, search)
+from hopscotch.search.state import FORMAT, read_steps
+from model_testing import calibration_batches as _batches, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+V1 = Path(__file__).resolve().parent / "search_state_v1"
+
+
+def _parse(*argv):
+    return build_parser().parse_args(["search", *map(str, argv)])
+
+
+def test_the_command_line_builds_its_flags_and_defaults_from_the_config():
+    assert cli_config(_parse()) == SearchConfig()  # every default comes from the config
+    args = _parse("--method", "hopscotch", "-k", 6, "--margin", 0.02, "--pull", 0.5, "--budget-ratio", 0,
+                  "--iterative")
+    assert cli_config(args) == SearchConfig(method="hopscotch", num_skip=6, iterative=True,
+                                            fast=FastConfig(margin=0.02, budget_ratio=0.0),
+                                            guard=ScalarGuard(pull=0.5))
+    actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions}
+    assert all(name in actions for _, name, f in SearchConfig.settings() if f.metadata["cli"])  # a flag each
+    assert actions["objective"].default == "self-distill"  # the data's flag: it builds the targets
+    assert tuple(actions["method"].choices) == METHODS and tuple(actions["objective"].choices) == OBJECTIVES
+    assert "%" not in actions["method"].help and "faithful picks" not in actions["method"].help
+    for gone in ("probe_fraction", "strategy", "first_probe", "first_finish", "pool", "challengers"):
+        assert gone not in actions
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--margin", "-0.1"), "--margin -0.1: expected 0 or more"),
+    (("--screen-fraction", "0"), "--screen-fraction 0.0: expected a fraction in (0, 1]"),
+    (("--shortlist", "4"), "--max-shortlist 3: expected at least shortlist (4)"),
+    (("--lr", "nan"), "--lr nan: expected a positive learning rate"),
+    (("--holdout", "1"), "--holdout 1.0: expected a fraction in [0, 1) of the calibration rows (0 = off)"),
+])
+def test_a_bad_flag_is_named_with_what_was_expected(argv, message):
+    with pytest.raises(CliError) as info:
+        cli_config(_parse(*argv))
+    assert str(info.value) == message
+
+
+def test_config_round_trips_and_changes_by_flat_name():
+    config = SearchConfig(method="hopscotch", fast=FastConfig(refine=3), guard=ScalarGuard(holdout=0.25))
+    assert SearchConfig.from_dict(json.loads(json.dumps(config.as_dict()))) == config
+    assert config.replace(margin=0.5, pull=1, lr=1) == dataclasses.replace(
+        config, lr=1.0, fast=FastConfig(refine=3, margin=0.5), guard=ScalarGuard(holdout=0.25, pull=1.0))
+    assert isinstance(config.replace(lr=1).lr, float)  # ints given for floats are stored as floats
+    with pytest.raises(ConfigError, match=r"SearchConfig: strategy='lazy' \(str\); expected a setting"):
+        config.replace(strategy="lazy")
+    with pytest.raises(ConfigError, match=r"SearchConfig: fast=3 \(int\); expected a FastConfig"):
+        SearchConfig(fast=3)
+    with pytest.raises(ConfigError, match=r"SearchConfig: iterative=1 \(int\); expected True or False"):
+        SearchConfig(iterative=1)
+
+
+def test_a_state_compares_the_settings_its_method_reads():
+    faithful = SearchConfig(method="hopscotch")
+    # the faithful search reads no fast setting, no llm-drop setting, and its steps do not depend on k
+    assert faithful.identity() == faithful.replace(margin=0.9, target="mlp", num_skip=7).identity()
+    assert "guard.pull" in faithful.identity() and "final_lr" in faithful.identity()
+    drop = SearchConfig(method="llm-drop")
+    assert drop.identity() != drop.replace(num_skip=2).identity()  # one-shot picks depend on k
+    assert drop.identity() == drop.replace(final_lr=1.0, pull=2.0).identity()
+
+
+def _resume(state, method, k):
+    return search(tiny_model("llama", num_layers=4), _batches(n=2), method=method, num_skip=k, final_epochs=1,
+                  state_path=state, progress=False)
+
+
+@pytest.mark.parametrize("method, picked", [("hopscotch-fast", [0, 3]), ("hopscotch", [0, 1])])
+def test_an_old_state_resumes_exactly_and_is_converted(method, picked, tmp_path):
+    state = tmp_path / "old.json"
+    shutil.copy(V1 / f"{method}.json", state)
+    old = json.loads(state.read_text())
+    k2 = _resume(state, method, 2)  # every step and the final scalars come from the old file
+    assert k2.skipped_attention == picked
+    final = next(s for s in old["steps"] if s["name"] == "final/k2")
+    assert torch.equal(k2.scalar_tensor(), torch.tensor(final["scalars"]))
+    header = json.loads(state.read_text().splitlines()[0])
+    assert header["format"] == FORMAT and header["config"]["fast"]["margin"] == 0.0125
+    assert [s["name"] for s in read_steps(state)] == [s["name"] for s in old["steps"]]
+    k3 = _resume(state, method, 3)  # one more step, on the converted file
+    fresh = search(tiny_model("llama", num_layers=4), _batches(n=2), method=method, num_skip=3, final_epochs=1,
+                   progress=False)
+    assert k3.skipped_attention == fresh.skipped_attention
+    assert torch.equal(k3.scalar_tensor(), fresh.scalar_tensor())
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda s: s["settings"]["fast"].update(strategy="lazy"), "its fast search used the lazy strategy, which was "
+                                                              "retired"),
+    (lambda s: s["settings"]["fast"].update(probe_fraction=0.25), "probed widened shortlists (probe_fraction 0.25)"),
+    (lambda s: s["settings"].update(candidate_epochs=2), "on one of its 2 candidate epochs"),
+    (lambda s: s["settings"].pop("final_batch_size"), "it does not record final_batch_size"),
+])
+def test_an_old_state_that_does_not_map_exactly_is_refused(edit, says, tmp_path):
+    data = json.loads((V1 / "hopscotch-fast.json").read_text())
+    edit(data)
+    state = tmp_path / "old.json"
+    state.write_text(json.dumps(data))
+    with pytest.raises(StateMismatchError) as info:
+        _resume(state, "hopscotch-fast", 2)
+    message = str(info.value)
+    assert "written by an older hopscotch and cannot be resumed exactly" in message and says in message
+    assert "delete it or choose another state file" in message and "\n" not in message
+
+
+def test_a_partial_last_line_is_dropped_and_the_search_resumes_to_the_same_plan(tmp_path):
+    state = tmp_path / "s.json"
+    whole = _resume(state, "hopscotch", 2)
+    lines = state.read_bytes().splitlines(keepends=True)
+    cut = b"".join(lines[:-2]) + lines[-2][: len(lines[-2]) // 2]  # killed while appending a candidate
+    state.write_bytes(cut)
+    assert len(read_steps(state)) == len(lines) - 3 and state.read_bytes() == cut  # reading leaves it
+    again = _resume(state, "hopscotch", 2)
+    assert again.skipped_attention == whole.skipped_attention
+    assert torch.equal(again.scalar_tensor(), whole.scalar_tensor())
+    assert state.read_bytes().startswith(b"".join(lines[:-2])) and state.read_bytes().endswith(b"\n")
+    lines = state.read_bytes().splitlines(keepends=True)
+    state.write_bytes(b"".join(lines[:2]) + b"{not json\n" + b"".join(lines[2:]))
+    with pytest.raises(StateMismatchError, match=r"s.json, line 3 is not valid JSON"):
+        _resume(state, "hopscotch", 2)
