@@ -160,8 +160,7 @@ def run(args) -> int:
     state = Path(args.state) if args.state else out.with_name(out.stem + ".state.json")
     args._interrupt_hint = f"every finished step is saved in {state}; run the same command again to resume"
     model, tok, device = load_from_args(args)
-    target = "block" if args.method == "shortgpt" else args.target if args.method == "llm-drop" else "attn"
-    check_num_skip(args.num_skip, model.config.num_hidden_layers, target, name="--num-skip")
+    check_num_skip(config.num_skip, model.config.num_hidden_layers, config.skip_kind, name="--num-skip")
     progress = not (args.quiet or args.json)
     data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
                         evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,

@@ -28,7 +28,7 @@ from ..limits import check_num_skip
 from ..patch import apply_plan
 from ..plan import PlanError, SkipPlan, architecture_fingerprint
 from .baselines import select_random
-from .config import GREEDY_METHODS, METHODS, ConfigError, FastConfig, SearchConfig
+from .config import GREEDY_METHODS, METHODS, SIMILARITY_METHODS, ConfigError, FastConfig, SearchConfig
 from .guards import ScalarGuard
 from .methods import run_hopscotch, run_similarity
 from .objectives import OBJECTIVES
@@ -64,15 +64,14 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
     _check_inputs(model, batches, similarity_batches, generic_batches, state_path, progress)
     config = _config(config, settings)
     n_layers = model.config.num_hidden_layers
-    kind = "block" if config.method == "shortgpt" else config.target if config.method == "llm-drop" else "attn"
-    check_num_skip(config.num_skip, n_layers, kind)
+    check_num_skip(config.num_skip, n_layers, config.skip_kind)
     greedy = config.method in GREEDY_METHODS
     if greedy and config.guard.generic_weight and not generic_batches:
         raise ArgumentError(f"search: generic_weight={config.guard.generic_weight:g} needs generic text batches "
                             "(generic_batches=: packed plain text, e.g. TaskData.text_calibration)")
     sim_batches = similarity_batches or batches
     inputs = {"model": architecture_fingerprint(model)["config_hash"], "data": data_digest(batches)}
-    if config.method in ("llm-drop", "shortgpt"):
+    if config.method in SIMILARITY_METHODS:
         inputs["similarity_data"] = data_digest(sim_batches)
     if greedy and config.guard.generic_weight:
         inputs["generic_data"] = data_digest(generic_batches)
@@ -81,15 +80,10 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
     prov = {"method": config.method, "objective": config.objective, "seed": config.seed, "num_skip": config.num_skip,
             "data": data_info or {}, "data_digest": inputs["data"],
             "calibration_tokens": sum(batch_tokens(b) for b in batches)}
-    if config.method in ("llm-drop", "shortgpt"):
-        attn, mlp, log = run_similarity(model, sim_batches, config, state, progress)
-        passes = sum(s.get("passes", 0.0) for s in log)
-        prov.update({"target": "block" if config.method == "shortgpt" else config.target,
-                     "iterative": config.iterative and config.method == "llm-drop", "steps": log,
-                     "similarity_data": "separate text batches" if similarity_batches else "calibration batches",
-                     "similarity_tokens": sum(batch_tokens(b) for b in sim_batches),
-                     "token_passes": {"forward": round(passes), "backward": 0, "total": round(passes)}})
-        plan = SkipPlan.for_model(model, attn, mlp, **prov, hyperparameters=config.as_dict())
+    if config.method in SIMILARITY_METHODS:
+        attn, mlp, more = run_similarity(model, sim_batches, config, state, separate=bool(similarity_batches),
+                                         progress=progress)
+        plan = SkipPlan.for_model(model, attn, mlp, **prov, **more, hyperparameters=config.as_dict())
     elif config.method == "random":
         attn = select_random(n_layers, config.num_skip, config.seed)
         plan = SkipPlan.for_model(model, attn, **prov, hyperparameters=config.as_dict())

@@ -22,10 +22,11 @@ from .fields import ConfigError, check_fields, setting
 from .guards import ScalarGuard
 from .objectives import OBJECTIVES
 
-__all__ = ["METHODS", "GREEDY_METHODS", "ConfigError", "FastConfig", "SearchConfig"]
+__all__ = ["METHODS", "GREEDY_METHODS", "SIMILARITY_METHODS", "ConfigError", "FastConfig", "SearchConfig"]
 
 METHODS = ("hopscotch", "hopscotch-fast", "llm-drop", "shortgpt", "random")
 GREEDY_METHODS = ("hopscotch", "hopscotch-fast")  # Hopscotch's greedy search, then the final scalars
+SIMILARITY_METHODS = ("llm-drop", "shortgpt")  # scored on similarity batches
 
 
 def _fraction(low_open: bool, high_open: bool) -> tuple[Callable[[float], bool], str]:
@@ -148,6 +149,11 @@ class SearchConfig:
             else:
                 for g in dataclasses.fields(group):
                     yield f.name, g.name, g
+
+    @property
+    def skip_kind(self) -> str:
+        """What ``num_skip`` counts: attention blocks, whole layers (shortgpt), or llm-drop's ``target``."""
+        return "block" if self.method == "shortgpt" else self.target if self.method == "llm-drop" else "attn"
 
     def value(self, group: str | None, name: str) -> Any:
         return getattr(getattr(self, group) if group else self, name)

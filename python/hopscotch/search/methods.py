@@ -71,13 +71,13 @@ def _final_scalars(model, final_batches, chosen, config, teacher, generic, progr
     return record
 
 
-def run_similarity(model: nn.Module, batches: list[dict], config: SearchConfig, state: SearchState,
-                   progress: bool) -> tuple[list[int], list[int], list[dict]]:
-    """LLM-Drop or ShortGPT on ``batches``, each step recorded (a resumed run replays them); returns (attention
-    blocks, MLP blocks, step log)."""
+def run_similarity(model: nn.Module, batches: list[dict], config: SearchConfig, state: SearchState, *,
+                   separate: bool, progress: bool) -> tuple[list[int], list[int], dict]:
+    """LLM-Drop or ShortGPT on ``batches`` (``separate``: text batches apart from the calibration data), each step
+    recorded (a resumed run replays them); returns (attention blocks, MLP blocks, the provenance entries)."""
     if is_patched(model):
         unpatch_model(model)
-    target, iterative = ("block", False) if config.method == "shortgpt" else (config.target, config.iterative)
+    target, iterative = config.skip_kind, config.iterative and config.method == "llm-drop"
     # every module still runs when scored (dropped ones are zeroed by hooks); no LM head
     score_passes = sum(batch_tokens(b) for b in batches) * TokenPassCost.of(model).layers(0)
     chosen: list[tuple[str, int]] = []
@@ -98,4 +98,8 @@ def run_similarity(model: nn.Module, batches: list[dict], config: SearchConfig, 
         chosen.extend((k, int(i)) for k, i in entry["picked"])
         log.append(entry)
     attn, mlp = split_blocks(chosen)
-    return attn, mlp, log
+    passes = sum(s.get("passes", 0.0) for s in log)
+    return attn, mlp, {"target": target, "iterative": iterative, "steps": log,
+                       "similarity_data": "separate text batches" if separate else "calibration batches",
+                       "similarity_tokens": sum(batch_tokens(b) for b in batches),
+                       "token_passes": {"forward": round(passes), "backward": 0, "total": round(passes)}}

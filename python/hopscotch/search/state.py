@@ -21,7 +21,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..errors import HopscotchError
-from .config import GREEDY_METHODS, ConfigError, FastConfig, SearchConfig
+from .config import ConfigError, SearchConfig
 
 __all__ = ["SearchState", "StateMismatchError", "FORMAT", "read_steps"]
 
