@@ -1,9 +1,9 @@
 """The quality study (issue 15): which method's skips cost least, with stated uncertainty, on three tasks.
 
-    python benchmarks/quality_study.py --smoke        # minutes: tiny sizes, every code path, to benchmarks/results/study_smoke/
-    python benchmarks/quality_study.py --estimate     # the full study's run time, extrapolated from the smoke run's timings
-    python benchmarks/quality_study.py                # the full study (a day or more on 2 CPU cores; resumable)
-    python benchmarks/quality_study.py --report       # CSVs and plots from the rows finished so far
+    python experiments/quality_study.py --smoke        # minutes: tiny sizes, every code path, to experiments/results/study_smoke/
+    python experiments/quality_study.py --estimate     # the full study's run time, extrapolated from the smoke run's timings
+    python experiments/quality_study.py                # the full study (a day or more on 2 CPU cores; resumable)
+    python experiments/quality_study.py --report       # CSVs and plots from the rows finished so far
 
 Design (SmolLM2-135M-Instruct, fp32):
 - methods: hopscotch (faithful), hopscotch-fast, llm-drop (one-shot), llm-drop-iterative, shortgpt (whole layers),
@@ -50,7 +50,8 @@ import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
 from hopscotch.atomic import atomic_write_text
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import data_digest, search
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task

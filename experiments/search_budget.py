@@ -1,7 +1,7 @@
 """How Hopscotch's training budget changes the plan it finds and what it costs (issue 15, item 0).
 
-    python benchmarks/search_budget.py                 # SmolLM2-135M-Instruct, arc_easy, k = 4, ~1 h on 2 cores
-    python benchmarks/search_budget.py --configs "n128-b4-e1:3"   # 4x the items (not run; the token-passes of n32-b4-e4)
+    python experiments/search_budget.py                 # SmolLM2-135M-Instruct, arc_easy, k = 4, ~1 h on 2 cores
+    python experiments/search_budget.py --configs "n128-b4-e1:3"   # 4x the items (not run; the token-passes of n32-b4-e4)
 
 The paper trains every candidate one epoch over GSM8K at batch 32 (~234 Adam steps) and the final scalars 10
 epochs; the package's first defaults (32 items, batch 4, one epoch) gave 8 steps. Adam moves a scalar by at most
@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
 from hopscotch.search import search, train_final_scalars

@@ -1,10 +1,10 @@
 """Fast vs faithful Hopscotch search at every k from 1 to 8 (issue 15): picks, final calibration loss, work.
 
-    python benchmarks/fast_vs_faithful.py                  # SmolLM2-135M-Instruct, arc_easy, 32 items, k = 1..8
-    python benchmarks/fast_vs_faithful.py --max-k 4 --task boolq
-    python benchmarks/fast_vs_faithful.py --task boolq --max-k 3 --max-shortlist 6 --margin 0.05
+    python experiments/fast_vs_faithful.py                  # SmolLM2-135M-Instruct, arc_easy, 32 items, k = 1..8
+    python experiments/fast_vs_faithful.py --max-k 4 --task boolq
+    python experiments/fast_vs_faithful.py --task boolq --max-k 3 --max-shortlist 6 --margin 0.05
                                                            # a variant of the fast search's settings, kept apart
-    python benchmarks/fast_vs_faithful.py --task boolq --methods hopscotch --seed 1
+    python experiments/fast_vs_faithful.py --task boolq --methods hopscotch --seed 1
                                                            # the faithful search's own spread: another batch order
 
 Both searches run with the package defaults (the faithful one is the paper's: every remaining candidate trained
@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 from hopscotch import unpatch_model
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import FastConfig, search
 from hopscotch.evaluate import mean_nll

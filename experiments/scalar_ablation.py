@@ -11,7 +11,7 @@ at k = 4, fold 0, on each task, with the study's data and cached evaluations:
 Each is compared (paired tests on the same items) with both methods as published. Rows go to
 <work>/scalar_ablation.jsonl (resumable), the table to <out>/scalar_ablation.txt.
 
-    python benchmarks/scalar_ablation.py            # about 35 min on 2 cores (two evaluations per task)
+    python experiments/scalar_ablation.py            # about 35 min on 2 cores (two evaluations per task)
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
 
 from hopscotch import SkipPlan, unpatch_model  # noqa: E402
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows  # noqa: E402
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
 from hopscotch.search import train_final_scalars  # noqa: E402
 from hopscotch.search.train import rebatch  # noqa: E402
@@ -99,7 +100,7 @@ def write(study, rows, tasks, out: Path) -> None:
     for k, r in rows.items():
         study.rows.setdefault(k, r)
     lines = ["Blocks or scalars? Hopscotch vs iterative LLM-Drop at k = 4 (fold 0), crossed: each method's blocks with "
-             "and without Hopscotch's trained scalars. Made by `python benchmarks/scalar_ablation.py`.",
+             "and without Hopscotch's trained scalars. Made by `python experiments/scalar_ablation.py`.",
              "Intervals: 95% percentile bootstrap over items; p: paired tests on the same items (bootstrap for the "
              "loss and perplexity, exact McNemar for accuracy) against the two methods as published.",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in metadata("cpu").items() if v), ""]

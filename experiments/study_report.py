@@ -1,4 +1,4 @@
-"""Markdown tables of the quality study (benchmarks/quality_study.py): the k=4 comparison per task, the transfer
+"""Markdown tables of the quality study (experiments/quality_study.py): the k=4 comparison per task, the transfer
 matrix, the calibration folds and the sweep over k. ``study_markdown`` reads the study's rows and a paired-test
 function; it computes nothing but the paired tests and can be run on an unfinished study."""
 
@@ -131,7 +131,7 @@ def sweep_table(rows, paired, task, methods, ks):
 def study_markdown(rows, paired, tasks, ks, methods, k_seeds, meta=None) -> str:
     """The whole report as markdown (sections for what is finished)."""
     parts = ["# Quality study (SmolLM2-135M-Instruct)", "",
-             "Made by `python benchmarks/quality_study.py --report` from the rows finished so far. Intervals: 95% "
+             "Made by `python experiments/quality_study.py --report` from the rows finished so far. Intervals: 95% "
              "percentile bootstrap over evaluation items (Wikipedia: over 256-token blocks). p: paired test on the "
              "same items (paired bootstrap for losses, exact McNemar for accuracy)."]
     if meta:

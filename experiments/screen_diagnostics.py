@@ -1,7 +1,7 @@
 """Which cheap score predicts a candidate's trained loss? Diagnostics for the fast search's screen (issue 15).
 
-    python benchmarks/screen_diagnostics.py --task boolq --steps 0,2            # ~35 min on 2 cores (1 thread)
-    python benchmarks/screen_diagnostics.py --task boolq --path fast --steps 1 --proxies theta,ones --watch 6
+    python experiments/screen_diagnostics.py --task boolq --steps 0,2            # ~35 min on 2 cores (1 thread)
+    python experiments/screen_diagnostics.py --task boolq --path fast --steps 1 --proxies theta,ones --watch 6
 
 The fast search ranks a step's candidates without training them (``screen``: one forward with the scalars the
 previous step's winner learnt) and trains only the few best; the faithful search trains every candidate one
@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch import patch_model, patched_layers, set_scalars, set_skips
 from hopscotch.search.runner import step_schedule

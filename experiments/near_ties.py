@@ -1,8 +1,8 @@
 """How much does a near-tie at one greedy step move the final calibration loss? (issue 15)
 
-    python benchmarks/near_ties.py --task arc_easy          # ~10 min on 2 cores: 8 final trainings
-    python benchmarks/near_ties.py --task boolq --steps 0,1,2,3
-    python benchmarks/near_ties.py --task boolq --final-seeds 1,2   # also: the winner's final loss at other seeds
+    python experiments/near_ties.py --task arc_easy          # ~10 min on 2 cores: 8 final trainings
+    python experiments/near_ties.py --task boolq --steps 0,1,2,3
+    python experiments/near_ties.py --task boolq --final-seeds 1,2   # also: the winner's final loss at other seeds
 
 The faithful search scores each candidate by its mean loss over one epoch of training from fresh scalars and
 skips the best; the fast searches are judged by the *final* calibration loss (three more epochs at batch 1, then
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.evaluate import mean_nll
 from hopscotch.models import load_model
 from hopscotch.search import train_final_scalars

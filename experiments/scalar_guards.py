@@ -7,8 +7,8 @@ intervals) and compared by paired tests on the same items with the paper's train
 and with iterative LLM-Drop (its row at the same k). Rows go to <work>/scalar_guards.jsonl (resumable), the table
 to <out>/scalar_guards.txt and .csv.
 
-    python benchmarks/scalar_guards.py --ks 4            # about 6 min per row on 2 cores (7 rows per task)
-    python benchmarks/scalar_guards.py --report          # the table from the rows finished so far
+    python experiments/scalar_guards.py --ks 4            # about 6 min per row on 2 cores (7 rows per task)
+    python experiments/scalar_guards.py --report          # the table from the rows finished so far
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
 
 from hopscotch import SkipPlan, unpatch_model  # noqa: E402
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows  # noqa: E402
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
 from hopscotch.search import train_final_scalars  # noqa: E402
 from hopscotch.search.guards import ScalarGuard  # noqa: E402
@@ -125,7 +126,7 @@ def write(study, rows: dict, tasks, ks, out: Path) -> None:
         return "<0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.2f}"
 
     lines = ["Guards on the final scalars: each task's faithful Hopscotch blocks (fold 0), the final scalars retrained "
-             "under each guard. Made by `python benchmarks/scalar_guards.py`.",
+             "under each guard. Made by `python experiments/scalar_guards.py`.",
              "Intervals: 95% percentile bootstrap over items; p: paired tests on the same items (bootstrap for the "
              "loss and perplexity, exact McNemar for accuracy). 'paper' is today's training retrained (its scalars "
              "equal the plan's where marked =). lead kept: (LLM-Drop's loss - this loss) / (LLM-Drop's loss - "

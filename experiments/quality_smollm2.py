@@ -1,7 +1,7 @@
 """The results table: which blocks each method skips on SmolLM2-135M, and what that costs in quality.
 
-    python benchmarks/quality_smollm2.py                      # the committed table (hours on 2 CPU cores)
-    python benchmarks/quality_smollm2.py --ks 0,1,2 --calibration 16 --evaluation 40   # a quick look
+    python experiments/quality_smollm2.py                      # the committed table (hours on 2 CPU cores)
+    python experiments/quality_smollm2.py --ks 0,1,2 --calibration 16 --evaluation 40   # a quick look
 
 Calibrates on a task split (default ARC-Easy, self-distillation targets, as the Hopscotch paper) and evaluates on
 the disjoint split: held-out loss (NLL of the original model's answers to the evaluation prompts), 0-shot
@@ -10,8 +10,8 @@ prefix-consistent: the first k picks of a search to 8 are the search to k; each 
 Search states and finished rows are kept under --work, so an interrupted run continues where it stopped.
 Every figure has its 95% bootstrap interval over items (the *_low / *_high columns). LLM-Drop scores packed
 Wikipedia text (the library default; its paper scores C4). The three-task study with seeds, transfer and paired
-tests is benchmarks/quality_study.py.
-Writes benchmarks/results/quality_smollm2.csv (+ .png) and prints the table.
+tests is experiments/quality_study.py.
+Writes experiments/results/quality_smollm2.csv (+ .png) and prints the table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from hopscotch import unpatch_model
-from hopscotch.bench.results import RESULTS_DIR, append_row, metadata, read_rows
+from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import search
 from hopscotch.tasks import evaluate_task, prepare_task
