@@ -28,7 +28,7 @@ PY
 )"
   local start=$SECONDS
   "$venv/bin/python" -m hopscotch doctor
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not real_model" "${TESTS[@]}"
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" "${TESTS[@]}"
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_patch_integration.py
   echo "CI versions ($name): took $(( SECONDS - start )) s"
   rm -rf "$venv"

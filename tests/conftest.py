@@ -1,9 +1,23 @@
 """Shared fixtures: the packaged SmolLM2-135M-Instruct, loaded once per test session (float32, CPU), and one
-thread for tests of tiny models."""
+thread for tests of tiny models. The helpers the tests share are the package tests.helpers.
+
+Markers (declared in pyproject.toml): ``slow``, the tests that load the packaged SmolLM2 (a test that takes one of
+the fixtures in PACKAGED_MODEL_FIXTURES without the mark is refused at collection); ``engine``, the llama.cpp and
+vLLM tests; ``gpu``."""
 
 from __future__ import annotations
 
 import pytest
+
+# Fixtures that load the packaged SmolLM2 (tests/smoke/test_installed.py and test_export_gguf.py define their own).
+PACKAGED_MODEL_FIXTURES = {"smollm2", "smollm2_fresh", "smollm2_gguf"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if PACKAGED_MODEL_FIXTURES & set(item.fixturenames) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests load the packaged SmolLM2 but are not marked slow: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +47,7 @@ def smollm2_fresh():
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A 4-layer random Llama and its tokenizer saved as an HF model directory (shared by the CLI tests)."""
-    from cli_testing import save_tiny_llama_dir
+    from tests.helpers.cli_testing import save_tiny_llama_dir
 
     return save_tiny_llama_dir(tmp_path_factory.mktemp("tiny") / "model")
 

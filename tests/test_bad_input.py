@@ -2,16 +2,15 @@
 subprocess and checks the exit status, that stderr is ONE line naming the bad value, that no traceback escapes,
 and that the working directory holds exactly what it held before (nothing written, nothing deleted).
 
-Most cases fail before any model is loaded; they all run in one subprocess (``cli_probe.py``: ``hopscotch.cli.main``
+Most cases fail before any model is loaded; they all run in one subprocess (``tests/helpers/cli_probe.py``: ``hopscotch.cli.main``
 per case, file descriptors captured), so the suite costs one interpreter start, not one per case. A few run
-through the real ``hopscotch`` executable, and the SmolLM2 cases (``real_model``) in a subprocess of their own.
+through the real ``hopscotch`` executable, and the SmolLM2 cases (``slow``) in a subprocess of their own.
 The Python API's probes are tests/test_bad_input_api.py; killed writers, tests/test_interrupted_writes.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parent
+from tests.helpers import DATA, HELPERS
+
 NOISE = ("hopscotch_ext._C could not be loaded", "import hopscotch_ext")  # the pure-torch fallback's import warning
 
 
@@ -191,7 +191,7 @@ def _tiny_dir(path: Path, num_layers: int = 4) -> Path:
     """A random Llama (intermediate 256, so the decilm format can hold it) and the tiny tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from data_fixtures.tiny_models import tiny_llama, tiny_tokenizer
+    from tests.helpers.tiny_models import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer()
     base = tiny_llama(tok, max_position_embeddings=256)
@@ -249,9 +249,8 @@ def workdir(tmp_path_factory):
 
 def probe(root: Path, cases: list[list[str]], timeout: int = 600) -> list[dict]:
     """Run the argv lists through cli_probe.py in one subprocess; returns its per-case results."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(TESTS / "cli_probe.py"), str(root)], input=json.dumps(cases),
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([sys.executable, str(HELPERS / "cli_probe.py"), str(root)], input=json.dumps(cases),
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -328,11 +327,11 @@ def test_the_real_executable_gives_one_line_and_the_exit_status(workdir):
         assert "Traceback" not in proc.stderr and sorted(p.name for p in (workdir / "sb").iterdir()) == before
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 def test_smollm2_export_is_evaluated_as_itself(tmp_path):
     """Finding 1 on the packaged SmolLM2: export a learned plan (default format), evaluate the export: it loads as
     a hopscotch export, the result is reported as that model, and --plan on top of it is refused."""
-    plan = TESTS / "data_fixtures" / "smollm2_learned_plan"
+    plan = DATA / "smollm2_learned_plan"
     ev = ["--task", "wikipedia", "--evaluation", 4, "--wiki-blocks", 2, "--resamples", 200, "--quiet"]
     cases = [["export", "--plan", plan, "--out", "thin", "--quiet"], ["eval", "--model", "thin", *ev],
              ["eval", "--model", "thin", "--plan", plan, *ev], ["eval", "--plan", plan, *ev]]

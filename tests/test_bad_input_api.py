@@ -17,7 +17,7 @@ from hopscotch.export import ExportError
 from hopscotch.limits import SkipLimitError
 from hopscotch.models import ModelLoadError, export_info, load_model
 from hopscotch.search import search
-from model_testing import tiny_model
+from tests.helpers.model_testing import tiny_model
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cli_testing import run_cli
+from tests.helpers.cli_testing import run_cli
 
 
 SEARCH = ["--task", "arc_easy", "--calibration", 4, "--evaluation", 4, "--max-new-tokens", 4, "--final-epochs", 1,

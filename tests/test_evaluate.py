@@ -1,5 +1,5 @@
 """hopscotch.evaluate: perplexity and answer loss against hand computation, multiple-choice accuracy on cases with
-a known answer, and the lm-eval adapter. Fast tests use a tiny random Llama; ``real_model`` ones SmolLM2."""
+a known answer, and the lm-eval adapter. Fast tests use a tiny random Llama; ``slow`` ones SmolLM2."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cli_testing import run_cli
-from data_fixtures.tiny_models import tiny_llama, tiny_tokenizer
+from tests.helpers.cli_testing import run_cli
+from tests.helpers.tiny_models import tiny_llama, tiny_tokenizer
 from hopscotch.data import DataError, MultipleChoice, PromptAnswer, encode_pair, pack_texts
 from hopscotch.evaluate import (answer_loss, lm_eval_accuracy, multiple_choice_accuracy,
                                 multiple_choice_loglikelihoods, perplexity, write_lm_eval_task)
@@ -124,9 +124,9 @@ def test_one_token_choices_of_a_context_share_one_forward(model):
             super().__init__()
             self.inner = model
 
-        def forward(self, input_ids, attention_mask=None):
+        def forward(self, input_ids, attention_mask=None, use_cache=None):
             rows.append(input_ids.shape[0])
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
 
     got = continuation_logprobs(Counting(), pairs, pad_id=0, batch_size=2)
     assert sum(rows) == 2  # ctx_a for its three choices; ctx_b + [4, 8] for the two that differ in their last token
@@ -144,7 +144,7 @@ class UnigramLM(nn.Module):
         self.logits = nn.Parameter(logits.float(), requires_grad=False)
         self.config = type("Config", (), {"max_position_embeddings": max_position_embeddings})()
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, use_cache=None):  # the scorers pass use_cache=False
         out = self.logits.expand(*input_ids.shape, -1)
         return type("Out", (), {"logits": out})()
 
@@ -211,7 +211,7 @@ def test_chat_template_with_bos_gives_one_bos_in_self_distillation_prompts():
     SmolLM2's does not): the prompt must start with one BOS, not two."""
     from tokenizers import processors
 
-    from data_fixtures.tiny_models import EOS
+    from tests.helpers.tiny_models import EOS
     from hopscotch.data import chat_prompts, self_distill_targets
     from hopscotch.data.targets import prompt_token_ids
 
@@ -233,12 +233,12 @@ def test_chat_template_with_bos_gives_one_bos_in_self_distillation_prompts():
 
 @needs_packaged_data
 def test_calibration_folds_are_disjoint_and_keep_the_evaluation_items():
-    from hopscotch.data import load_task, split_items
-    from hopscotch.tasks import _fold
+    from hopscotch.data import calibration_fold, load_task, split_items
 
     items = load_task("arc_easy")
     base = split_items(items, calibration=16, evaluation=50, seed=0)
-    folds = [_fold(split_items(items, calibration=16 * (f + 1), evaluation=50, seed=0), 16, f, 0) for f in range(3)]
+    folds = [calibration_fold(split_items(items, calibration=16 * (f + 1), evaluation=50, seed=0), 16, f, 0)
+             for f in range(3)]
     ids = [{x.id for x in f.calibration} for f in folds]
     assert ids[0] == {x.id for x in base.calibration}  # fold 0 is the ordinary calibration split
     assert all(len(i) == 16 for i in ids) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -293,7 +293,7 @@ def arc_easy_40(smollm2):
                                            progress=False)
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 @needs_packaged_data
 def test_real_wikipedia_perplexity(smollm2):
     from hopscotch.data import wikipedia_split
@@ -305,7 +305,7 @@ def test_real_wikipedia_perplexity(smollm2):
     assert 5.0 < result.perplexity < 40.0  # MODELS_AND_DATA.md: 12.9 on 16 x 512 tokens
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 @needs_packaged_data
 def test_real_arc_easy_above_chance(arc_easy_40):
     _, result = arc_easy_40
@@ -313,7 +313,7 @@ def test_real_arc_easy_above_chance(arc_easy_40):
     assert result.acc >= 0.35 and result.acc_norm >= 0.3  # chance is ~0.25; 200 items gave 0.50
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 @needs_packaged_data
 def test_real_lm_eval_adapter_matches_our_accuracy(smollm2, arc_easy_40, tmp_path):
     pytest.importorskip("lm_eval")

@@ -13,8 +13,9 @@ from hopscotch.hf_compat import FROM_PRETRAINED_KWARGS, output_cache
 from hopscotch.export import ExportError, FoldError
 from hopscotch.export.formats import PLAN_SUBDIR, export_plan_path
 from hopscotch.patch import kv_cache_bytes, patched_layers
-from decilm_reference import decilm_logits
-from model_testing import tiny_model
+from tests.helpers import DATA
+from tests.helpers.decilm_reference import decilm_logits
+from tests.helpers.model_testing import tiny_model
 
 # Folding moves the residual scalars through the RMSNorms, which are scale-invariant only up to eps:
 # Norm(c x) = x / sqrt(mean(x^2) + eps / c^2). The hopscotch format writes each norm's eps / C^2 and is exact up to
@@ -242,7 +243,7 @@ def test_fold_refuses_a_sign_flip_and_unknown_formats(tmp_path):
         from_pretrained(tmp_path / "v")
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 def test_smollm2_exports_in_every_format(smollm2_fresh, tmp_path):
     model, tok = smollm2_fresh
     plan = SkipPlan.for_model(model, [3, 11, 17, 25], [], 0.9 + 0.2 * torch.rand(30, 4,
@@ -258,16 +259,15 @@ def test_smollm2_exports_in_every_format(smollm2_fresh, tmp_path):
     torch.testing.assert_close(decilm_logits(deci, ids).float(), ref, **tol)
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 def test_smollm2_learned_plan_folds_exactly_in_hopscotch_format_and_within_eps_in_vanilla(smollm2_fresh, tmp_path):
     """Realistic trained scalars (a k=4 plan the fast search learned on arc_easy, C within [0.98, 1.46])."""
     import warnings
-    from pathlib import Path
 
     from transformers import AutoModelForCausalLM
 
     model, tok = smollm2_fresh
-    plan = SkipPlan.load(Path(__file__).parent / "data_fixtures" / "smollm2_learned_plan")
+    plan = SkipPlan.load(DATA / "smollm2_learned_plan")
     ids = tok(["Which gas do plants take in from the air to make food? Answer: carbon dioxide"],
               return_tensors="pt")["input_ids"]
     apply_plan(model, plan)

@@ -26,7 +26,7 @@ from hopscotch import SkipPlan, apply_plan, export_model, unpatch_model
 from hopscotch.bench.llama_cpp import LlamaCpp, LlamaCppMissing, require_llama_cpp
 from hopscotch.export import ExportError
 from hopscotch.hf_compat import FROM_PRETRAINED_KWARGS
-from model_testing import tiny_model
+from tests.helpers.model_testing import tiny_model
 
 gguf = pytest.importorskip("gguf")
 
@@ -207,6 +207,7 @@ def test_bench_costs_count_the_weights_read_and_the_kept_kv_cache(tmp_path):
     assert prompt_flops(costs, 9) == 2 * matmul_params + 4 * 192 * 5
 
 
+@pytest.mark.engine
 def test_tiny_gguf_runs_in_llama_cpp_like_the_patched_model(tmp_path):
     """Grouped-query attention, an untied head, skips and scalars, through llama.cpp (no real model needed)."""
     _need_llama_cpp()
@@ -269,7 +270,8 @@ def smollm2_gguf(tmp_path_factory):
     return cases
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
+@pytest.mark.engine
 @pytest.mark.parametrize("which", ["full", "thin"])
 def test_smollm2_gguf_matches_the_patched_model_in_llama_cpp(smollm2_gguf, which):
     case = smollm2_gguf[which]
@@ -289,7 +291,8 @@ def test_smollm2_gguf_matches_the_patched_model_in_llama_cpp(smollm2_gguf, which
     assert greedy == case["greedy"]
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
+@pytest.mark.engine
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_smollm2_thin_gguf_generates_the_same_in_f16_and_q8_0(smollm2_gguf, dtype):
     case = smollm2_gguf["thin"]
@@ -297,7 +300,7 @@ def test_smollm2_thin_gguf_generates_the_same_in_f16_and_q8_0(smollm2_gguf, dtyp
         assert llm.greedy(smollm2_gguf["ids"], 32) == case["greedy"]
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 def test_cli_exports_the_packaged_model_to_gguf(tmp_path, capsys):
     import json
 

@@ -11,7 +11,7 @@ from hopscotch.patch.patcher import get_scalars
 from hopscotch.search.guards import ScalarGuard
 from hopscotch.search.objectives import batch_loss
 from hopscotch.search.train import train_final_scalars
-from model_testing import tiny_model
+from tests.helpers.model_testing import tiny_model
 
 
 def _batches(n, seed, width=10):

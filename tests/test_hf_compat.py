@@ -16,7 +16,7 @@ from hopscotch.doctor import OpCounter, run_checks
 from hopscotch.hf_compat import (CACHE_NAMES, UnsupportedKeywordError, cache_kwarg_name, cache_kwargs, output_cache,
                                  pop_cache)
 from hopscotch.patch import set_skips
-from model_testing import ARCHS, greedy_without_cache, left_padded_batch, tiny_model
+from tests.helpers.model_testing import ARCHS, greedy_without_cache, left_padded_batch, tiny_model
 
 
 def _record_forward_kwargs(model) -> list[dict]:

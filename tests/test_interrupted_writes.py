@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
 
 # Runs one writer; with HOLD set, the writer stops (forever) right after writing part of its output and touches
 # the file HOLD, so the test can kill it there.
@@ -67,7 +66,7 @@ elif mode == "convert":  # the packaged model's first conversion, into $HOPSCOTC
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **extra}
+    return {**os.environ, **extra}
 
 
 def _kill_mid_write(mode: str, work: Path, env: dict) -> int:
@@ -125,7 +124,7 @@ def _check_cycle(mode: str, work: Path, where: Path, name: str, expected: set[st
 
 
 def test_a_killed_export_leaves_a_partial_that_the_next_export_removes(tmp_path):
-    from cli_testing import save_tiny_llama_dir
+    from tests.helpers.cli_testing import save_tiny_llama_dir
     from hopscotch import SkipPlan
     from hopscotch.models import load_model
 
@@ -154,9 +153,9 @@ def test_partials_of_running_writers_and_other_files_are_left_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", mine.name, lookalike.name])
 
 
-@pytest.mark.real_model
+@pytest.mark.slow
 def test_a_killed_model_conversion_leaves_a_partial_that_the_next_load_removes(tmp_path):
-    from hopscotch.models import _converted_dir, smollm2_gguf_path
+    from hopscotch.models import converted_model_dir, smollm2_gguf_path
 
     try:
         smollm2_gguf_path()
@@ -164,5 +163,5 @@ def test_a_killed_model_conversion_leaves_a_partial_that_the_next_load_removes(t
         pytest.skip(str(exc))
     env = _env(HOPSCOTCH_CACHE=str(tmp_path / "cache"))
     models = tmp_path / "cache" / "models"
-    name = _converted_dir().name  # the same under any cache root
+    name = converted_model_dir().name  # the same under any cache root
     _check_cycle("convert", tmp_path, models, name, {name}, env, info=False)

@@ -7,7 +7,7 @@ import torch
 
 import hopscotch_ext
 from hopscotch_ext import reference as R
-from op_testing import DEVICES, DTYPES, HIDDEN, TOKENS, assert_close_to_oracle, needs_cuda_kernels, strided
+from tests.helpers.op_testing import DEVICES, DTYPES, HIDDEN, TOKENS, assert_close_to_oracle, needs_cuda_kernels, strided
 
 
 @pytest.mark.parametrize("device", DEVICES)

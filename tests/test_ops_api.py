@@ -11,7 +11,7 @@ import torch
 
 import hopscotch_ext
 from hopscotch_ext import reference as R
-from op_testing import EPS, DEVICES, needs_cuda_kernels, needs_extension, opcheck_cases
+from tests.helpers.op_testing import EPS, DEVICES, needs_cuda_kernels, needs_extension, opcheck_cases
 
 
 # ---- autograd -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 import hopscotch_ext
 from hopscotch_ext import reference as R
-from op_testing import (DEVICES, DTYPES, MLP_SHAPES, MLP_TOKENS, SAME_BITS, assert_close_to_oracle,
+from tests.helpers.op_testing import (DEVICES, DTYPES, MLP_SHAPES, MLP_TOKENS, SAME_BITS, assert_close_to_oracle,
                         needs_cuda_kernels, strided)
 
 

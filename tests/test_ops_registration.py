@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ import torch
 import hopscotch_ext
 from hopscotch_ext import functional as F
 from hopscotch_ext import reference as R
-from op_testing import EPS, gradient_probe, needs_extension
+from tests.helpers import ROOT
+from tests.helpers.op_testing import EPS, gradient_probe, needs_extension
 
-TESTS = Path(__file__).parent
 
 
 @needs_extension
@@ -29,7 +28,7 @@ def test_python_schema_table_matches_compiled_schemas():
         compiled = getattr(torch.ops.hopscotch_ext, name).default._schema
         assert compiled == torch._C.parse_schema(f"hopscotch_ext::{schema}"), (name, str(compiled), schema)
     ops_in_cpp = {line.split('"')[1].split("(")[0] for line in
-                  (TESTS.parent / "csrc" / "torch_bindings.cpp").read_text().splitlines() if "m.def(" in line
+                  (ROOT / "csrc" / "torch_bindings.cpp").read_text().splitlines() if "m.def(" in line
                   and '"' in line}
     assert ops_in_cpp <= set(hopscotch_ext.ops.SCHEMAS), ops_in_cpp - set(hopscotch_ext.ops.SCHEMAS)
 
@@ -43,10 +42,10 @@ def test_compiled_kernels_serve_every_op_and_the_training_path():
 
 _FALLBACK = textwrap.dedent("""
     import sys, warnings
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {root!r})
     warnings.simplefilter("ignore")
     import torch, hopscotch_ext
-    from op_testing import EPS, gradient_probe, opcheck_cases
+    from tests.helpers.op_testing import EPS, gradient_probe, opcheck_cases
     info = hopscotch_ext.info()
     assert not info["loaded"] and info["implementation"] == "reference", info
     assert not hopscotch_ext.reference_calls()
@@ -78,7 +77,7 @@ def test_fallback_registers_every_op_with_the_references(tmp_path):
     outputs and gradients match those of this process (the compiled kernels where they loaded)."""
     out = tmp_path / "probe.pt"
     env = {**os.environ, "HOPSCOTCH_DISABLE_EXTENSION": "1"}
-    proc = subprocess.run([sys.executable, "-c", _FALLBACK.format(tests=str(TESTS), out=str(out))], env=env,
+    proc = subprocess.run([sys.executable, "-c", _FALLBACK.format(root=str(ROOT), out=str(out))], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "fallback ok" in proc.stdout

@@ -9,7 +9,7 @@ import hopscotch
 from hopscotch.hf_compat import UnsupportedKeywordError, cache_kwargs, output_cache
 from hopscotch.patch import (CacheMismatchError, get_scalars, kv_cache_bytes, patch_model, patched_layers,
                              set_skips, unpatch_model)
-from model_testing import (ARCHS, LOGIT_TOL, greedy_without_cache, left_padded_batch, tiny_config, tiny_model,
+from tests.helpers.model_testing import (ARCHS, LOGIT_TOL, greedy_without_cache, left_padded_batch, tiny_config, tiny_model,
                            zeroed_attention)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -228,7 +228,7 @@ def test_patching_keeps_state_dict_keys_and_fuses_without_copies():
     assert {k.rsplit(".", 1)[1] for k in new_keys - keys} == {"attn_scale", "attn_residual_scale", "mlp_scale",
                                                                "mlp_residual_scale"}
     layer = patched_layers(model)[0]
-    assert layer._qkv is not None and layer._gate_up is not None
+    assert "fused [qkv, gate_up]" in layer.extra_repr()  # both projections fused, in place
     storages = {p.untyped_storage().data_ptr() for p in model.parameters() if p.dim() > 0}
     assert sum(s.nbytes() for s in {p.untyped_storage().data_ptr(): p.untyped_storage()
                                     for p in model.parameters()}.values()) <= n_bytes + 4 * 4 * 5

@@ -9,7 +9,8 @@ import torch
 
 from hopscotch import PlanError, SkipPlan, apply_plan, current_plan, is_patched
 from hopscotch.patch import get_scalars, patched_layers, set_skips
-from model_testing import LOGIT_TOL, tiny_model, zeroed_attention
+from tests.helpers import DATA, ROOT
+from tests.helpers.model_testing import LOGIT_TOL, tiny_model, zeroed_attention
 
 
 def _plan(model, attn=(1, 3), mlp=(), seed=0, **prov):
@@ -235,10 +236,8 @@ def test_a_format_1_plan_loads_with_a_warning_and_is_signed_when_saved_again(tmp
 def test_every_committed_plan_is_signed():
     """The plans in the repository (study results, test fixtures) were re-saved in format 2: they load silently."""
     import warnings
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    paths = sorted(root.glob("benchmarks/results/**/*.json")) + sorted(root.glob("tests/data_fixtures/**/plan.json"))
+    paths = sorted(ROOT.glob("benchmarks/results/**/*.json")) + sorted(DATA.glob("**/plan.json"))
     plans = [p for p in paths if '"hopscotch-plan/' in p.read_text(errors="replace")[:200]]
     assert len(plans) >= 2
     with warnings.catch_warnings():

@@ -4,7 +4,6 @@ fast-vs-faithful agreement on a model whose useless attention blocks are known."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,13 +18,14 @@ from hopscotch.patch import patch_model, set_skips
 from hopscotch.patch.patcher import get_scalars
 from hopscotch.errors import ArgumentError
 from hopscotch.limits import SkipLimitError
-from hopscotch.search import (METHODS, ConfigError, FastConfig, SearchConfig, StateMismatchError, TokenPassCost, search,
+from hopscotch.search import (METHODS, ConfigError, FastConfig, StateMismatchError, TokenPassCost, search,
                               train_final_scalars, worst_case)
 from hopscotch.search.runner import step_schedule
 from hopscotch.search.screening import screen_candidates, screen_cost
 from hopscotch.search.state import read_steps
 from hopscotch.search.train import PassCounter, batch_tokens, rebatch, scalar_parameters
-from model_testing import calibration_batches as _batches, tiny_model
+from tests.helpers import ROOT
+from tests.helpers.model_testing import calibration_batches as _batches, tiny_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -332,9 +332,9 @@ def test_state_of_another_search_is_refused_and_a_state_serves_other_k(tmp_path)
 
 _SCRIPT = textwrap.dedent("""
     import sys, json, torch
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {root!r})
     torch.set_num_threads(1)
-    from model_testing import calibration_batches as _batches, tiny_model
+    from tests.helpers.model_testing import calibration_batches as _batches, tiny_model
     from hopscotch.search import search
     model = tiny_model("llama", num_layers=5)
     plan = search(model, _batches(n=6), method={method!r}, num_skip=3, final_epochs=2, state_path=sys.argv[1],
@@ -349,7 +349,7 @@ def _run(script, state, **kw):
 
 @pytest.mark.parametrize("method", ["hopscotch", "hopscotch-fast"])
 def test_killed_search_resumes_to_the_same_plan(method, tmp_path):
-    script = _SCRIPT.format(tests=os.path.dirname(__file__), method=method)
+    script = _SCRIPT.format(root=str(ROOT), method=method)
     fresh = _run(script, tmp_path / "fresh.json", timeout=600)
     assert fresh.returncode == 0, fresh.stderr
     expected = json.loads(fresh.stdout.strip().splitlines()[-1])

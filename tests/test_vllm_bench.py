@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hopscotch import SkipPlan
-from model_testing import tiny_model
+from tests.helpers.model_testing import tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "cache_dir",
+    "converted_model_dir",
     "export_info",
     "load_model",
     "load_tokenizer",
@@ -192,7 +193,7 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     from transformers import AutoTokenizer
 
     if model is None:
-        converted = _converted_dir()
+        converted = converted_model_dir()
         if (converted / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
     folder, gguf = _resolve(model)
@@ -203,7 +204,8 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
-def _converted_dir() -> Path:
+def converted_model_dir() -> Path:
+    """Where the packaged SmolLM2's GGUF is kept dequantized, as a float32 HF checkpoint (made once, on first load)."""
     return cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{_CONVERTED_VERSION}"
 
 
@@ -290,7 +292,7 @@ def load_model(
 
         dtype = parse_dtype(dtype)
     if model is None:
-        converted = _converted_dir()
+        converted = converted_model_dir()
         if not (converted / "config.json").is_file():
             folder, gguf = _resolve(None)
             _convert_gguf(folder, gguf, converted)

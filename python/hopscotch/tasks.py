@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import (DEFAULT_VARIANT, Document, MultipleChoice, chat_prompts, has_chat_template, load_task, pack_texts,
-                   prompt_answer_batches, self_distill_targets, split_items, wikipedia_split)
+from .data import (DEFAULT_VARIANT, Document, MultipleChoice, calibration_fold, chat_prompts, has_chat_template,
+                   load_task, pack_texts, prompt_answer_batches, self_distill_targets, split_items, wikipedia_split)
 
 __all__ = ["TaskData", "prepare_task", "evaluate_task", "compare_results", "METRICS"]
 
@@ -92,7 +92,7 @@ def _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, v
     split = split_items(items, calibration=calibration * (fold + 1), evaluation=evaluation, seed=seed,
                         source=source, task=name, variant=variant)
     if fold:
-        split = _fold(split, calibration, fold, seed)
+        split = calibration_fold(split, calibration, fold, seed)
     if split.calibration and isinstance(split.calibration[0], Document):
         return _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki)
     info = {"split": split.info, "objective": objective, "batch_size": batch_size}
@@ -112,18 +112,6 @@ def _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, v
         cal = prompt_answer_batches(split.calibration, tokenizer, batch_size=batch_size)
         ev = prompt_answer_batches(split.evaluation, tokenizer, batch_size=8)
     return TaskData(name, objective, cal, mc_eval, ev, wiki, info)
-
-
-def _fold(split, calibration: int, fold: int, seed: int):
-    """The ``fold``-th block of ``calibration`` items of a split's calibration part, by split rank."""
-    from .data.split import DataSplit, _rank_key, ids_digest
-
-    ranked = sorted(split.calibration, key=lambda x: _rank_key(seed, x.id))
-    keep = {x.id for x in ranked[fold * calibration:(fold + 1) * calibration]}
-    cal = [x for x in split.calibration if x.id in keep]
-    info = {**split.info, "calibration_fold": fold, "calibration_ids": ids_digest(keep),
-            "sizes": {**split.info["sizes"], "calibration": len(cal)}}
-    return DataSplit(cal, split.evaluation, info)
 
 
 def _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki) -> TaskData:

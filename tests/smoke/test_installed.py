@@ -66,6 +66,7 @@ def smollm2():
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_patch_skip_and_cached_generate_equal_uncached(smollm2):
     from hopscotch import SkipPlan, apply_plan, unpatch_model
@@ -82,6 +83,7 @@ def test_patch_skip_and_cached_generate_equal_uncached(smollm2):
     assert torch.equal(cached, uncached), (tok.decode(cached[0]), tok.decode(uncached[0]))
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_export_round_trip(smollm2, tmp_path):
     from hopscotch import SkipPlan, apply_plan, export_model, from_pretrained, unpatch_model

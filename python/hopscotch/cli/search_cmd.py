@@ -91,7 +91,7 @@ def _add_config_args(p) -> None:
                                        help=text)
 
 
-def _config(args) -> SearchConfig:
+def config_from_args(args) -> SearchConfig:
     """The SearchConfig the flags give; a bad value is named by its flag."""
     values = {name: getattr(args, name) for _, name, f in SearchConfig.settings() if f.metadata["cli"]}
     try:
@@ -101,7 +101,7 @@ def _config(args) -> SearchConfig:
 
 
 def _check(args) -> SearchConfig:
-    config = _config(args)
+    config = config_from_args(args)
     if args.calibration < 1 or args.evaluation < 0:
         raise CliError("--calibration must be at least 1 and --evaluation at least 0")
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):

@@ -12,7 +12,7 @@ from .olmo_eval_tasks import (DEFAULT_VARIANT, load_task, load_task_prompt_answe
                               task_variants)
 from .readers import (read_data_file, read_multiple_choice_jsonl, read_prompt_answer_jsonl, read_text_file,
                       read_text_jsonl)
-from .split import DataSplit, split_items
+from .split import DataSplit, calibration_fold, split_items
 from .targets import weights_fingerprint, self_distill_targets
 from .wikipedia import wikipedia_documents, wikipedia_split
 
@@ -22,7 +22,7 @@ __all__ = [
     "read_text_file", "read_text_jsonl", "read_prompt_answer_jsonl", "read_multiple_choice_jsonl", "read_data_file",
     "DEFAULT_VARIANT", "wikipedia_documents", "wikipedia_split", "packaged_tasks", "task_variants", "load_task",
     "task_split", "load_task_prompt_answers",
-    "DataSplit", "split_items",
+    "DataSplit", "split_items", "calibration_fold",
     "pad_id", "resolve_max_length", "encode_pair", "pack_texts", "prompt_answer_batches",
     "weights_fingerprint", "self_distill_targets",
     "chat_prompts", "has_chat_template",

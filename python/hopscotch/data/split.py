@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .errors import DataError
 
-__all__ = ["DataSplit", "split_items", "ids_digest"]
+__all__ = ["DataSplit", "split_items", "calibration_fold", "ids_digest"]
 
 SPLIT_RULE = "rank by sha256('<seed>:<id>'); calibration = lowest-ranked, evaluation = highest-ranked"
 
@@ -85,3 +85,15 @@ def split_items(items: Sequence, *, calibration: float | int = 0.5, evaluation: 
         "evaluation_ids": ids_digest(item.id for item in ev),
     }
     return DataSplit(cal, ev, info)
+
+
+def calibration_fold(split: DataSplit, calibration: int, fold: int, seed: int) -> DataSplit:
+    """The ``fold``-th block of ``calibration`` items of ``split``'s calibration part, by split rank (fold 0: the
+    lowest-ranked ``calibration`` items); the evaluation part is kept as it is. Take it from a split whose
+    calibration part holds at least ``calibration * (fold + 1)`` items, made with the same ``seed``."""
+    ranked = sorted(split.calibration, key=lambda x: _rank_key(seed, x.id))
+    keep = {x.id for x in ranked[fold * calibration:(fold + 1) * calibration]}
+    cal = [x for x in split.calibration if x.id in keep]
+    info = {**split.info, "calibration_fold": fold, "calibration_ids": ids_digest(keep),
+            "sizes": {**split.info["sizes"], "calibration": len(cal)}}
+    return DataSplit(cal, split.evaluation, info)

@@ -20,7 +20,7 @@ from .batching import pad_id, resolve_max_length
 from .errors import DataError
 from .items import MultipleChoice, PromptAnswer
 
-__all__ = ["weights_fingerprint", "self_distill_targets", "prompt_token_ids"]
+__all__ = ["weights_fingerprint", "self_distill_targets", "prompt_token_ids", "cut_at_stop"]
 
 _log = logging.getLogger(__name__)
 _FORMAT_VERSION = 1  # bump when what is generated or stored changes
@@ -110,7 +110,7 @@ def _generate(model, prompts: list[list[int]], eos: list[int], pad: int, max_new
     return answers
 
 
-def _cut_at_stop(tokenizer, answer: list[int], stop: Sequence[str]) -> list[int]:
+def cut_at_stop(tokenizer, answer: list[int], stop: Sequence[str]) -> list[int]:
     """The answer up to (not including) the first stop string: the longest token prefix whose text ends before it."""
     if not stop:
         return answer
@@ -175,7 +175,7 @@ def self_distill_targets(model, tokenizer, items: Sequence[str | PromptAnswer | 
             answers = None  # a damaged cache file is regenerated
     if answers is None:
         answers = _generate(model, prompt_ids, eos, pad_id(tokenizer), max_new_tokens, batch_size, progress)
-        answers = [_cut_at_stop(tokenizer, a, stop) for a in answers]
+        answers = [cut_at_stop(tokenizer, a, stop) for a in answers]
         if cache:
             atomic_write_text(path, json.dumps({"key": key, "settings": settings, "n": len(answers),
                                                 "answers": answers}))

@@ -91,7 +91,7 @@ def source_gguf(model, tokenizer_gguf=None) -> Path:
     from .. import models
 
     loaded_from = getattr(causal_lm(model).config, "_name_or_path", "") or ""
-    if loaded_from and Path(loaded_from).resolve() == models._converted_dir().resolve():
+    if loaded_from and Path(loaded_from).resolve() == models.converted_model_dir().resolve():
         return models.smollm2_gguf_path()
     raise ExportError(
         "format='gguf' carries the tokenizer over from a GGUF file, and this model was not loaded from the packaged "

@@ -1,5 +1,6 @@
 """Runs in vLLM's own venv (scripts/install_vllm_cpu.sh), never in hopscotch's: it imports only vLLM and the
-standard library. tests/vllm_testing.py starts it as ``<vllm python> tests/vllm_worker.py JOB.json OUT.json``.
+standard library. tests/helpers/vllm_testing.py starts it as
+``<vllm python> tests/helpers/vllm_worker.py JOB.json OUT.json``.
 
 JOB.json: ``{"model": export dir, "prompts": [[token ids], ...], "max_tokens": n, "max_model_len": n,
 "tensor_parallel_size": n, "skip_tokenizer_init": bool}``. vLLM loads the directory as it was written

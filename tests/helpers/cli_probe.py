@@ -1,6 +1,6 @@
 """Run many `hopscotch` command lines in ONE subprocess and report what each did, for tests/test_bad_input.py.
 
-    python tests/cli_probe.py WORKDIR < cases.json > results.json
+    python tests/helpers/cli_probe.py WORKDIR < cases.json > results.json
 
 ``cases.json`` is a list of argv lists. Each runs through ``hopscotch.cli.main`` (the console script's own
 function) with the working directory WORKDIR, its file descriptors 1 and 2 captured (so library output and warnings

