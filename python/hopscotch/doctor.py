@@ -54,15 +54,12 @@ class OpCounter(TorchDispatchMode):
 
 
 def versions() -> dict[str, str]:
-    import transformers
-
     import hopscotch_ext
 
-    from . import __version__
+    from .plan import package_versions
 
     info = hopscotch_ext.info()
-    return {"hopscotch": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(),
+    return {**package_versions(), "python": platform.python_version(),
             "kernels": ("compiled " + "+".join(info["backends"])) if info["loaded"]
             else f"pure-torch fallback ({info['load_error']})"}
 

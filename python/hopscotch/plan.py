@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ._version import __version__
 from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import PlanError, as_index_list, as_path
 from .limits import check_skip_lists
@@ -108,8 +109,6 @@ def architecture_fingerprint(model_or_config) -> dict[str, Any]:
 
 def package_versions() -> dict[str, str]:
     import transformers
-
-    from . import __version__
 
     return {"hopscotch": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 

