@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["parse_dtype"]
+__all__ = ["model_device", "model_dtype", "parse_dtype"]
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -21,3 +21,13 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if key not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of float32, float16, bfloat16")
     return _DTYPES[key]
+
+
+def model_device(model) -> torch.device:
+    """Where the model's inputs go (its first parameter's device)."""
+    return next(model.parameters()).device
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype of the model's weights (its first parameter's)."""
+    return next(model.parameters()).dtype

@@ -12,6 +12,7 @@ from ..limits import check_num_skip
 from ..search.config import SearchConfig
 from ..search.fields import ConfigError
 from ..search.objectives import OBJECTIVES
+from ..utils import model_dtype
 from .common import CliError, add_model_args, emit, load_from_args, model_export_info
 
 HELP = "find attention blocks to skip and save the plan (resumable)"
@@ -195,7 +196,7 @@ def _costs(model, plan, device, args) -> dict:
     from ..patch.apply import apply_plan
 
     L = model.config.num_hidden_layers
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     full = kv_bytes_per_token(model.config, dtype, L)
     kept = kv_bytes_per_token(model.config, dtype, L - len(plan.skipped_attention))
     out = {"kv_bytes_per_token": {"original": full, "skipped": kept, "saved_fraction": 1 - kept / full}}

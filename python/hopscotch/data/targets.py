@@ -16,6 +16,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..models import cache_dir
+from ..utils import model_device
 from .batching import pad_id, resolve_max_length
 from .errors import DataError
 from .items import MultipleChoice, PromptAnswer
@@ -86,7 +87,7 @@ def _generate(model, prompts: list[list[int]], eos: list[int], pad: int, max_new
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
                            pad_token_id=pad)
-    device = next(model.parameters()).device
+    device = model_device(model)
     answers = []
     was_training = model.training
     model.eval()

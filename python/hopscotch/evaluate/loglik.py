@@ -8,12 +8,9 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["model_device", "batch_nll", "batch_nll_rows", "continuation_logprobs"]
+from ..utils import model_device
 
-
-def model_device(model) -> torch.device:
-    """Where the model's inputs go (its first parameter's device)."""
-    return next(model.parameters()).device
+__all__ = ["batch_nll", "batch_nll_rows", "continuation_logprobs"]
 
 
 def _logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 from ..arch import causal_lm, check_supported
 from ..atomic import check_destination, clean_stale_partials, partial_path
 from ..plan import SkipPlan
+from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
 from .fold import folded_weights
 from .formats import ExportError, llama_layer_problems, rope_settings, warn_single_eps
@@ -144,7 +145,7 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
     if problems:
         raise ExportError("llama.cpp's deci architecture (format='gguf') cannot represent this model exactly: "
                           + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
-    weight_dtype, file_type = GGUF_DTYPES[_gguf_dtype(dtype, next(lm.parameters()).dtype)]
+    weight_dtype, file_type = GGUF_DTYPES[_gguf_dtype(dtype, model_dtype(lm))]
     src_path = source_gguf(model, tokenizer_gguf)
     src = gguf.GGUFReader(src_path)
     n_vocab_src = len(src.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in src.fields else None

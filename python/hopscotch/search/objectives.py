@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import base_model
+from ..utils import model_device
 
 __all__ = ["OBJECTIVES", "loss_positions", "final_hidden", "batch_loss", "teacher_logprobs", "head_logits"]
 
@@ -29,7 +30,7 @@ def loss_positions(batch: dict) -> torch.Tensor:
 
 def final_hidden(model: nn.Module, batch: dict) -> torch.Tensor:
     """Last hidden state [B, T, H] (after the final norm) of the (patched or plain) model."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = base_model(model)(input_ids=batch["input_ids"].to(device),
                             attention_mask=batch["attention_mask"].to(device), use_cache=False)
     return out.last_hidden_state

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..arch import base_model, decoder_layers
+from ..utils import model_device
 
 __all__ = ["ModuleScores", "similarity_scores"]
 
@@ -62,7 +63,7 @@ def similarity_scores(model: nn.Module, batches: Iterable[dict], *, dropped_attn
     """
     layers = decoder_layers(model)
     n = len(layers)
-    device = next(model.parameters()).device
+    device = model_device(model)
     acc = _Accumulator(n, device)
     dropped_attn, dropped_mlp = set(dropped_attn), set(dropped_mlp)
     handles = []
