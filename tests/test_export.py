@@ -369,8 +369,7 @@ def test_decilm_refuses_what_vllms_deci_model_cannot_run(attn, mlp, pattern, tmp
 
 
 def test_format_problems_is_where_every_format_refuses():
-    from hopscotch.export.gguf_export import gguf_problems
-    from hopscotch.export.formats import decilm_problems, format_problems
+    from hopscotch.export.formats import decilm_problems, format_problems, gguf_problems
 
     model = tiny_model("llama")  # intermediate 88: not a decilm width
     plan = _plan(model, attn=(0,), mlp=(4,))

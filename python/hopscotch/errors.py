@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ArgumentError", "HopscotchError", "PlanError", "as_index_list", "as_path", "check_arg", "parse_size",
-           "show_value"]
+__all__ = ["ArgumentError", "HopscotchError", "ModelLoadError", "ModelNotFoundError", "PlanError", "as_index_list",
+           "as_path", "check_arg", "parse_size", "show_value"]
 
 
 class HopscotchError(Exception):
@@ -31,6 +31,14 @@ class ArgumentError(HopscotchError, TypeError, ValueError):
 
 class PlanError(HopscotchError, ValueError):
     """A plan that cannot be read, or that does not fit the model it is applied to."""
+
+
+class ModelNotFoundError(HopscotchError, FileNotFoundError):
+    """The requested model (path, GGUF file or packaged model) is not there."""
+
+
+class ModelLoadError(HopscotchError, ValueError):
+    """A checkpoint that would load with weights missing or newly initialised, or that cannot be loaded here."""
 
 
 def show_value(value: Any, limit: int = 60) -> str:

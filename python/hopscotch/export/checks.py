@@ -20,6 +20,7 @@ from ..atomic import MANIFEST, check_destination, manifest_files
 from ..errors import as_path, check_arg, parse_size
 from ..plan import SkipPlan
 from .formats import FORMATS, ExportError, export_plan_path, format_problems
+from .info import read_export_info
 
 __all__ = ["check_cli_destination", "check_export_args", "export_inputs", "foreign_entries", "foreign_gguf"]
 
@@ -46,8 +47,6 @@ def foreign_entries(out: Path) -> list[str]:
 
 
 def foreign_gguf(out: Path) -> list[str]:
-    from ..models import read_export_info
-
     info = read_export_info(out)
     return [] if info is not None and info.format == "gguf" else [out.name]
 

@@ -17,16 +17,26 @@ stream of scale C computes as if its eps were eps * C^2: its output changes by a
 relative. Learned scalars keep C near 1 (a learned SmolLM2 plan: max logit difference ~1e-4); ``stream_scale_range``
 gives the C's so a writer can warn when they are far from 1. (A single eps other than the original is worse in
 practice: the early layers, where C is still ~1 and mean(h^2) is smallest, are the sensitive ones.)
+
+Weights are named as in the HF model: ``weight_scale_key`` says which tensors a block's scalar folds into,
+``skipped_weight`` which belong to a skipped block (the formats that leave them out, and the loader, use it).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
 from ..plan import SCALAR_NAMES
 
-__all__ = ["FoldError", "base_state_dict", "folded_weights", "norm_eps", "output_scales", "stream_scale_range"]
+__all__ = ["FoldError", "base_state_dict", "folded_weights", "norm_eps", "output_scales", "skipped_weight",
+           "stream_scale_range", "weight_scale_key"]
 
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+# Weights that belong to an attention block / an MLP block (the norm in front of each block included).
+_ATTN_PARTS = ("self_attn.", "input_layernorm.")
+_MLP_PARTS = ("mlp.", "post_attention_layernorm.")
 
 
 class FoldError(ValueError):
@@ -81,6 +91,30 @@ def stream_scale_range(plan) -> tuple[float, float]:
     return min(cs), max(cs)
 
 
+def _layer_part(name: str) -> tuple[int | None, str]:
+    m = _LAYER.search(name)
+    return (int(m.group(1)), m.group(2)) if m else (None, name)
+
+
+def skipped_weight(name: str, plan) -> bool:
+    """True for the weights of a skipped block (not written by the hopscotch and decilm formats)."""
+    layer, part = _layer_part(name)
+    if layer is None:
+        return False
+    return (layer in plan.skipped_attention and part.startswith(_ATTN_PARTS)) or \
+        (layer in plan.skipped_mlp and part.startswith(_MLP_PARTS))
+
+
+def weight_scale_key(name: str) -> tuple[int | None, str | None]:
+    """(layer, "attn") for o_proj, (layer, "mlp") for down_proj (weight and bias): the tensors scalars fold into."""
+    layer, part = _layer_part(name)
+    if layer is not None and part.startswith("self_attn.o_proj."):
+        return layer, "attn"
+    if layer is not None and part.startswith("mlp.down_proj."):
+        return layer, "mlp"
+    return None, None
+
+
 def base_state_dict(model) -> dict[str, torch.Tensor]:
     """The HF model's own tensors (no hopscotch scalars), with tied weights named once."""
     from ..arch import causal_lm
@@ -97,8 +131,6 @@ def folded_weights(model, plan, *, keep_skipped: bool = False):
     ``keep_skipped``) and ``materialize(name, dtype=None)``, which returns one tensor on the CPU with the plan's
     scalars folded in (a kept skipped block's output projection is zeroed). Tensors are folded one at a time, so
     an export never holds a second copy of the whole model."""
-    from .formats import skipped_weight, weight_scale_key
-
     attn_scale, mlp_scale = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
     sd = base_state_dict(model)
     if not keep_skipped:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 
 from ..errors import HopscotchError
 from ..plan import SkipPlan
+from .fold import norm_eps, skipped_weight, stream_scale_range
 
+# skipped_weight lives in fold.py; it is importable from here too while benchmarks/bench_vllm.py imports it from here.
 __all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "LEGACY_PLAN_FILE", "PLAN_SUBDIR", "decilm_config",
-           "decilm_problems", "export_plan_path", "format_problems", "hopscotch_config", "llama_layer_problems",
-           "rope_settings", "warn_single_eps", "skipped_weight", "weight_scale_key"]
+           "decilm_problems", "export_plan_path", "format_problems", "gguf_problems", "hopscotch_config",
+           "llama_layer_problems", "rope_settings", "skipped_weight", "warn_single_eps"]
 
 FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
@@ -21,44 +22,14 @@ HOPSCOTCH_CONFIG_KEY = "hopscotch"
 # this held it at the top level as LEGACY_PLAN_FILE (+ hopscotch_plan.safetensors); both are read.
 PLAN_SUBDIR = "hopscotch_plan"
 LEGACY_PLAN_FILE = "hopscotch_plan.json"
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
-# Weights that belong to an attention block / an MLP block (the norm in front of each block included).
-_ATTN_PARTS = ("self_attn.", "input_layernorm.")
-_MLP_PARTS = ("mlp.", "post_attention_layernorm.")
 
 
 class ExportError(HopscotchError, ValueError):
     """The model, plan or destination cannot be exported as asked."""
 
 
-def _layer_part(name: str) -> tuple[int | None, str]:
-    m = _LAYER.search(name)
-    return (int(m.group(1)), m.group(2)) if m else (None, name)
-
-
-def skipped_weight(name: str, plan: SkipPlan) -> bool:
-    """True for the weights of a skipped block (not written by the hopscotch and decilm formats)."""
-    layer, part = _layer_part(name)
-    if layer is None:
-        return False
-    return (layer in plan.skipped_attention and part.startswith(_ATTN_PARTS)) or \
-        (layer in plan.skipped_mlp and part.startswith(_MLP_PARTS))
-
-
-def weight_scale_key(name: str) -> tuple[int | None, str | None]:
-    """(layer, "attn") for o_proj, (layer, "mlp") for down_proj (weight and bias): the tensors scalars fold into."""
-    layer, part = _layer_part(name)
-    if layer is not None and part.startswith("self_attn.o_proj."):
-        return layer, "attn"
-    if layer is not None and part.startswith("mlp.down_proj."):
-        return layer, "mlp"
-    return None, None
-
-
 def hopscotch_config(cfg: dict, plan: SkipPlan) -> dict:
     """Format 2: format 1 plus ``norm_eps``, the eps of every stream-reading norm (``fold.norm_eps``: exact)."""
-    from .fold import norm_eps
-
     return {**cfg, HOPSCOTCH_CONFIG_KEY: {"format": 2, "skipped_attention": plan.skipped_attention,
                                           "skipped_mlp": plan.skipped_mlp,
                                           "method": plan.provenance.get("method"),
@@ -69,8 +40,6 @@ def hopscotch_config(cfg: dict, plan: SkipPlan) -> dict:
 def warn_single_eps(plan: SkipPlan, format: str) -> None:
     """A one-eps format (vanilla, decilm, gguf) folds exactly only up to eps (``fold.py``): warn when the scalars
     move the residual scale far from 1 (outside [0.5, 2]: a norm's eps effectively scaled by C^2 beyond [1/4, 4])."""
-    from .fold import stream_scale_range
-
     lo, hi = stream_scale_range(plan)
     if lo < 0.5 or hi > 2.0:
         warnings.warn(f"format={format!r} has one RMSNorm eps for every norm, and these scalars scale the residual "
@@ -131,6 +100,28 @@ def decilm_problems(config, plan: SkipPlan) -> list[str]:
     return problems
 
 
+def gguf_problems(config, plan: SkipPlan) -> list[str]:
+    """What llama.cpp's deci architecture cannot express for this model and plan (empty: it can)."""
+    problems = llama_layer_problems(config)
+    if getattr(config, "hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {config.hidden_act!r} (llama.cpp's deci FFN is SiLU-gated)")
+    rope_type = rope_settings(config)[1].get("rope_type", "default")
+    if rope_type != "default":
+        problems.append(f"rope_type {rope_type!r} (only default RoPE is written)")
+    # llama.cpp's deci graph `continue`s past an FFN-free layer before carrying its output forward: right when
+    # the whole layer is skipped, wrong (the attention output is dropped) when its attention is kept, and an
+    # abort on the last layer (its output rows were already selected).
+    half = [i for i in plan.skipped_mlp if i not in plan.skipped_attention]
+    if half:
+        problems.append(f"skipped MLP blocks {half} whose attention is kept (llama.cpp's deci graph drops that "
+                        "attention output)")
+    if config.num_hidden_layers - 1 in plan.skipped_mlp:
+        problems.append("a skipped MLP block in the last layer (llama.cpp's deci graph aborts)")
+    if 0 in plan.skipped_attention:
+        problems.append("a skipped attention block 0 (llama.cpp reads the head size from layer 0's head count)")
+    return problems
+
+
 def format_problems(format: str, config, plan: SkipPlan) -> list[str]:
     """Why ``format`` cannot hold this model (its transformers config) with this plan, one entry per limit hit
     (empty: it can). Every format's refusals come from here; the writers raise ExportError on a non-empty list
@@ -138,8 +129,6 @@ def format_problems(format: str, config, plan: SkipPlan) -> list[str]:
     if format == "decilm":
         return decilm_problems(config, plan)
     if format == "gguf":
-        from .gguf_export import gguf_problems
-
         return gguf_problems(config, plan)
     if format in ("hopscotch", "vanilla"):
         return []  # any supported architecture (arch.check_supported) with any valid plan
@@ -170,10 +159,10 @@ def decilm_config(config, plan: SkipPlan) -> dict:
                "ffn": {"no_op": i in plan.skipped_mlp, "replace_with_linear": False,
                        "ffn_mult": None if i in plan.skipped_mlp else ffn_mult}}
               for i in range(config.num_hidden_layers)]
-    theta, rope = rope_settings(config)
+    rope_theta, rope = rope_settings(config)
     out = {"model_type": "nemotron-nas", "architectures": ["DeciLMForCausalLM"], "block_configs": blocks,
            # Engine converters (llama.cpp's convert_hf_to_gguf, TensorRT-LLM) read a top-level rope_theta.
-           "rope_theta": theta,
+           "rope_theta": rope_theta,
            # transformers knows no "nemotron-nas": the config class ships with the checkpoint (trust_remote_code).
            "auto_map": {"AutoConfig": "configuration_decilm.DeciLMConfig"}}
     if rope.get("rope_type", "default") != "default":
@@ -186,8 +175,8 @@ def rope_settings(config) -> tuple[float, dict]:
     rope = dict(getattr(config, "rope_parameters", None) or {})
     if not rope and getattr(config, "rope_scaling", None):
         rope = dict(config.rope_scaling)
-    theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is None:
+    rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
+    if rope_theta is None:
         raise ExportError("the model config has no rope_theta (neither top-level nor in rope_parameters)")
     rope.setdefault("rope_type", rope.pop("type", "default"))
-    return float(theta), rope
+    return float(rope_theta), rope

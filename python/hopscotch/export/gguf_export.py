@@ -7,12 +7,13 @@ cache), so a skipped attention block is written as 0 heads and none of its tenso
 permuted per head: transformers rotates the two halves of a head, llama.cpp's "normal" RoPE rotates adjacent
 pairs. The scalars are folded into attn_output / ffn_down as in every other format (``fold.py``).
 
-What llama.cpp's deci graph cannot express is refused: biases, q/k norms, sliding windows, non-default RoPE, a
-skipped MLP block whose attention is kept or in the last layer (llama.cpp's graph ``continue``s before carrying
-the layer's output forward: only a fully skipped inner layer comes out right) and a skipped attention block 0
-(llama.cpp takes the head size from layer 0's head count: it refuses to load such a file). The tokenizer and chat template
-are GGUF metadata copied from a GGUF file (the packaged model's own, or ``tokenizer_gguf``); an HF tokenizer is
-not converted (llama.cpp's convert_hf_to_gguf.py does that, on a ``format="decilm"`` export).
+What llama.cpp's deci graph cannot express is refused (``formats.gguf_problems``): biases, q/k norms, sliding
+windows, non-default RoPE, a skipped MLP block whose attention is kept or in the last layer (llama.cpp's graph
+``continue``s before carrying the layer's output forward: only a fully skipped inner layer comes out right) and a
+skipped attention block 0 (llama.cpp takes the head size from layer 0's head count: it refuses to load such a
+file). The tokenizer and chat template are GGUF metadata copied from a GGUF file (the packaged model's own, or
+``tokenizer_gguf``); an HF tokenizer is not converted (llama.cpp's convert_hf_to_gguf.py does that, on a
+``format="decilm"`` export).
 
 Weight types: f32, f16, bf16 (1-D tensors stay f32) and q8_0 (2-D tensors whose rows are a multiple of 32; others
 f16), the types llama.cpp's converter writes itself. Other quantisations: llama.cpp's quantizer on the f16 or
@@ -34,9 +35,9 @@ from ..plan import SkipPlan
 from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
 from .fold import folded_weights
-from .formats import ExportError, llama_layer_problems, rope_settings, warn_single_eps
+from .formats import ExportError, gguf_problems, rope_settings, warn_single_eps
 
-__all__ = ["GGUF_DTYPES", "export_gguf", "gguf_problems", "source_gguf"]
+__all__ = ["GGUF_DTYPES", "export_gguf", "source_gguf"]
 
 ARCH = "deci"
 # name -> (GGML type of 2-D tensors, llama.cpp file type)
@@ -57,28 +58,6 @@ def _gguf_dtype(dtype, loaded: torch.dtype) -> str:
         raise ExportError(f"dtype {dtype!r} cannot be written to gguf; expected one of {', '.join(GGUF_DTYPES)} "
                           "(other llama.cpp types: run llama-quantize on the f16 or f32 file)")
     return name
-
-
-def gguf_problems(config, plan: SkipPlan) -> list[str]:
-    """What llama.cpp's deci architecture cannot express for this model and plan (empty: it can)."""
-    problems = llama_layer_problems(config)
-    if getattr(config, "hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act {config.hidden_act!r} (llama.cpp's deci FFN is SiLU-gated)")
-    rope_type = rope_settings(config)[1].get("rope_type", "default")
-    if rope_type != "default":
-        problems.append(f"rope_type {rope_type!r} (only default RoPE is written)")
-    # llama.cpp's deci graph `continue`s past an FFN-free layer before carrying its output forward: right when
-    # the whole layer is skipped, wrong (the attention output is dropped) when its attention is kept, and an
-    # abort on the last layer (its output rows were already selected).
-    half = [i for i in plan.skipped_mlp if i not in plan.skipped_attention]
-    if half:
-        problems.append(f"skipped MLP blocks {half} whose attention is kept (llama.cpp's deci graph drops that "
-                        "attention output)")
-    if config.num_hidden_layers - 1 in plan.skipped_mlp:
-        problems.append("a skipped MLP block in the last layer (llama.cpp's deci graph aborts)")
-    if 0 in plan.skipped_attention:
-        problems.append("a skipped attention block 0 (llama.cpp reads the head size from layer 0's head count)")
-    return problems
 
 
 def source_gguf(model, tokenizer_gguf=None) -> Path:
@@ -155,7 +134,7 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
 
     n_layers, n_heads, n_kv = config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    theta, _ = rope_settings(config)
+    rope_theta, _ = rope_settings(config)
     tensors, fold = folded_weights(model, plan)
     warn_single_eps(plan, "gguf")
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
@@ -179,7 +158,7 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
         writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(theta)
+        writer.add_rope_freq_base(rope_theta)
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_vocab_size(config.vocab_size)
         writer.add_file_type(int(getattr(gguf.LlamaFileType, file_type)))

@@ -17,7 +17,9 @@ import torch
 from ..errors import ArgumentError, as_path, check_arg
 from ..patch import apply_plan
 from ..plan import PlanError, SkipPlan
-from .formats import HOPSCOTCH_CONFIG_KEY, ExportError, skipped_weight
+from .fold import skipped_weight
+from .formats import HOPSCOTCH_CONFIG_KEY, ExportError
+from .info import mark_export
 
 __all__ = ["from_pretrained", "load_decilm"]
 
@@ -110,7 +112,7 @@ def _check_load_args(func: str, path, dtype, device) -> Path:
 def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                     device: str | torch.device = "cpu"):
     """Load an export written with ``format="hopscotch"``; returns the patched model (eval mode). The model
-    carries what it is (``hopscotch.models.export_info(model)``): applying another plan on top is refused."""
+    carries what it is (``export.info.export_info(model)``): applying another plan on top is refused."""
     from transformers import AutoConfig
 
     path = _check_load_args("from_pretrained", path, dtype, device)
@@ -125,7 +127,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
     model, plan = _build_skipped(path, config, entry.get("skipped_attention"), entry.get("skipped_mlp"), dtype)
     _set_norm_eps(model, entry)
     apply_plan(model, plan, free_skipped=True)
-    _mark(model, path, "hopscotch", plan, entry.get("method"))
+    mark_export(model, path, "hopscotch", plan.skipped_attention, plan.skipped_mlp, entry.get("method"))
     return model.to(device).eval()
 
 
@@ -177,11 +179,5 @@ def load_decilm(path: str | os.PathLike, *, dtype: torch.dtype | str | None = No
     config = LlamaConfig(**llama)
     model, plan = _build_skipped(path, config, attn, mlp, dtype)
     apply_plan(model, plan, free_skipped=True)
-    _mark(model, path, "decilm", plan, None)
+    mark_export(model, path, "decilm", plan.skipped_attention, plan.skipped_mlp)
     return model.to(device).eval()
-
-
-def _mark(model, path: Path, format: str, plan: SkipPlan, method) -> None:
-    from ..models import mark_export
-
-    mark_export(model, path, format, plan.skipped_attention, plan.skipped_mlp, method)

@@ -33,6 +33,7 @@ from ..plan import SkipPlan
 from .checks import check_export_args
 from .fold import folded_weights
 from .formats import FORMATS, PLAN_SUBDIR, ExportError, decilm_config, hopscotch_config, warn_single_eps
+from .gguf_export import export_gguf
 
 __all__ = ["export_model", "ExportError", "FORMATS"]
 
@@ -83,8 +84,6 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
                                                 overwrite=overwrite, max_shard_size=max_shard_size, dtype=dtype,
                                                 gguf_tokenizer=gguf_tokenizer)
     if format == "gguf":
-        from .gguf_export import export_gguf
-
         return export_gguf(model, plan, out_dir, dtype=dtype, overwrite=overwrite, tokenizer_gguf=gguf_tokenizer)
     if isinstance(dtype, str):
         raise ExportError(f"dtype {dtype!r} is for format='gguf' only; give a torch dtype for {format!r}")
