@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import check_arg
 from ..plan import PlanError, SkipPlan
-from .patcher import get_scalars, is_patched, patch_model, patched_layers, set_scalars, set_skips
+from .patcher import get_scalars, patch_model, patched_layers, set_scalars, set_skips
 
 __all__ = ["apply_plan", "current_plan"]
 
@@ -33,16 +33,8 @@ def apply_plan(model: nn.Module, plan: SkipPlan, *, free_skipped: bool = False) 
         raise PlanError(f"this model is a {exported.describe()} ({exported.path}): its plan is already folded into "
                         "its weights, so another plan cannot be applied on top; apply plans to the original model")
     plan.validate(model)
-    if is_patched(model):
-        for kind, skipped in (("attention", plan.skipped_attention), ("mlp", plan.skipped_mlp)):
-            freed = [lay.layer_idx for lay in patched_layers(model)
-                     if getattr(lay, "attn_freed" if kind == "attention" else "mlp_freed")
-                     and lay.layer_idx not in skipped]
-            if freed:
-                raise PlanError(f"the plan keeps {kind} blocks {freed}, whose weights were released (free_skipped, "
-                                "or a hopscotch export that never wrote them); reload the model")
-    patch_model(model)
-    set_skips(model, plan.skipped_attention, plan.skipped_mlp)
+    patch_model(model)  # nothing changes on a model already patched
+    set_skips(model, plan.skipped_attention, plan.skipped_mlp)  # refuses to keep a freed block, changing nothing
     set_scalars(model, plan.scalar_tensor())
     if free_skipped:
         for layer in patched_layers(model):

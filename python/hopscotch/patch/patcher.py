@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import UnsupportedModelError, base_model, causal_lm, check_supported, layer_attention_type
-from ..errors import as_index_list, check_arg
+from ..errors import PlanError, as_index_list, check_arg
 from ..limits import check_skip_lists
 from .generation import install_generate_hook, remove_generate_hook
 from .layer import SCALAR_NAMES, HopscotchDecoderLayer
@@ -146,7 +146,9 @@ def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int
     """Skip exactly these attention and MLP blocks (all others kept); compact cache indices follow.
 
     The skip sets follow ``hopscotch.limits`` (in range, no duplicates, some attention and some MLP kept);
-    ``allow_no_attention=True`` lifts the attention part for benchmarks that time the attention-free floor."""
+    ``allow_no_attention=True`` lifts the attention part for benchmarks that time the attention-free floor. A block
+    whose weights were released (``apply_plan(free_skipped=True)``, or a hopscotch export that never wrote them)
+    stays skipped: keeping one raises ``PlanError``. Nothing changes when it raises."""
     check_arg(isinstance(model, nn.Module) and is_patched(model), "set_skips", "model", model,
               "a patched model (call hopscotch.patch_model(model) or apply_plan first)")
     check_arg(isinstance(allow_no_attention, bool), "set_skips", "allow_no_attention", allow_no_attention,
@@ -159,8 +161,8 @@ def set_skips(model: nn.Module, attention: Iterable[int] = (), mlp: Iterable[int
         freed = [lay.layer_idx for lay in state.layers
                  if getattr(lay, "attn_freed" if kind == "attention" else "mlp_freed") and lay.layer_idx not in idx]
         if freed:
-            raise ValueError(f"{kind} blocks {freed} were freed (skipped with their weights released) and cannot "
-                             "be kept; reload the model")
+            raise PlanError(f"{kind} blocks {freed} cannot be kept: their weights were released (free_skipped, or "
+                            "a hopscotch export that never wrote them); reload the model")
     skip_attn, skip_mlp = set(attention), set(mlp)
     compact = 0
     for layer in state.layers:
