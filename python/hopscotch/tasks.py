@@ -22,7 +22,11 @@ import torch
 from .data import (DEFAULT_VARIANT, Document, MultipleChoice, calibration_fold, chat_prompts, has_chat_template,
                    load_task, pack_texts, prompt_answer_batches, self_distill_targets, split_items, wikipedia_split)
 
-__all__ = ["TaskData", "prepare_task", "evaluate_task", "compare_results", "METRICS"]
+__all__ = ["TaskData", "prepare_task", "evaluate_task", "compare_results", "METRICS", "EVAL_OBJECTIVES"]
+
+# What the held-out loss of ``evaluate_task`` (``hopscotch eval --objective``) is the NLL of: the original model's
+# own answers (self-distill) or the gold answers / the text (nll).
+EVAL_OBJECTIVES = ("self-distill", "nll")
 
 
 @dataclass

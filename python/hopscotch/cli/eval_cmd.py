@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..tasks import EVAL_OBJECTIVES
 from .common import CliError, add_model_args, emit, load_from_args, model_export_info
 
 DESCRIPTION = """Evaluate a model (optionally with a skip plan applied) on the evaluation split of a task: held-out
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="FILE", default=None, help="a local data file instead of --task")
     p.add_argument("--calibration", type=int, default=32, help="calibration items of the split (default 32)")
     p.add_argument("--evaluation", type=int, default=100, help="evaluation items (default 100)")
-    p.add_argument("--objective", default="self-distill", choices=["self-distill", "nll"],
+    p.add_argument("--objective", default="self-distill", choices=EVAL_OBJECTIVES,
                    help="what the held-out loss measures (default: the original model's own answers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", metavar="B.json", default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..export.formats import FORMATS
 from .common import CliError, add_model_args, check_model_arg, emit, load_from_args
 
 DESCRIPTION = """Write the model with a plan applied as a checkpoint that loads elsewhere. The plan's scalars are
@@ -33,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--plan", metavar="PLAN.json", required=True, help="the plan to apply (from `hopscotch search`)")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="output directory (must be empty or absent); a NAME.gguf file for --format gguf")
-    p.add_argument("--format", default="hopscotch", choices=["hopscotch", "decilm", "vanilla", "gguf"])
+    p.add_argument("--format", default="hopscotch", choices=FORMATS)
     p.add_argument("--save-dtype", default=None,
                    help="dtype of the written weights (default: as loaded); gguf: f32, f16, bf16 or q8_0")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
