@@ -26,12 +26,11 @@ import torch
 from ..hf_compat import cache_kwargs
 from ..patch import HopscotchCache, kv_cache_bytes, patch_model, set_skips, unpatch_model
 from ..testing import zeroed_attention
+from ..utils import model_dtype
+from .choices import FILLS, PROVIDERS
 from .results import summarize_ms, synchronize, time_fn
 
 __all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "speed_ratio", "PROVIDERS", "FILLS"]
-
-PROVIDERS = ("hf", "hf_identity", "hopscotch", "hopscotch_compiled")
-FILLS = ("prefill", "random")
 
 
 @dataclass
@@ -93,7 +92,7 @@ def _random_fill(model, provider: str, ids, cache, skipped: list[int], seed: int
     cfg = model.config
     batch, length = ids.shape
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     g = torch.Generator(device=ids.device).manual_seed(seed)
 
     def rand():
@@ -180,7 +179,7 @@ def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
              if not (p == "hf" and k != cfg.ks[0]) and not (p == "hf_identity" and k == 0)]
     if cfg.rounds < 1:
         raise ValueError(f"rounds={cfg.rounds}: expected 1 or more")
-    per_seq = (cfg.prompt_len + cfg.new_tokens) * kv_bytes_per_token(model.config, next(model.parameters()).dtype, L)
+    per_seq = (cfg.prompt_len + cfg.new_tokens) * kv_bytes_per_token(model.config, model_dtype(model), L)
     batches = [b for b in cfg.decode_batches if cfg.max_kv_bytes is None or b * per_seq <= cfg.max_kv_bytes]
     bar = None
     if progress:

@@ -81,7 +81,7 @@ def metadata(device: str | torch.device) -> dict:
 
 
 def _hopscotch_version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 

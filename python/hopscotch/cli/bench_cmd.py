@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..bench.choices import FILLS, PROVIDERS
+from ..utils import model_dtype
 from .common import CliError, add_model_args, emit, load_from_args, resolve_device, resolve_dtype
 
 DESCRIPTION = """Prefill latency, decode tokens/s, KV-cache bytes and (on CUDA) peak memory for
@@ -40,7 +42,7 @@ def register(sub) -> None:
                         "(default hf,hf_identity,hopscotch)")
     p.add_argument("--compile", action="store_true",
                    help="also measure the patched model's decode step under torch.compile (hopscotch_compiled)")
-    p.add_argument("--fill", choices=("prefill", "random"), default="prefill",
+    p.add_argument("--fill", choices=FILLS, default="prefill",
                    help="fill the decode cache by a prefill (default) or with random keys and values of the same "
                         "shapes: decode costs the same, and a long prefill at a large batch takes minutes on a CPU")
     p.add_argument("--batches", default=None, help="decode batch sizes (default 1,8 on CPU; 1,16 on CUDA)")
@@ -97,7 +99,7 @@ def _random_model(shape: str, device, dtype):
 
 
 def run(args) -> int:
-    from ..bench.e2e import PROVIDERS, E2EConfig, attention_gain, run_e2e
+    from ..bench.e2e import E2EConfig, attention_gain, run_e2e
     from ..bench.results import append_results
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
@@ -148,11 +150,11 @@ def run(args) -> int:
         if max_kv is not None:
             from ..bench.e2e import kv_bytes_per_token
 
-            per_seq = (ctx + args.new_tokens) * kv_bytes_per_token(model.config, next(model.parameters()).dtype, L)
+            per_seq = (ctx + args.new_tokens) * kv_bytes_per_token(model.config, model_dtype(model), L)
             over += [(ctx, b) for b in batches if b * per_seq > max_kv]
         part = run_e2e(model, cfg, progress=not (args.quiet or args.json))
         for r in part:
-            r.update({"context": ctx, "model": name, "dtype": str(next(model.parameters()).dtype)})
+            r.update({"context": ctx, "model": name, "dtype": str(model_dtype(model))})
         rows += part
         gains += [{**g, "context": ctx} for g in attention_gain(part, L)]
     path = append_results(args.csv, rows, device)
