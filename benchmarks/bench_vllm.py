@@ -103,7 +103,7 @@ def plan_costs(model, plan) -> dict:
     """FLOPs-model inputs: weight FLOPs per token (kept matmuls + the head), the query width of the kept attention
     layers (heads x head_dim, summed), and how many attention layers hold a KV cache."""
     from hopscotch.export.fold import base_state_dict
-    from hopscotch.export.formats import skipped_weight
+    from hopscotch.export.fold import skipped_weight
 
     cfg = model.config
     head = model.get_output_embeddings().weight

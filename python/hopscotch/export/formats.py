@@ -8,12 +8,11 @@ from pathlib import Path
 
 from ..errors import HopscotchError
 from ..plan import SkipPlan
-from .fold import norm_eps, skipped_weight, stream_scale_range
+from .fold import norm_eps, stream_scale_range
 
-# skipped_weight lives in fold.py; it is importable from here too while benchmarks/bench_vllm.py imports it from here.
 __all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "LEGACY_PLAN_FILE", "PLAN_SUBDIR", "decilm_config",
            "decilm_problems", "export_plan_path", "format_problems", "gguf_problems", "hopscotch_config",
-           "llama_layer_problems", "rope_settings", "skipped_weight", "warn_single_eps"]
+           "llama_layer_problems", "rope_settings", "warn_single_eps"]
 
 FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
