@@ -9,6 +9,11 @@ to <out>/scalar_guards.txt and .csv.
 
     python experiments/scalar_guards.py --ks 4            # about 6 min per row on 2 cores (7 rows per task)
     python experiments/scalar_guards.py --report          # the table from the rows finished so far
+    python experiments/scalar_guards.py --search generic0.5 --ks 4   # a whole fast search per task with that guard
+
+With --search VARIANT, each task gets one whole search (hopscotch-fast, the package's default method, fold 0) with
+the variant's guard on its final training, beside the study's hopscotch-fast row made with the paper's training:
+do the picks change, and what does the plan cost?
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +32,7 @@ from hopscotch import SkipPlan, unpatch_model  # noqa: E402
 from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import append_row, metadata, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
-from hopscotch.search import train_final_scalars  # noqa: E402
+from hopscotch.search import search, train_final_scalars  # noqa: E402
 from hopscotch.search.guards import ScalarGuard  # noqa: E402
 from hopscotch.search.train import rebatch  # noqa: E402
 
@@ -52,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--work", default=str(RESULTS_DIR / "study_work"), help="the quality study's work folder")
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--report", action="store_true", help="write the table from the finished rows; run nothing")
+    p.add_argument("--search", metavar="VARIANT", choices=tuple(VARIANTS), default=None,
+                   help="instead of retraining fixed blocks, run one whole hopscotch-fast search per task with "
+                   "this variant's guard")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -77,6 +86,12 @@ def main(argv=None) -> int:
     if not args.report:
         for k in ks:
             for task in tasks:
+                if args.search:
+                    key = f"search|{task}|{args.search}|{k}"
+                    if key not in rows:
+                        rows[key] = run_search(study, work, key, task, k, args.search, args.quiet)
+                        append_row(rows_path, rows[key])
+                    continue
                 for variant in variants:
                     key = f"guard|{task}|{variant}|{k}"
                     if key not in rows:
@@ -114,6 +129,30 @@ def run_one(study, work: Path, key: str, task: str, k: int, variant: str, quiet:
     return row
 
 
+def run_search(study, work: Path, key: str, task: str, k: int, variant: str, quiet: bool) -> dict:
+    """One whole hopscotch-fast search (the study's settings, fold 0) with the variant's guard."""
+    guard, batch_size = VARIANTS[variant]
+    a, data, model = study.args, study.task_data(task), study.model
+    unpatch_model(model)
+    settings = dict(guard=guard) if batch_size is None else dict(guard=guard, final_batch_size=batch_size)
+    t0 = time.perf_counter()
+    plan = search(model, data.calibration, num_skip=k, objective=data.objective, seed=0, method="hopscotch-fast",
+                  final_epochs=a.final_epochs, similarity_batches=data.text_calibration,
+                  generic_batches=data.text_calibration, data_info=data.info, progress=not quiet,
+                  state_path=work / f"{task}_f0_hopscotch-fast_guard-{variant}.state.json", **settings)
+    seconds = round(time.perf_counter() - t0, 1)
+    plan.save(work / "plans" / f"{task}_f0_hopscotch-fast_guard-{variant}_k{k}.json")
+    fast = study.rows.get(f"main|{task}|0|hopscotch-fast|{k}", {})
+    row = {"key": key, "kind": "search", "variant": variant, "k": k, "calib": task, "fold": 0, "eval": task,
+           "skipped": plan.skipped_attention, "same_blocks_as_fast": plan.skipped_attention == fast.get("skipped"),
+           "guard": guard.as_dict(), "search_seconds": plan.provenance.get("search_seconds", seconds),
+           "token_passes": (plan.provenance.get("token_passes") or {}).get("total", 0),
+           **study.evaluate(key, task, plan)}
+    print({k2: row[k2] for k2 in ("key", "skipped", "same_blocks_as_fast", "eval_loss", "acc", "wiki_ppl")},
+          flush=True)
+    return row
+
+
 def write(study, rows: dict, tasks, ks, out: Path) -> None:
     for key, r in rows.items():
         study.rows.setdefault(key, r)
@@ -123,14 +162,16 @@ def write(study, rows: dict, tasks, ks, out: Path) -> None:
         return f"{r[m]:.{d}f} [{ci['low']:.{d}f}, {ci['high']:.{d}f}]"
 
     def pv(c):
-        return "<0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.2f}"
+        p = c["p_value"]
+        return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
     lines = ["Guards on the final scalars: each task's faithful Hopscotch blocks (fold 0), the final scalars retrained "
              "under each guard. Made by `python experiments/scalar_guards.py`.",
              "Intervals: 95% percentile bootstrap over items; p: paired tests on the same items (bootstrap for the "
              "loss and perplexity, exact McNemar for accuracy). 'paper' is today's training retrained (its scalars "
              "equal the plan's where marked =). lead kept: (LLM-Drop's loss - this loss) / (LLM-Drop's loss - "
-             "paper's loss).",
+             "paper's loss). 'fast search': the study's hopscotch-fast plan (the paper's training); 'fast V': a "
+             "whole hopscotch-fast search with guard V (--search V).",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in metadata("cpu").items() if v), ""]
     head = (f"{'task':10} {'k':>2} {'scalars':13} {'held-out loss':24} {'accuracy':22} {'Wikipedia ppl':22} "
             f"{'lead kept':>9}  p vs paper (loss/acc/ppl)    p vs llm-drop-it (loss/acc/ppl)")
@@ -140,7 +181,9 @@ def write(study, rows: dict, tasks, ks, out: Path) -> None:
         for task in tasks:
             paper, drop = f"main|{task}|0|hopscotch|{k}", f"main|{task}|0|llm-drop-iterative|{k}"
             named = [("llm-drop-it", drop), ("paper (plan)", paper)] + \
-                    [(v, f"guard|{task}|{v}|{k}") for v in VARIANTS]
+                    [(v, f"guard|{task}|{v}|{k}") for v in VARIANTS] + \
+                    [("fast search", f"main|{task}|0|hopscotch-fast|{k}")] + \
+                    [(f"fast {v}", f"search|{task}|{v}|{k}") for v in VARIANTS]
             for name, key in named:
                 r = study.rows.get(key)
                 if r is None:
