@@ -115,7 +115,11 @@ at::Tensor silu_gate_up_host(const at::Tensor& x, const at::Tensor& gate_up_weig
                           bias ? &bc : nullptr, out2d);
     return out;
   }
-  const at::Tensor gate_up = at::linear(x, gate_up_weight, gate_up_bias).contiguous();
+  // x contiguous first: torch 2.14's CPU bfloat16 GEMM (oneDNN) on rows with a stride beyond their length reads
+  // past each row when hidden is not a multiple of 8 and multiplies what it finds there by zero, so a NaN or inf
+  // in the neighbouring memory turns whole output rows into NaN (tests/test_ops_mlp.py). x is tokens x hidden,
+  // small next to the weights; nothing is copied when it is contiguous already.
+  const at::Tensor gate_up = at::linear(x.contiguous(), gate_up_weight, gate_up_bias).contiguous();
   L::silu_and_mul(gate_up, out);
   return out;
 }

@@ -45,6 +45,24 @@ def test_silu_gate_up_matches_reference(tokens, shape, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tokens", [1, 2, 16, 40])
+def test_silu_gate_up_ignores_what_lies_beyond_a_strided_row(tokens, dtype, device):
+    """NaN in the memory past each row of a row-strided x (hidden 769, not a multiple of 8) must not reach the
+    output: torch's CPU bfloat16 GEMM reads it there (and multiplies it by zero) unless x is made contiguous."""
+    needs_cuda_kernels(device)
+    hidden, inter = 769, 133
+    x, w, b = _inputs(tokens, hidden, inter, dtype, device, seed=tokens)
+    wide = torch.full((tokens, hidden + 3), float("nan"), dtype=dtype, device=device)
+    view = wide[:, :hidden]
+    view.copy_(x)
+    for impl in (hopscotch_ext.silu_gate_up, R.silu_gate_up_ref):
+        out = impl(view, w, b)
+        assert not out.isnan().any(), f"{impl.__name__}: NaN from beyond the rows"
+        torch.testing.assert_close(out, impl(x, w, b), **SAME_BITS)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 2, 16, 40])
 def test_silu_gate_up_strided_batched_and_empty(tokens, dtype, device):
     needs_cuda_kernels(device)
     hidden, inter = 769, 133

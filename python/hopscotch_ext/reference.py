@@ -69,7 +69,8 @@ def silu_gate_up_ref(x: torch.Tensor, gate_up_weight: torch.Tensor,
                      gate_up_bias: torch.Tensor | None = None) -> torch.Tensor:
     """``silu(x @ W_gate^T + b_gate) * (x @ W_up^T + b_up)`` for ``gate_up_weight = [W_gate ; W_up]``: the unfused
     composition (``F.linear`` in the input dtype, then ``silu_and_mul``), as an HF model computes it."""
-    return silu_and_mul_ref(torch.nn.functional.linear(x, gate_up_weight, gate_up_bias))
+    # x.contiguous(): the CPU bfloat16 GEMM reads past the end of strided rows (see csrc/ops.h, silu_gate_up_host).
+    return silu_and_mul_ref(torch.nn.functional.linear(x.contiguous(), gate_up_weight, gate_up_bias))
 
 
 def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
