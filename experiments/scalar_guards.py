@@ -7,7 +7,7 @@ intervals) and compared by paired tests on the same items with the paper's train
 and with iterative LLM-Drop (its row at the same k). Rows go to <work>/scalar_guards.jsonl (resumable), the table
 to <out>/scalar_guards.txt and .csv.
 
-    python experiments/scalar_guards.py --ks 4            # about 6 min per row on 2 cores (7 rows per task)
+    python experiments/scalar_guards.py --ks 4            # 10-15 min per row on 2 quiet cores (8 variants per task)
     python experiments/scalar_guards.py --report          # the table from the rows finished so far
     python experiments/scalar_guards.py --search generic0.5 --ks 4   # a whole fast search per task with that guard
 
@@ -40,6 +40,7 @@ from hopscotch.search.train import rebatch  # noqa: E402
 VARIANTS = {
     "paper": (ScalarGuard(), None),
     "generic0.5": (ScalarGuard(generic_weight=0.5), None),
+    "generic1": (ScalarGuard(generic_weight=1.0), None),
     "generic2": (ScalarGuard(generic_weight=2.0), None),
     "pull0.03": (ScalarGuard(pull=0.03), None),
     "pull0.3": (ScalarGuard(pull=0.3), None),
