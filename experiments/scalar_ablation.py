@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
+from study_report import paired_p_cells, value_cell  # noqa: E402
 
 from hopscotch import SkipPlan, unpatch_model  # noqa: E402
 from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
@@ -90,10 +91,6 @@ def main(argv=None) -> int:
 
 
 def write(study, rows, tasks, out: Path) -> None:
-    def cell(r, m, d=3):
-        ci = r["ci"][m]
-        return f"{r[m]:.{d}f} [{ci['low']:.{d}f}, {ci['high']:.{d}f}]"
-
     def p(c):
         return "<0.001" if c["p_value"] < 0.001 else f"{c['p_value']:.2f}"
 
@@ -117,15 +114,10 @@ def write(study, rows, tasks, out: Path) -> None:
             r = study.rows.get(key)
             if r is None:
                 continue
-            ps = []
-            for ref in (ref_h, ref_d):
-                if ref == key or ref not in study.rows:
-                    ps.append("-")
-                    continue
-                c = study.paired(ref, key)
-                ps.append(" / ".join(p(c[m]) for m in ("eval_loss", "acc", "wiki_ppl")))
+            ps = paired_p_cells(study.rows, study.paired, key, (ref_h, ref_d), p)
             lines.append(f"{task:10} {blocks:22} {scalars:8} {' '.join(map(str, r['skipped'])):12} "
-                         f"{cell(r, 'eval_loss'):24} {cell(r, 'acc'):22} {cell(r, 'wiki_ppl', 2):22} "
+                         f"{value_cell(r, 'eval_loss'):24} {value_cell(r, 'acc'):22} "
+                         f"{value_cell(r, 'wiki_ppl', 2):22} "
                          f"{ps[0]:30} {ps[1]}")
     text = "\n".join(lines) + "\n"
     (out / "scalar_ablation.txt").write_text(text)

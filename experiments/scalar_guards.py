@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
+from study_report import paired_p_cells, value_cell  # noqa: E402
 
 from hopscotch import SkipPlan, unpatch_model  # noqa: E402
 from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
@@ -158,10 +159,6 @@ def write(study, rows: dict, tasks, ks, out: Path) -> None:
     for key, r in rows.items():
         study.rows.setdefault(key, r)
 
-    def cell(r, m, d=3):
-        ci = r["ci"][m]
-        return f"{r[m]:.{d}f} [{ci['low']:.{d}f}, {ci['high']:.{d}f}]"
-
     def pv(c):
         p = c["p_value"]
         return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
@@ -189,20 +186,14 @@ def write(study, rows: dict, tasks, ks, out: Path) -> None:
                 r = study.rows.get(key)
                 if r is None:
                     continue
-                ps = []
-                for ref in (paper, drop):
-                    if ref == key or ref not in study.rows:
-                        ps.append("-")
-                        continue
-                    c = study.paired(ref, key)
-                    ps.append(" / ".join(pv(c[m]) for m in METRICS))
+                ps = paired_p_cells(study.rows, study.paired, key, (paper, drop), pv, METRICS)
                 lead = ""
                 if paper in study.rows and drop in study.rows and key != drop:
                     gap = study.rows[drop]["eval_loss"] - study.rows[paper]["eval_loss"]
                     lead = f"{(study.rows[drop]['eval_loss'] - r['eval_loss']) / gap:.2f}" if gap > 0 else ""
                 mark = "=" if r.get("same_scalars_as_plan") else ""
-                lines.append(f"{task:10} {k:>2} {name + mark:13} {cell(r, 'eval_loss'):24} {cell(r, 'acc'):22} "
-                             f"{cell(r, 'wiki_ppl', 2):22} {lead:>9}  {ps[0]:28} {ps[1]}")
+                lines.append(f"{task:10} {k:>2} {name + mark:13} {value_cell(r, 'eval_loss'):24} "
+                             f"{value_cell(r, 'acc'):22} {value_cell(r, 'wiki_ppl', 2):22} {lead:>9}  {ps[0]:28} {ps[1]}")
                 table.append({"task": task, "k": k, "scalars": name, "same_scalars_as_plan": bool(mark),
                               **{m: r[m] for m in METRICS},
                               **{f"{m}_{b}": r["ci"][m][b] for m in METRICS for b in ("low", "high")},

@@ -11,7 +11,8 @@ LABELS = {"hopscotch": "hopscotch", "hopscotch-fast": "hopscotch-fast", "llm-dro
           "llm-drop-iterative": "llm-drop iterative", "shortgpt": "shortgpt (whole layers)", "random": "random"}
 
 
-def _cell(row, metric, digits=3):
+def value_cell(row, metric, digits=3):
+    """``value [low, high]`` of a row's metric (its 95% interval), the value alone without one, "-" without it."""
     if metric not in row:
         return "-"
     ci = row.get("ci", {}).get(metric)
@@ -24,6 +25,19 @@ def _p(c):
         return "-"
     p = c["p_value"]
     return "<0.001" if p < 0.001 else f"{p:.2f}" if p < 0.995 else "1"
+
+
+def paired_p_cells(rows, paired, key, refs, fmt, metrics=("eval_loss", "acc", "wiki_ppl")) -> list[str]:
+    """One cell per reference row: ``fmt`` of each metric's paired test of ``key`` against it, joined by " / ";
+    "-" where the reference is the row itself or was not run."""
+    cells = []
+    for ref in refs:
+        if ref == key or ref not in rows:
+            cells.append("-")
+            continue
+        c = paired(ref, key)
+        cells.append(" / ".join(fmt(c[m]) for m in metrics))
+    return cells
 
 
 def hop_ref(rows, calib, fold, k, kind="main", eval_task=None):
@@ -43,8 +57,8 @@ def k_table(rows, paired, task, methods, k):
     lines = [f"| method | skipped | held-out loss | accuracy | Wikipedia ppl | p vs {ref.split('|')[3] if ref else '-'}:"
              " loss / acc / ppl | p vs original: acc |", "|---|---|---|---|---|---|---|"]
     if base:
-        lines.append(f"| original | - | {_cell(base, 'eval_loss')} | {_cell(base, 'acc')} | "
-                     f"{_cell(base, 'wiki_ppl', 2)} | | |")
+        lines.append(f"| original | - | {value_cell(base, 'eval_loss')} | {value_cell(base, 'acc')} | "
+                     f"{value_cell(base, 'wiki_ppl', 2)} | | |")
     for method in sorted(methods, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
         key = f"main|{task}|0|{method}|{k}"
         r = rows.get(key)
@@ -56,7 +70,8 @@ def k_table(rows, paired, task, methods, k):
             ps = " / ".join(_p(c.get(m)) for m in ("eval_loss", "acc", "wiki_ppl"))
         po = _p(paired(f"original|{task}", key).get("acc")) if base else "-"
         lines.append(f"| {LABELS.get(method, method)} | {' '.join(map(str, r['skipped']))} | "
-                     f"{_cell(r, 'eval_loss')} | {_cell(r, 'acc')} | {_cell(r, 'wiki_ppl', 2)} | {ps} | {po} |")
+                     f"{value_cell(r, 'eval_loss')} | {value_cell(r, 'acc')} | {value_cell(r, 'wiki_ppl', 2)} | "
+                     f"{ps} | {po} |")
     return "\n".join(lines)
 
 
@@ -74,14 +89,15 @@ def transfer_table(rows, paired, tasks, method, k):
             if r is None:
                 cells.append("-")
                 continue
-            cell = f"loss {_cell(r, 'eval_loss')}, acc {_cell(r, 'acc')}" if "eval_loss" in r else _cell(r, "acc")
+            cell = (f"loss {value_cell(r, 'eval_loss')}, acc {value_cell(r, 'acc')}" if "eval_loss" in r
+                    else value_cell(r, "acc"))
             own = f"main|{et}|0|{method}|{k}"
             if ct != et and own in rows:
                 c = paired(own, key)
                 cell += f" (p vs own: loss {_p(c.get('eval_loss'))}, acc {_p(c.get('acc'))})"
             cells.append(cell)
         own_row = rows.get(f"main|{ct}|0|{method}|{k}", {})
-        wiki = _cell(own_row, "wiki_ppl", 2)
+        wiki = value_cell(own_row, "wiki_ppl", 2)
         lines.append(f"| {ct} ({' '.join(map(str, own_row.get('skipped', [])))})"
                      f" | " + " | ".join(cells) + f" | {wiki} |")
     return "\n".join(lines)
