@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from hopscotch import unpatch_model
-from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import FastConfig, search
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             unpatch_model(model)
             t0 = time.perf_counter()
             plan = search(model, data.calibration, method=method, num_skip=k, objective=data.objective, seed=args.seed,
-                          final_epochs=args.final_epochs, state_path=state_path,
+                          final_epochs=args.final_epochs, state_path=state_path, guard=PAPER,
                           data_info=data.info, progress=not args.quiet, **(args.fast if variant else {}))
             prov = plan.provenance
             row = {"method": label, "k": k, "skipped": plan.skipped_attention,

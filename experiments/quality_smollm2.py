@@ -24,18 +24,18 @@ from pathlib import Path
 import torch
 
 from hopscotch import unpatch_model
-from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import search
 from hopscotch.tasks import evaluate_task, prepare_task
 
 METHODS = {  # label -> search() arguments (the slow faithful search last, so the others are in early)
-    "hopscotch-fast": dict(method="hopscotch-fast"),
+    "hopscotch-fast": dict(method="hopscotch-fast", guard=PAPER),
     "llm-drop": dict(method="llm-drop", target="attn", iterative=False),
     "llm-drop-iterative": dict(method="llm-drop", target="attn", iterative=True),
     "random": dict(method="random"),
-    "hopscotch": dict(method="hopscotch"),
+    "hopscotch": dict(method="hopscotch", guard=PAPER),
 }
 
 

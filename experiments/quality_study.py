@@ -50,7 +50,7 @@ import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
 from hopscotch.atomic import atomic_write_text
-from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import data_digest, search
@@ -61,8 +61,8 @@ METHODS = {  # label -> search() arguments (cheap ones first, the faithful searc
     "llm-drop": dict(method="llm-drop", target="attn", iterative=False),
     "llm-drop-iterative": dict(method="llm-drop", target="attn", iterative=True),
     "shortgpt": dict(method="shortgpt"),
-    "hopscotch-fast": dict(method="hopscotch-fast"),
-    "hopscotch": dict(method="hopscotch"),
+    "hopscotch-fast": dict(method="hopscotch-fast", guard=PAPER),
+    "hopscotch": dict(method="hopscotch", guard=PAPER),
 }
 TASKS = ("arc_easy", "boolq", "hellaswag")
 METRICS = ("eval_loss", "acc", "acc_norm", "wiki_ppl")

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
-from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import append_row, metadata, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             unpatch_model(model)
             t1 = time.perf_counter()
             plan = search(model, batches, method=args.method, num_skip=args.k, objective=data.objective, seed=0,
-                          candidate_epochs=e, final_epochs=3, final_batch_size=0, state_path=work / f"{label}.state.json",
+                          candidate_epochs=e, final_epochs=3, final_batch_size=0, guard=PAPER, state_path=work / f"{label}.state.json",
                           data_info=data.info, progress=not args.quiet)
             prov = plan.provenance
             search_passes = prov["token_passes"]["total"]

@@ -8,7 +8,7 @@ import torch
 
 from hopscotch.patch import patch_model
 from hopscotch.patch.patcher import get_scalars
-from hopscotch.search.guards import ScalarGuard
+from hopscotch.search.guards import GenericText, ScalarGuard
 from hopscotch.search.objectives import batch_loss
 from hopscotch.search.train import train_final_scalars
 from tests.helpers.model_testing import tiny_model
@@ -48,19 +48,38 @@ def test_the_pull_keeps_the_scalars_nearer_one():
 
 
 def test_the_generic_term_fits_the_generic_text_better():
-    generic = _batches(4, seed=5, width=16)
-    for b in generic:
-        b["labels"] = b["input_ids"].clone()  # packed text: a loss at every position
+    ids = torch.tensor([[5, 17, 33, 60] * 4] * 4)  # text the scalars can fit: a phrase over and over
+    generic = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}]
 
     def generic_loss(model):
         with torch.no_grad():
-            return sum(batch_loss(model, b, "nll").item() for b in generic)
+            return batch_loss(model, generic[0], "nll").item()
 
     without = generic_loss(_train()[0])
-    with_it = generic_loss(_train(ScalarGuard(generic_weight=5.0), generic=generic)[0])
-    assert with_it < without
+    with_it = [generic_loss(_train(ScalarGuard(generic_weight=w), generic=generic)[0]) for w in (1.0, 5.0)]
+    assert with_it[1] < with_it[0] < without - 0.3
     with pytest.raises(ValueError, match="needs generic text batches"):
         _train(ScalarGuard(generic_weight=1.0))
+
+
+def test_the_generic_term_reads_the_text_in_turn_as_long_as_each_step(monkeypatch):
+    """Each step adds w x the next-token loss on the next stretch of the generic stream (rows in order, padding
+    left out, wrapping round), as many tokens long as the step's task batch."""
+    import hopscotch.search.train as train_mod
+
+    generic = _batches(2, seed=5, width=7)
+    generic[1]["attention_mask"][0, -2:] = 0  # padding is not text
+    stream = torch.cat([generic[0]["input_ids"][0], generic[1]["input_ids"][0, :5]])
+    seen, real = [], train_mod.batch_loss
+    monkeypatch.setattr(train_mod, "batch_loss", lambda m, b, *a, **k: seen.append(b) or real(m, b, *a, **k))
+    _train(ScalarGuard(generic_weight=0.5), generic=generic, epochs=1)
+    task, gen = seen[0::2], seen[1::2]
+    assert len(task) == len(gen) == 8 and all(g["labels"].equal(g["input_ids"]) for g in gen)
+    taken = torch.cat([g["input_ids"][0] for g in gen])
+    assert [g["input_ids"].numel() for g in gen] == [t["attention_mask"].sum().item() for t in task]
+    assert taken.equal(stream.repeat(len(taken) // len(stream) + 1)[:len(taken)])
+    with pytest.raises(ValueError, match=r"generic text of 1 tokens: expected at least 2"):
+        GenericText([{"input_ids": torch.tensor([[4]])}])
 
 
 def test_early_stopping_keeps_the_epoch_best_on_the_held_out_rows():
@@ -101,10 +120,10 @@ def test_the_guards_are_search_settings_recorded_in_the_plan(tmp_path):
     guard on the blocks it chose), and the plan records the guard's settings and what it did."""
     from hopscotch.search.train import rebatch
 
-    paper = _search()
+    paper = _search(generic_weight=0)
     assert paper.provenance["final_guard"] == {"settings": {"generic_weight": 0.0, "pull": 0.0, "holdout": 0.0},
                                                "did": {}}
-    held = _search(holdout=0.5, pull=0.1)
+    held = _search(generic_weight=0, holdout=0.5, pull=0.1)
     assert held.skipped_attention == paper.skipped_attention  # the greedy steps do not see the guard
     assert held.provenance["hyperparameters"]["guard"] == {"generic_weight": 0.0, "pull": 0.1, "holdout": 0.5}
     did = held.provenance["final_guard"]["did"]
@@ -120,14 +139,42 @@ def test_the_generic_guard_needs_generic_batches_and_a_state_keeps_its_guard(tmp
     from hopscotch.errors import ArgumentError
     from hopscotch.search import StateMismatchError
 
-    with pytest.raises(ArgumentError, match=r"search: generic_weight=0.5 needs generic text batches"):
+    with pytest.raises(ArgumentError, match=r"search: generic_weight=0.5 \(the final scalars' training mixes in "
+                                            r"generic text\) needs generic_batches=.*generic_weight=0 for the paper's"):
         _search(generic_weight=0.5)
     generic = _batches(3, seed=5, width=16)
     a = _search(tmp_path / "s.json", generic=generic, generic_weight=0.5)
     assert a.provenance["final_guard"]["did"]["guard"]["generic_weight"] == 0.5
-    with pytest.raises(StateMismatchError, match=r"guard.generic_weight: 0.5 in the file, 0.0 now"):
-        _search(tmp_path / "s.json", generic=generic)
+    with pytest.raises(StateMismatchError, match=r"guard.generic_weight: 0.5 in the file, 1.5 now"):
+        _search(tmp_path / "s.json", generic=generic)  # the default guard
     with pytest.raises(StateMismatchError, match=r"generic_data: "):  # other generic text: another final training
         _search(tmp_path / "s.json", generic=_batches(3, seed=6, width=16), generic_weight=0.5)
     again = _search(tmp_path / "s.json", generic=generic, generic_weight=0.5)
     assert torch.equal(again.scalar_tensor(), a.scalar_tensor())
+
+
+def test_the_default_search_mixes_in_generic_text_and_the_papers_training_is_one_setting_away(tmp_path):
+    """The default guard (DEFAULT_GUARD, chosen in docs/RESULTS.md) is generic weight 1.5: a default greedy search
+    needs generic batches and says how to do without; generic_weight=0 is the paper's training, bit for bit."""
+    from hopscotch.errors import ArgumentError
+    from hopscotch.search import DEFAULT_GUARD, SearchConfig
+    from hopscotch.search.train import rebatch
+
+    assert SearchConfig().guard == DEFAULT_GUARD == ScalarGuard(generic_weight=1.5)
+    with pytest.raises(ArgumentError, match=r"search: generic_weight=1.5 \(the final scalars' training mixes in generic "
+                                            r"text, the default\) needs generic_batches=: packed plain text"):
+        _search()
+    generic = _batches(3, seed=5, width=16)
+    default = _search(generic=generic)
+    assert default.provenance["hyperparameters"]["guard"] == {"generic_weight": 1.5, "pull": 0.0, "holdout": 0.0}
+    assert default.provenance["final_guard"]["did"]["guard"]["generic_weight"] == 1.5
+    paper = _search(generic=generic, generic_weight=0)  # generic text given, not used
+    assert paper.skipped_attention == default.skipped_attention  # the greedy steps do not see the guard
+    assert not torch.equal(paper.scalar_tensor(), default.scalar_tensor())
+    model = tiny_model("llama")
+    train_final_scalars(model, rebatch(_batches(4, seed=1), 1), paper.skipped_attention, epochs=2, seed=0)
+    assert torch.equal(get_scalars(model), paper.scalar_tensor())
+    model = tiny_model("llama")
+    train_final_scalars(model, rebatch(_batches(4, seed=1), 1), default.skipped_attention, epochs=2, seed=0,
+                        guard=DEFAULT_GUARD, generic=generic)
+    assert torch.equal(get_scalars(model), default.scalar_tensor())

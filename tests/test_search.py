@@ -30,6 +30,8 @@ from tests.helpers.model_testing import calibration_batches as _batches, tiny_mo
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
+PAPER = dict(generic_weight=0)  # the paper's final training, task batches only (the default guard: test_guards.py)
+
 
 def _planted_model(useless=(1, 3), num_layers=5):
     """A tiny model whose attention blocks ``useless`` barely matter (o_proj scaled down 1000x)."""
@@ -45,7 +47,7 @@ def test_each_method_returns_a_valid_deterministic_plan(method, tmp_path):
     plans = []
     for _ in range(2):
         model = tiny_model("llama", num_layers=5)
-        plan = search(model, _batches(), method=method, num_skip=2, final_epochs=1, progress=False)
+        plan = search(model, _batches(), method=method, num_skip=2, final_epochs=1, progress=False, **PAPER)
         plan.validate(model)
         assert is_patched(model)
         assert len(plan.skipped_attention) == 2 or method == "shortgpt"
@@ -87,7 +89,7 @@ def test_fast_and_faithful_agree_on_planted_useless_blocks(objective):
     for method in ("hopscotch", "hopscotch-fast"):
         model = _planted_model()
         plan = search(model, batches, method=method, num_skip=2, objective=objective, final_epochs=1,
-                      progress=False)
+                      progress=False, **PAPER)
         picks[method] = plan.skipped_attention
         passes[method] = plan.provenance["token_passes"]["total"]
     assert picks["hopscotch"] == picks["hopscotch-fast"] == [1, 3]
@@ -102,7 +104,7 @@ def test_fast_widens_the_shortlist_and_agrees_with_faithful_on_a_deeper_planted_
     plans = {}
     for method in ("hopscotch", "hopscotch-fast"):
         plans[method] = search(_planted_model(useless, 12), batches, method=method, num_skip=5, final_epochs=1,
-                               budget_ratio=3.0, max_shortlist=6, margin=0.05, refine=0, progress=False)
+                               budget_ratio=3.0, max_shortlist=6, margin=0.05, refine=0, progress=False, **PAPER)
     fast, faithful = plans["hopscotch-fast"], plans["hopscotch"]
     assert set(useless) <= set(fast.skipped_attention)
     assert fast.skipped_attention == faithful.skipped_attention
@@ -134,7 +136,7 @@ def test_refinement_rescreens_the_best_screened_candidates_on_other_batches():
     batches = _self_labelled(_planted_model((1, 3), 8), _batches(n=8))
     plan = search(_planted_model((1, 3), 8), batches, method="hopscotch-fast", num_skip=2, final_epochs=1,
                   refine=4, refine_fraction=0.25, shortlist=1, max_shortlist=3, margin=0.05, budget_ratio=0,
-                  progress=False)
+                  progress=False, **PAPER)
     for step in plan.provenance["steps"]:
         first = {int(c): v for c, v in step["screen"].items()}
         again = {int(c): v for c, v in step["refine"].items()}
@@ -168,22 +170,36 @@ def test_token_pass_unit_counts_the_head_and_backward_twice():
     assert cost.epoch(b) == pytest.approx(3 * (tokens * cost.layers(0) + answers * cost.head))
 
 
-def test_fast_budget_guarantee_by_construction():
+@pytest.mark.parametrize("guard", ["paper", "default"])
+def test_fast_budget_guarantee_by_construction(guard, tmp_path):
     """SmolLM2's shape (30 layers, LM head ~21% of a token-pass): at k=8 the ledger guarantees >= 8x fewer
-    token-passes than the faithful search, every step's floor (screening + one candidate) fitting its allowance."""
-    w = worst_case(30, 8, FastConfig(), final_epochs=3, head_share=0.21)
+    token-passes than the faithful search, every step's floor (screening + one candidate) fitting its allowance.
+    The default guard's generic text doubles the final training at most (as many tokens as the task's, each a
+    loss): the budget reserves it too."""
+    final_epochs = 3 if guard == "paper" else 6  # in candidate-epochs, every token a loss (the worst case)
+    w = worst_case(30, 8, FastConfig(), final_epochs=final_epochs, head_share=0.21)
     assert w["floors_fit"] and w["ratio_min"] >= 8.0 - 1e-9
     # without the budget the widest shortlist at every step would cost more than 1/8
-    assert worst_case(30, 8, FastConfig(budget_ratio=0), final_epochs=3)["ratio_min"] < 8.0
-    # measured on a 30-layer tiny model: fast work vs the faithful work of the same steps (computed exactly)
+    assert worst_case(30, 8, FastConfig(budget_ratio=0), final_epochs=final_epochs)["ratio_min"] < 8.0
+    # measured on a 30-layer tiny model: fast work vs the faithful work of the same steps (computed exactly) and of
+    # the same final training
     model = _planted_model((2, 5, 9, 14, 20), 30)
     batches = _self_labelled(model, _batches(n=8, seq=16))
-    plan = search(model, batches, method="hopscotch-fast", num_skip=8, final_epochs=3, progress=False)
+    kw = PAPER if guard == "paper" else dict(generic_batches=_batches(n=4, seq=32, seed=9))
+    plan = search(model, batches, method="hopscotch-fast", num_skip=8, final_epochs=3, progress=False,
+                  state_path=tmp_path / "s.json", **kw)
     cost = TokenPassCost.of(model)
     faithful = sum(cost.epoch(batches, s["chosen_before"] + [c]) for s in plan.provenance["steps"]
                    for c in range(30) if c not in s["chosen_before"])
-    faithful += 3 * cost.epoch(batches, plan.skipped_attention)
-    assert faithful / plan.provenance["token_passes"]["total"] >= 8.0 * 0.99  # 1%: the final's skip set differs
+    final = next(s for s in read_steps(tmp_path / "s.json") if s["name"] == "final/k8")
+    faithful += sum(final["passes"])
+    if guard == "paper":
+        assert sum(final["passes"]) == pytest.approx(3 * cost.epoch(batches, plan.skipped_attention))
+    else:  # each step (one row: final_batch_size 1) adds as many tokens of generic text, every next token a loss
+        rows = [int(r.sum()) for b in batches for r in b["attention_mask"]]
+        generic = sum(cost.forward(n, n - 1, 0, plan.skipped_attention) * 3 for n in rows)
+        assert sum(final["passes"]) == pytest.approx(3 * cost.epoch(batches, plan.skipped_attention) + 3 * generic)
+    assert faithful / plan.provenance["token_passes"]["total"] >= 8.0 - 1e-6
 
 
 def test_llm_drop_variants_and_targets():
@@ -247,7 +263,7 @@ def test_final_scalars_train_on_rebatched_rows(objective, monkeypatch):
         model = tiny_model("llama", num_layers=3)
         rows_seen.clear()
         plan = search(model, _batches(n=2, batch=3), method="hopscotch", num_skip=1, objective=objective,
-                      final_epochs=2, final_batch_size=fbs, progress=False)
+                      final_epochs=2, final_batch_size=fbs, progress=False, **PAPER)
         assert plan.provenance["hyperparameters"]["final_batch_size"] == fbs
         seen[fbs] = list(rows_seen)
         passes[fbs] = plan.provenance["token_passes"]["total"]
@@ -264,7 +280,7 @@ def test_train_final_scalars_is_the_search_final_step(objective):
     batches = _batches(n=3, batch=2)
     model = tiny_model("llama", num_layers=4)
     plan = search(model, batches, method="hopscotch", num_skip=2, objective=objective, seed=3, final_epochs=2,
-                  final_batch_size=1, progress=False)
+                  final_batch_size=1, progress=False, **PAPER)
     set_skips(model, attention=[0, 1, 3])  # state that must not leak into the recipe
     with torch.no_grad():
         for p in scalar_parameters(model):
@@ -311,7 +327,7 @@ def test_bad_arguments_are_refused():
 
 def test_state_of_another_search_is_refused_and_a_state_serves_other_k(tmp_path):
     state = tmp_path / "state.json"
-    kw = dict(method="hopscotch-fast", final_epochs=1, state_path=state, progress=False)
+    kw = dict(method="hopscotch-fast", final_epochs=1, state_path=state, progress=False, **PAPER)
     p2 = search(tiny_model("llama", num_layers=4), _batches(n=2), num_skip=2, **kw)
     with pytest.raises(StateMismatchError, match=r"other settings \(seed: 0 in the file, 1 now\); delete it or "
                                                  r"choose another state file"):
@@ -338,7 +354,7 @@ _SCRIPT = textwrap.dedent("""
     from hopscotch.search import search
     model = tiny_model("llama", num_layers=5)
     plan = search(model, _batches(n=6), method={method!r}, num_skip=3, final_epochs=2, state_path=sys.argv[1],
-                  progress=False)
+                  progress=False, generic_weight=0)
     print(json.dumps({{"attn": plan.skipped_attention, "scalars": plan.scalar_tensor().tolist()}}))
 """)
 

@@ -36,10 +36,12 @@ def test_the_command_line_builds_its_flags_and_defaults_from_the_config():
                   "--iterative")
     assert config_from_args(args) == SearchConfig(method="hopscotch", num_skip=6, iterative=True,
                                             fast=FastConfig(margin=0.02, budget_ratio=0.0),
-                                            guard=ScalarGuard(pull=0.5))
+                                            guard=ScalarGuard(generic_weight=1.5, pull=0.5))
     actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["search"]._actions}
     assert all(name in actions for _, name, f in SearchConfig.settings() if f.metadata["cli"])  # a flag each
     assert actions["objective"].default == "self-distill"  # the data's flag: it builds the targets
+    assert actions["generic_weight"].default == 1.5 and "(default 1.5)" in actions["generic_weight"].help
+    assert config_from_args(_parse("--generic-weight", 0)).guard == ScalarGuard()  # the paper's: one flag away
     assert tuple(actions["method"].choices) == METHODS and tuple(actions["objective"].choices) == OBJECTIVES
     assert "%" not in actions["method"].help and "faithful picks" not in actions["method"].help
     for gone in ("probe_fraction", "strategy", "first_probe", "first_finish", "pool", "challengers"):
@@ -85,7 +87,7 @@ def test_a_state_compares_the_settings_its_method_reads():
 
 def _resume(state, method, k):
     return search(tiny_model("llama", num_layers=4), _batches(n=2), method=method, num_skip=k, final_epochs=1,
-                  state_path=state, progress=False)
+                  state_path=state, progress=False, generic_weight=0)
 
 
 @pytest.mark.parametrize("method, picked", [("hopscotch-fast", [0, 3]), ("hopscotch", [0, 1])])
@@ -102,9 +104,19 @@ def test_an_old_state_resumes_exactly_and_is_converted(method, picked, tmp_path)
     assert [s["name"] for s in read_steps(state)] == [s["name"] for s in old["steps"]]
     k3 = _resume(state, method, 3)  # one more step, on the converted file
     fresh = search(tiny_model("llama", num_layers=4), _batches(n=2), method=method, num_skip=3, final_epochs=1,
-                   progress=False)
+                   progress=False, generic_weight=0)
     assert k3.skipped_attention == fresh.skipped_attention
     assert torch.equal(k3.scalar_tensor(), fresh.scalar_tensor())
+
+
+def test_an_old_state_is_the_papers_training_not_todays_default(tmp_path):
+    """Format-1 states predate the guards: their final scalars were trained on the task alone, so a search under
+    today's default guard (generic text mixed in) does not take them as its own."""
+    state = tmp_path / "old.json"
+    shutil.copy(V1 / "hopscotch.json", state)
+    with pytest.raises(StateMismatchError, match=r"guard.generic_weight: 0.0 in the file, 1.5 now"):
+        search(tiny_model("llama", num_layers=4), _batches(n=2), method="hopscotch", num_skip=2, final_epochs=1,
+               state_path=state, generic_batches=_batches(n=2, seed=7), progress=False)
 
 
 @pytest.mark.parametrize("edit, says", [

@@ -29,7 +29,7 @@ from ..patch import apply_plan
 from ..plan import PlanError, SkipPlan, architecture_fingerprint
 from .baselines import select_random
 from .config import GREEDY_METHODS, METHODS, SIMILARITY_METHODS, ConfigError, FastConfig, SearchConfig
-from .guards import ScalarGuard
+from .guards import DEFAULT_GUARD, ScalarGuard
 from .methods import run_hopscotch, run_similarity
 from .objectives import OBJECTIVES
 from .screening import worst_case
@@ -37,7 +37,7 @@ from .state import SearchState, StateMismatchError
 from .train import TokenPassCost, batch_tokens, rebatch, train_final_scalars
 
 __all__ = ["METHODS", "OBJECTIVES", "search", "data_digest", "SearchConfig", "FastConfig", "ScalarGuard",
-           "ConfigError", "StateMismatchError", "worst_case", "TokenPassCost", "train_final_scalars", "rebatch"]
+           "DEFAULT_GUARD", "ConfigError", "StateMismatchError", "worst_case", "TokenPassCost", "train_final_scalars", "rebatch"]
 
 
 def data_digest(batches: list[dict]) -> str:
@@ -59,16 +59,21 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
     change single settings by name, e.g. ``search(model, batches, method="hopscotch", margin=0.02)``).
 
     ``state_path`` makes the search resumable: a killed search started again with the same config and data
-    continues from its last finished step. ``generic_batches`` (packed plain text) are needed when
-    ``config.guard.generic_weight`` > 0; ``data_info`` goes into the plan's provenance."""
+    continues from its last finished step. ``generic_batches`` (packed plain text, e.g.
+    ``prepare_task(...).text_calibration``) are needed by the greedy methods' final training when
+    ``config.guard.generic_weight`` > 0, as by default (``guards.DEFAULT_GUARD``; ``generic_weight=0`` is the paper's
+    training on ``batches`` alone); ``data_info`` goes into the plan's provenance."""
     _check_inputs(model, batches, similarity_batches, generic_batches, state_path, progress)
     config = _config(config, settings)
     n_layers = model.config.num_hidden_layers
     check_num_skip(config.num_skip, n_layers, config.skip_kind)
     greedy = config.method in GREEDY_METHODS
     if greedy and config.guard.generic_weight and not generic_batches:
-        raise ArgumentError(f"search: generic_weight={config.guard.generic_weight:g} needs generic text batches "
-                            "(generic_batches=: packed plain text, e.g. TaskData.text_calibration)")
+        raise ArgumentError(
+            f"search: generic_weight={config.guard.generic_weight:g} (the final scalars' training mixes in generic "
+            f"text{', the default' if config.guard == DEFAULT_GUARD else ''}) needs generic_batches=: packed plain "
+            "text, e.g. prepare_task(...).text_calibration; or pass generic_weight=0 for the paper's training on the "
+            "task's batches alone")
     sim_batches = similarity_batches or batches
     inputs = {"model": architecture_fingerprint(model)["config_hash"], "data": data_digest(batches)}
     if config.method in SIMILARITY_METHODS:

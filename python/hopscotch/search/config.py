@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from .baselines import LLM_DROP_TARGETS
 from .fields import ConfigError, check_fields, setting
-from .guards import ScalarGuard
+from .guards import DEFAULT_GUARD, ScalarGuard
 from .objectives import OBJECTIVES
 
 __all__ = ["METHODS", "GREEDY_METHODS", "SIMILARITY_METHODS", "ConfigError", "FastConfig", "SearchConfig"]
@@ -99,9 +99,9 @@ class SearchConfig:
     iterative: bool = setting(False, "llm-drop: rescore after each drop", used_by=("llm-drop",))
     fast: FastConfig = setting(FastConfig(), "hopscotch-fast: screening, shortlist and budget",
                                used_by=("hopscotch-fast",))
-    # The guards' defaults for a search (ScalarGuard() itself is always the paper's training): one line to change.
-    guard: ScalarGuard = setting(ScalarGuard(), "guards on the final scalars' training (all 0: the paper's)",
-                                 used_by=GREEDY_METHODS)
+    # The default guard is guards.DEFAULT_GUARD (the evidence for it is there); ScalarGuard() is the paper's training.
+    guard: ScalarGuard = setting(DEFAULT_GUARD, "guards on the final scalars' training (all 0: the paper's, "
+                                 "task data only)", used_by=GREEDY_METHODS)
 
     def __post_init__(self):
         check_fields(self)

@@ -38,7 +38,8 @@ def run_hopscotch(model: nn.Module, batches: list[dict], config: SearchConfig, s
     runner = GreedyRunner(model, batches, state, objective=config.objective, lr=config.lr, seed=config.seed,
                           candidate_epochs=config.candidate_epochs, teacher=teacher, progress=progress)
     if config.method == "hopscotch-fast":
-        strategy = ScreenStrategy(runner, config.fast, final_epochs=config.final_epochs)
+        strategy = ScreenStrategy(runner, config.fast, final_epochs=config.final_epochs,
+                                  final_generic=bool(config.guard.generic_weight))
     else:
         strategy = FaithfulStrategy(runner)
     log = runner.run(strategy, config.num_skip)

@@ -183,6 +183,7 @@ def _map_format_1(path: Path, old: dict, current: SearchConfig) -> tuple[SearchC
         values["fast"] = {k: fast[k] for k in _OLD_FAST}
         values["fast"]["budget_ratio"] = values["fast"]["budget_ratio"] or 0.0  # None: no budget
     values["num_skip"] = old.get("num_skip", current.num_skip)  # greedy states serve any k
+    values["guard"] = {}  # format 1 predates the guards: its final training was the paper's (ScalarGuard())
     try:
         config = SearchConfig.from_dict(values)
     except ConfigError as exc:

@@ -15,7 +15,8 @@
    whenever the faithful winner ranks into the shortlist.
 4. *Budget*: the work (token-passes, screening included) spent up to the end of step s never exceeds
    ``1/budget_ratio`` of what the faithful search spends on steps 0..s (computed exactly: same data, same cost
-   model), less a reserve for the final scalars (``final_epochs`` epochs of a search to ``budget_k`` blocks).
+   model), less a reserve for the final scalars (``final_epochs`` epochs of a search to ``budget_k`` blocks, with
+   the generic guard's text when it is on).
    The refinement and then the shortlist are narrowed (at worst to the single best-screened candidate) to stay
    inside it, so a search to ``budget_k`` blocks costs at least ``budget_ratio`` times fewer token-passes than
    the faithful one by construction, whenever screening plus one candidate fits a step's allowance (for
@@ -30,6 +31,7 @@ from .config import FastConfig
 from .objectives import loss_positions
 from .runner import GreedyRunner
 from .screening import screen_cost
+from .train import BACKWARD_FACTOR, batch_tokens
 
 __all__ = ["FaithfulStrategy", "ScreenStrategy"]
 
@@ -55,7 +57,7 @@ class ScreenStrategy:
 
     label = "hopscotch fast search"
 
-    def __init__(self, runner: GreedyRunner, fast: FastConfig, *, final_epochs: int):
+    def __init__(self, runner: GreedyRunner, fast: FastConfig, *, final_epochs: int, final_generic: bool = False):
         self.runner, self.fast = runner, fast
         batches, teacher = runner.batches, runner.teacher
         nb = len(batches)
@@ -73,8 +75,12 @@ class ScreenStrategy:
         self.allowance = 0.0
         self.reserve = 0.0
         if fast.budget_ratio:
-            self.reserve = (final_epochs * runner.cost.epoch(batches) * (1 - 1 / fast.budget_ratio)
-                            / fast.budget_k)
+            # the final training's epoch, and with the generic guard as many tokens of generic text, each a loss
+            epoch = runner.cost.epoch(batches)
+            if final_generic:
+                tokens = sum(batch_tokens(b) for b in batches)
+                epoch += runner.cost.forward(tokens, tokens) * (1 + BACKWARD_FACTOR)
+            self.reserve = final_epochs * epoch * (1 - 1 / fast.budget_ratio) / fast.budget_k
 
     def step(self, step: int, remaining: list[int], entry: dict) -> dict[int, dict]:
         run, fs = self.runner, self.fast

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..patch import is_patched, patch_model, patched_layers, reset_scalars, set_skips
-from .guards import ScalarGuard
+from .guards import GenericText, ScalarGuard
 from .objectives import batch_loss, loss_positions, teacher_logprobs
 
 __all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "rebatch", "scalar_parameters",
@@ -168,8 +168,8 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
     """Adam on the scalars over a fixed batch schedule (``schedule[e]`` is epoch e's order of batch indices).
 
     Returns per epoch ``[epoch, loss sum, loss weight]`` (loss sums token-weighted) and the optimizer state to
-    continue from (``optimizer_state``: a guarded training goes on epoch by epoch). ``extra_loss()``, when given, is
-    called at each step and added to its loss before the backward (a guard's term, ``guards.py``); the losses
+    continue from (``optimizer_state``: a guarded training goes on epoch by epoch). ``extra_loss(batch)``, when given,
+    is called at each step with the step's batch and added to its loss before the backward (a guard's term, ``guards.py``); the losses
     returned are the task's alone.
     """
     flat = [(e, i) for e, order in enumerate(schedule) for i in order]
@@ -194,7 +194,7 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
                 batch = batches[i]
                 loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None)
                 opt.zero_grad(set_to_none=True)
-                (loss if extra_loss is None else loss + extra_loss()).backward()
+                (loss if extra_loss is None else loss + extra_loss(batch)).backward()
                 opt.step()
                 n = int(loss_positions(batch).sum())
                 acc = sums.setdefault(e, [0.0, 0.0])
@@ -292,15 +292,14 @@ def _guarded_training(model, batches, objective, epochs, lr, seed, teacher, coun
     gen = torch.Generator().manual_seed(seed)
     schedule = [torch.randperm(len(train), generator=gen).tolist() for _ in range(epochs)]
     params = scalar_parameters(model)
-    generic_turn = [0]
+    stream = GenericText(generic) if guard.generic_weight else None
 
-    def extra() -> torch.Tensor:
+    def extra(batch: dict) -> torch.Tensor:
         term = torch.zeros((), device=params[0].device)
         if guard.pull:
             term = term + guard.pull * sum((p - 1).pow(2).sum() for p in params)
         if guard.generic_weight:
-            b = generic[generic_turn[0] % len(generic)]
-            generic_turn[0] += 1
+            b = stream.take(batch_tokens(batch))
             term = term + guard.generic_weight * batch_loss(model, b, "nll")
             if counter is not None:
                 fwd = cost.forward(batch_tokens(b), int(loss_positions(b).sum()), 0, skipped)
