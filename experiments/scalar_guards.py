@@ -9,7 +9,7 @@ to <out>/scalar_guards.txt and .csv.
 
     python experiments/scalar_guards.py --ks 4            # 10-15 min per row on 2 quiet cores (9 variants per task)
     python experiments/scalar_guards.py --report          # the table from the rows finished so far
-    python experiments/scalar_guards.py --search generic1.5 --ks 4   # a whole fast search per task with that guard (the default)
+    python experiments/scalar_guards.py --search generic1.5 --ks 4   # a whole fast search per task, the default guard
 
 With --search VARIANT, each task gets one whole search (hopscotch-fast, the package's default method, fold 0) with
 the variant's guard on its final training, beside the study's hopscotch-fast row made with the paper's training:

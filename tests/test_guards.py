@@ -161,8 +161,8 @@ def test_the_default_search_mixes_in_generic_text_and_the_papers_training_is_one
     from hopscotch.search.train import rebatch
 
     assert SearchConfig().guard == DEFAULT_GUARD == ScalarGuard(generic_weight=1.5)
-    with pytest.raises(ArgumentError, match=r"search: generic_weight=1.5 \(the final scalars' training mixes in generic "
-                                            r"text, the default\) needs generic_batches=: packed plain text"):
+    with pytest.raises(ArgumentError, match=r"search: generic_weight=1.5 \(the final scalars' training mixes in "
+                                            r"generic text, the default\) needs generic_batches=: packed plain text"):
         _search()
     generic = _batches(3, seed=5, width=16)
     default = _search(generic=generic)

@@ -37,7 +37,8 @@ from .state import SearchState, StateMismatchError
 from .train import TokenPassCost, batch_tokens, rebatch, train_final_scalars
 
 __all__ = ["METHODS", "OBJECTIVES", "search", "data_digest", "SearchConfig", "FastConfig", "ScalarGuard",
-           "DEFAULT_GUARD", "ConfigError", "StateMismatchError", "worst_case", "TokenPassCost", "train_final_scalars", "rebatch"]
+           "DEFAULT_GUARD", "ConfigError", "StateMismatchError", "worst_case", "TokenPassCost", "train_final_scalars",
+           "rebatch"]
 
 
 def data_digest(batches: list[dict]) -> str:

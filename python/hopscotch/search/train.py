@@ -169,8 +169,8 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
 
     Returns per epoch ``[epoch, loss sum, loss weight]`` (loss sums token-weighted) and the optimizer state to
     continue from (``optimizer_state``: a guarded training goes on epoch by epoch). ``extra_loss(batch)``, when given,
-    is called at each step with the step's batch and added to its loss before the backward (a guard's term, ``guards.py``); the losses
-    returned are the task's alone.
+    is called at each step with the step's batch and added to its loss before the backward (a guard's term,
+    ``guards.py``); the losses returned are the task's alone.
     """
     flat = [(e, i) for e, order in enumerate(schedule) for i in order]
     params = scalar_parameters(model)
