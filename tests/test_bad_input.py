@@ -113,7 +113,7 @@ CASES = [
     _c("export: gguf --out not .gguf", "export", "--plan", "p.json", "--out", "x.bin", "--format", "gguf",
        says="--out x.bin: --format gguf writes one file"),
     _c("export: gguf --save-dtype q4", "export", "--plan", "p.json", "--out", "x.gguf", "--format", "gguf",
-       "--save-dtype", "q4", says="--save-dtype 'q4': --format gguf writes f32, f16, bf16, q8_0"),
+       "--save-dtype", "q4", says="--save-dtype 'q4': --format gguf writes f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, source"),
     _c("export: --out holds the plan (--overwrite)", "export", "--plan", "sb/p.json", "--out", "sb", "--overwrite",
        says="--out sb holds the plan sb/p.json: writing there would destroy it"),
     _c("export: --out holds the model (--overwrite)", "export", "--model", "nest/tiny", "--plan", "p.json", "--out",

@@ -11,7 +11,8 @@ from hopscotch import SkipPlan, apply_plan, patch_model, unpatch_model
 from hopscotch.hf_compat import output_cache
 from hopscotch.patch import kv_cache_bytes, patched_layers, set_skips
 from tests.helpers import ROOT
-from tests.helpers.model_testing import (LOGIT_TOL, greedy_without_cache, left_padded_batch, needs_peft, tiny_model,
+from tests.helpers.model_testing import (LOGIT_TOL, greedy_without_cache, left_padded_batch, needs_peft,
+                                         patched_and_original, tiny_model,
                                          zeroed_attention)
 
 
@@ -89,12 +90,7 @@ def test_smollm2_patched_matches_original_and_generates_the_same_text(smollm2_fr
     model, tok = smollm2_fresh
     enc = tok(["The capital of France is", "Water boils at a temperature of"], return_tensors="pt", padding=True,
               padding_side="left")
-    with torch.no_grad():
-        ref = model(**enc).logits
-        ref_gen = model.generate(**enc, max_new_tokens=32, do_sample=False)
-        patch_model(model)
-        out = model(**enc).logits
-        gen = model.generate(**enc, max_new_tokens=32, do_sample=False)
+    ref, out, ref_gen, gen = patched_and_original(model, 32, **enc)
     keep = enc["attention_mask"].bool()
     torch.testing.assert_close(out[keep], ref[keep], rtol=1e-4, atol=2e-4)
     assert torch.equal(gen, ref_gen)

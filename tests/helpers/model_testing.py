@@ -42,3 +42,17 @@ def calibration_batches(n=6, batch=3, seq=20, seed=1, vocab=97) -> list[dict]:
         labels[:, : seq // 2] = -100
         out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
     return out
+
+
+def patched_and_original(model, new_tokens: int, **inputs):
+    """``(original logits, patched logits, original greedy, patched greedy)`` of ``model`` on ``inputs``; the
+    model is patched in between (and stays patched)."""
+    from hopscotch import patch_model
+
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        ref_gen = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+        patch_model(model)
+        out = model(**inputs).logits
+        gen = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    return ref, out, ref_gen, gen

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import logging
 import warnings
 
 from .common import CliError
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     saved = warnings.showwarning
     if not os.environ.get("HOPSCOTCH_DEBUG"):
         _one_line_warnings(args.command)
+        # torch's notes to library authors about their pytree registrations: torchao 0.18 under torch 2.14 logs
+        # two at import, and transformers imports torchao whenever it is installed. Nothing a user can act on.
+        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         return _run(args)
     finally:

@@ -21,10 +21,13 @@ formats:
   vanilla    the original architecture, skipped blocks kept with zeroed output projections: loads with plain
              AutoModelForCausalLM.from_pretrained, same outputs, but NO speed or memory gain.
   gguf       one llama.cpp file (--out NAME.gguf), DeciLM architecture: skipped attention blocks have 0 heads
-             and no tensors, no KV cache. --save-dtype f32 / f16 / bf16 / q8_0 (other types: llama-quantize
-             on the f16 file). The tokenizer and chat template come from the GGUF model (--model x.gguf, or
-             the packaged SmolLM2); Llama-layer models without biases, attention block 0 kept, no MLP skips
-             unless the layer's attention is skipped too."""
+             and no tensors, no KV cache. --save-dtype f32 / f16 / bf16, or quantized anew: q8_0 / q4_0 /
+             q4_1 / q5_0 / q5_1 (K quants: llama-quantize on the f16 file); or `source`: a model loaded from a
+             quantized GGUF (the packaged SmolLM2 is Q4_1) keeps that file's blocks, the scalars folded into
+             their float16 scales, nothing requantized (docs/QUANTIZATION.md). The tokenizer and chat
+             template come from the GGUF model (--model x.gguf, or the packaged SmolLM2); Llama-layer models
+             without biases, attention block 0 kept, no MLP skips unless the layer's attention is skipped
+             too."""
 
 
 def register(sub) -> None:
@@ -36,7 +39,8 @@ def register(sub) -> None:
                    help="output directory (must be empty or absent); a NAME.gguf file for --format gguf")
     p.add_argument("--format", default="hopscotch", choices=FORMATS)
     p.add_argument("--save-dtype", default=None,
-                   help="dtype of the written weights (default: as loaded); gguf: f32, f16, bf16 or q8_0")
+                   help="dtype of the written weights (default: as loaded); gguf: f32, f16, bf16, q8_0, q4_0, q4_1, "
+                        "q5_0, q5_1, or source (the loaded GGUF's own quantized blocks, scalars folded into them)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out that hopscotch wrote (an earlier export); refused for any other directory, "

@@ -80,7 +80,7 @@ def check_export_args(model, plan, out_dir, *, format, tokenizer, overwrite, max
     check_arg(isinstance(overwrite, bool), f, "overwrite", overwrite, "True or False")
     size = parse_size(max_shard_size, "max_shard_size")
     check_arg(dtype is None or isinstance(dtype, (str, torch.dtype)), f, "dtype", dtype,
-              "None, a torch.dtype, or for format='gguf' f32 / f16 / bf16 / q8_0")
+              "None, a torch.dtype, or for format='gguf' one of gguf_export.GGUF_DTYPES (f32 ... q8_0, q4_0, source)")
     check_arg(tokenizer is None or hasattr(tokenizer, "save_pretrained"), f, "tokenizer", tokenizer,
               "None or a transformers tokenizer")
     if gguf_tokenizer is not None:

@@ -15,9 +15,16 @@ file). The tokenizer and chat template are GGUF metadata copied from a GGUF file
 ``tokenizer_gguf``); an HF tokenizer is not converted (llama.cpp's convert_hf_to_gguf.py does that, on a
 ``format="decilm"`` export).
 
-Weight types: f32, f16, bf16 (1-D tensors stay f32) and q8_0 (2-D tensors whose rows are a multiple of 32; others
-f16), the types llama.cpp's converter writes itself. Other quantisations: llama.cpp's quantizer on the f16 or
-f32 file (``llama-quantize in.gguf out.gguf Q4_K_M``, or ``llama_cpp.llama_model_quantize`` from Python).
+Weight types (``dtype``):
+- f32, f16, bf16 (1-D tensors stay f32), and q8_0, q4_0, q4_1, q5_0, q5_1: the folded weights quantised anew by
+  the ``gguf`` package (2-D tensors whose rows are a multiple of 32; others f16). Other types (the K quants):
+  llama.cpp's quantizer on the f16 or f32 file (``llama-quantize in.gguf out.gguf Q4_K_M``, or
+  ``llama_cpp.llama_model_quantize`` from Python).
+- ``source``: for a model loaded from a quantised GGUF file (the packaged SmolLM2, Q4_1 with a Q8_0 embedding,
+  or ``--model model.gguf``), every tensor keeps that file's type and blocks, and the scalars fold into the
+  blocks' float16 scales (``gguf_blocks.scale_blocks``): nothing is requantised, and the thin file's weights are
+  the searched model's up to the float16 rounding of the scaled block scales. The model must hold exactly the
+  weights it was loaded with (checked tensor by tensor).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from ..atomic import check_destination, clean_stale_partials, partial_path
 from ..plan import SkipPlan
 from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
-from .fold import folded_weights
+from .fold import folded_weights, output_scales, weight_scale_key
+from .gguf_blocks import QuantFoldError, check_source_tensor, scale_blocks, source_tensors
 from .formats import ExportError, gguf_problems, rope_settings, warn_single_eps
 
 __all__ = ["GGUF_DTYPES", "export_gguf", "source_gguf"]
@@ -42,7 +50,8 @@ __all__ = ["GGUF_DTYPES", "export_gguf", "source_gguf"]
 ARCH = "deci"
 # name -> (GGML type of 2-D tensors, llama.cpp file type)
 GGUF_DTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
-               "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+               "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+               "q5_0": ("Q5_0", "MOSTLY_Q5_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"), "source": (None, None)}
 _ALIASES = {"float32": "f32", "fp32": "f32", "float16": "f16", "fp16": "f16", "half": "f16", "bfloat16": "bf16"}
 _TOKENIZER_PREFIX = "tokenizer."
 _GENERAL_KEEP = ("general.name", "general.organization", "general.basename", "general.finetune",
@@ -56,7 +65,8 @@ def _gguf_dtype(dtype, loaded: torch.dtype) -> str:
     name = _ALIASES.get(name, name)
     if name not in GGUF_DTYPES:
         raise ExportError(f"dtype {dtype!r} cannot be written to gguf; expected one of {', '.join(GGUF_DTYPES)} "
-                          "(other llama.cpp types: run llama-quantize on the f16 or f32 file)")
+                          "(other llama.cpp types: run llama-quantize on the f16 or f32 file; 'source' keeps the "
+                          "types of the GGUF file the model was loaded from)")
     return name
 
 
@@ -137,6 +147,8 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
     rope_theta, _ = rope_settings(config)
     tensors, fold = folded_weights(model, plan)
     warn_single_eps(plan, "gguf")
+    from_source = weight_dtype is None
+    src_tensors = source_tensors(src) if from_source else None
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +173,12 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
         writer.add_rope_freq_base(rope_theta)
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_vocab_size(config.vocab_size)
-        writer.add_file_type(int(getattr(gguf.LlamaFileType, file_type)))
-        if weight_dtype == "Q8_0":
+        if from_source:
+            if "general.file_type" in src.fields:
+                _copy_field(writer, src, "general.file_type")
+        else:
+            writer.add_file_type(int(getattr(gguf.LlamaFileType, file_type)))
+        if weight_dtype not in ("F32", "F16", "BF16"):
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_string("hopscotch.skipped_attention", json.dumps(plan.skipped_attention))  # no empty GGUF arrays
         writer.add_string("hopscotch.method", str(plan.provenance.get("method")))
@@ -176,10 +192,15 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
             name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if name is None:
                 raise ExportError(f"no llama.cpp tensor name for {hf_name}")
-            qtype = gguf.GGMLQuantizationType[weight_dtype] if t.dim() == 2 else gguf.GGMLQuantizationType.F32
-            block = gguf.GGML_QUANT_SIZES[qtype][0]
-            if t.shape[-1] % block:
-                qtype = gguf.GGMLQuantizationType.F16  # what llama.cpp's converter falls back to
+            if from_source:
+                if name not in src_tensors:
+                    raise ExportError(f"dtype='source': {src_path} has no tensor {name} ({hf_name})")
+                qtype = src_tensors[name].tensor_type
+            else:
+                qtype = gguf.GGMLQuantizationType[weight_dtype] if t.dim() == 2 else gguf.GGMLQuantizationType.F32
+                block = gguf.GGML_QUANT_SIZES[qtype][0]
+                if t.shape[-1] % block:
+                    qtype = gguf.GGMLQuantizationType.F16  # what llama.cpp's converter falls back to
             plans.append((name, hf_name, qtype, tuple(t.shape)))
         for name, _, qtype, shape in plans:  # the header first, then the tensors one at a time (streamed)
             block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
@@ -188,11 +209,18 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        heads = {"attn_q.weight": n_heads, "attn_k.weight": n_kv}
+        factors = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
         for name, hf_name, qtype, _ in plans:
-            t = fold(hf_name, torch.float32)
-            if name.endswith(("attn_q.weight", "attn_k.weight")):
-                t = _permute_rows(t, n_heads if "attn_q" in name else n_kv)
-            writer.write_tensor_data(gguf.quants.quantize(t.numpy(), qtype))
+            permute = next((n for suffix, n in heads.items() if name.endswith(suffix)), None)
+            if from_source:
+                data = _source_data(name, hf_name, tensors[hf_name], src_tensors[name], permute, factors)
+            else:
+                t = fold(hf_name, torch.float32)
+                if permute is not None:
+                    t = _permute_rows(t, permute)
+                data = gguf.quants.quantize(t.numpy(), qtype)
+            writer.write_tensor_data(data)
         writer.close()
         os.replace(tmp, out)
     except BaseException:
@@ -200,3 +228,19 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
         tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def _source_data(name: str, hf_name: str, weight: torch.Tensor, src, permute: int | None, factors) -> np.ndarray:
+    """The source file's stored data for one tensor, its blocks scaled by the plan's factor (dtype='source'),
+    after checking that they hold exactly the model's weight."""
+    expected = weight.detach().to("cpu")
+    if permute is not None:
+        expected = _permute_rows(expected, permute)
+    try:
+        check_source_tensor(name, src, expected)
+        layer, kind = weight_scale_key(hf_name)
+        factor = 1.0 if kind is None else factors[0 if kind == "attn" else 1][layer]
+        raw = np.asarray(src.data)
+        return raw.copy() if factor == 1.0 else scale_blocks(raw, src.tensor_type, factor)
+    except QuantFoldError as exc:
+        raise ExportError(str(exc)) from None

@@ -76,7 +76,8 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
     ``model`` is the loaded HF model (patched or not: its own weights are read, never changed). ``dtype`` casts
     the written weights (default: as loaded). ``tokenizer`` is saved alongside when given.
     ``format="gguf"`` writes one file, ``out_dir`` ending in ``.gguf`` (see ``gguf_export.export_gguf``: ``dtype``
-    may also be ``"q8_0"``; ``gguf_tokenizer`` is the GGUF file whose tokenizer is carried over).
+    may also be ``"q8_0"``, ``"q4_0"`` ... or ``"source"``; ``gguf_tokenizer`` is the GGUF file whose tokenizer
+    is carried over).
     """
     if not isinstance(format, str) or format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")

@@ -5,8 +5,11 @@ The weights of the projections are copied once into one ``[sum(out), in]`` tenso
 projections. Anything that rebinds a weight afterwards (``model.to(...)``, loading a state dict into a fresh
 tensor) breaks the sharing; ``FusedLinear.intact`` notices, and the patcher fuses again.
 
-Only plain ``nn.Linear`` modules with the same dtype, device and bias layout are fused; quantized or
-LoRA-wrapped projections are used as they are (the caller falls back to calling each module).
+Only plain ``nn.Linear`` modules whose weights are plain floating-point tensors, with the same dtype, device and
+bias layout, are fused. Quantized projections are used as they are, through their own modules (the caller falls
+back to calling each one): a bitsandbytes / GPTQ layer is not an ``nn.Linear``, and a torchao-quantized one is an
+``nn.Linear`` whose weight is a tensor subclass (concatenating it would fail, or dequantize it into a
+full-precision copy). LoRA-wrapped projections are not ``nn.Linear`` either.
 """
 
 from __future__ import annotations
@@ -15,12 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FusedLinear", "can_fuse"]
+__all__ = ["FusedLinear", "can_fuse", "is_plain_weight"]
+
+
+def is_plain_weight(t: torch.Tensor | None) -> bool:
+    """True for a floating-point tensor or parameter of torch's own class (no quantized tensor subclass, no
+    torch quantized dtype)."""
+    return (t is None or (type(t) in (torch.Tensor, nn.Parameter) and type(t.data) is torch.Tensor
+                          and t.is_floating_point() and not t.is_quantized))
 
 
 def can_fuse(modules: list[nn.Module]) -> bool:
-    """True when every module is a plain nn.Linear on one device and dtype, with biases on all or none."""
-    if not modules or any(type(m) is not nn.Linear for m in modules):
+    """True when every module is a plain nn.Linear with plain floating-point weights (``is_plain_weight``) on one
+    device and dtype, with biases on all or none."""
+    if not modules or any(type(m) is not nn.Linear or not (is_plain_weight(m.weight) and is_plain_weight(m.bias))
+                          for m in modules):
         return False
     w0 = modules[0].weight
     if w0.device.type == "meta":

@@ -18,6 +18,7 @@ from torch import nn
 from ..arch import UnsupportedModelError, base_model, causal_lm, check_supported, layer_attention_type
 from ..errors import PlanError, as_index_list, check_arg
 from ..limits import check_skip_lists
+from .fuse import is_plain_weight
 from .generation import install_generate_hook, remove_generate_hook
 from .layer import SCALAR_NAMES, HopscotchDecoderLayer
 from .stack import patched_forward
@@ -58,7 +59,11 @@ class PatchState:
             if layer.attn_skipped:
                 continue
             attn = layer.self_attn
-            weight = attn.k_proj.weight
+            # The keys' dtype is the activations': a plain key projection's weight dtype, else (a quantized
+            # projection, whose weight is int8 / packed or absent) the dtype of the norm in front of the block.
+            weight = getattr(attn.k_proj, "weight", None)
+            if weight is None or not is_plain_weight(weight):
+                weight = layer.input_layernorm.weight
             window = getattr(config, "sliding_window", None) if layer.attention_type == "sliding_attention" else None
             blocks.append((layer.layer_idx, config.num_key_value_heads, attn.head_dim, window, weight.dtype,
                            weight.device))
