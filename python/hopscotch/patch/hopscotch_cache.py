@@ -212,8 +212,10 @@ class HopscotchCache(Cache):
                 cap = max(self.initial_capacity or -(-needed // _GRANULE) * _GRANULE, needed)
                 self._allocate(batch, cap if self.max_capacity is None else min(cap, self.max_capacity))
             if self.padded and self.pad_mask is None:
-                self.pad_mask = _static(torch.zeros(batch, self.capacity, dtype=torch.bool,
-                                                    device=self.layers[0].device))
+                # An ordinary tensor, as the buffers are (_allocate): a compiled step writes it outside inference mode.
+                with torch.inference_mode(False), torch.no_grad():
+                    self.pad_mask = _static(torch.zeros(batch, self.capacity, dtype=torch.bool,
+                                                        device=self.layers[0].device))
         if needed > self.capacity:
             cap = max(2 * self.capacity, needed)
             self._allocate(batch, cap if self.max_capacity is None else min(cap, self.max_capacity))
