@@ -158,8 +158,9 @@ class HopscotchCache(Cache):
         self._length_t = None
 
     def check_layout(self, kept: tuple[int, ...]) -> None:
-        """For a compiled step: the cache must already be laid out for these kept blocks and allocated."""
-        if self.kept != kept or not self.capacity:
+        """For a compiled step: the cache must already be laid out for these kept blocks and allocated (with no kept
+        block, every attention skipped, there is nothing to allocate)."""
+        if self.kept != kept or (kept and not self.capacity):
             raise CacheMismatchError(
                 f"a compiled step needs a HopscotchCache already laid out and allocated for the kept attention blocks "
                 f"{list(kept)} (run the prefill eagerly first); this one holds {self.kept} with capacity "
