@@ -140,7 +140,8 @@ VERDICT_ARGS=(--shape "$SHAPE" --dtype "$DTYPE" --device "$DEVICE")
 } >>"$SUMMARY"
 "$PY" benchmarks/gpu_suite_verdict.py "$STEPS" "$OUT/decode.csv" "${VERDICT_ARGS[@]}" >>"$SUMMARY" 2>"$OUT/verdict.log"
 verdict=$?
-[ "$verdict" -le 1 ] || { echo "gpu_suite_verdict.py failed (exit $verdict):"; tail -20 "$OUT/verdict.log"; } >>"$SUMMARY"
+[ "$verdict" -le 1 ] ||
+  { echo "gpu_suite_verdict.py failed (exit $verdict):"; tail -20 "$OUT/verdict.log"; } >>"$SUMMARY"
 echo
 cat "$SUMMARY"
 exit "$verdict"

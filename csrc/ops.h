@@ -148,8 +148,8 @@ void rotary_embedding_host(const at::Tensor& positions, at::Tensor& query, const
                            const at::Tensor& cos_sin_cache) {
   check_rotary_inputs(positions, query, key, cos_sin_cache, "rotary_embedding", "query");
   const at::Tensor* kp_in = key.has_value() ? &*key : nullptr;
-  check_written_args({{&query, "query"}, {kp_in, "key"}}, {{&positions, "positions"}, {&cos_sin_cache, "cos_sin_cache"}},
-                     "rotary_embedding");
+  check_written_args({{&query, "query"}, {kp_in, "key"}},
+                     {{&positions, "positions"}, {&cos_sin_cache, "cos_sin_cache"}}, "rotary_embedding");
   check_indices_if_cpu(positions, cos_sin_cache.size(0), "rotary_embedding", "positions", "position",
                        "the rows of cos_sin_cache");
   // [tokens, heads, head_size] views sharing storage with query / key (strided views of a fused qkv work).

@@ -218,9 +218,12 @@ def _register_autograd() -> None:
 def _counted(name: str) -> Callable:
     fn = _REFERENCES[name]
     check_written = _checks.written_checker(name)  # what csrc/checks.h checks of the written arguments
+    check_args = _checks.ARG_CHECKS.get(name)  # and of the others, where the reference would not refuse alike
 
     def impl(*args):
         _reference_calls[name] += 1
+        if check_args is not None:
+            check_args(*args)
         if check_written is not None:
             check_written(*args)
         return fn(*args)
