@@ -87,6 +87,10 @@ def _extension():
     # ATen's CPU vector headers carry `#pragma unroll` (a CUDA pragma), which g++ reports under -Wall for
     # every file that includes them: ~100 lines of noise that hide real warnings.
     cxx_flags.append("-Wno-unknown-pragmas")
+    # No implicit FMA: g++ contracts `x1 * c - x2 * s` into one FMA by default (-ffp-contract=fast), which rounds
+    # differently from the CUDA kernels (__fmul_rn / __fsub_rn) and the float32 reference. FMAs the kernels mean
+    # (at::vec::fmadd, std::fma) stay FMAs. Mirrored in CMakeLists.txt.
+    cxx_flags.append("-ffp-contract=off")
     extra = {"cxx": cxx_flags}
     if not with_cuda:
         _say(f"CPU-only build ({why}); CUDA kernels not compiled")

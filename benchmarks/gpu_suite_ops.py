@@ -1,8 +1,9 @@
-"""Runs every hopscotch_ext op once per path on odd shapes, then one patched decode step: what gpu_suite.sh puts
-under compute-sanitizer (memcheck, racecheck). Every call is checked against the op's pure-torch reference, so a
-wrong result fails here even where the sanitizer sees nothing.
+"""Runs every hopscotch_ext op once per path on odd shapes, then patched decode steps: what gpu_suite.sh puts
+under compute-sanitizer (memcheck on all of it; racecheck on the norm kernels, the only ones with shared memory).
+Every call is checked against the op's pure-torch reference, and every decode step against a forward without a
+cache, so a wrong result fails here even where the sanitizer sees nothing.
 
-    python benchmarks/gpu_suite_ops.py [--device cuda|cpu]
+    python benchmarks/gpu_suite_ops.py [--device cuda|cpu] [--only rms_norm,scaled_add_rms_norm]
 """
 
 from __future__ import annotations
@@ -85,11 +86,13 @@ def _flat(out):
 
 
 def _decode_step(device: str) -> None:
-    """A patched tiny Llama: prefill, then decode steps with its own cache, against the unpatched model."""
+    """A patched tiny Llama: the prefill against the unpatched model; then, block 0 skipped and a cache that grows on
+    the way, every decode step's logits against the same model run on the whole sequence without a cache."""
     from hopscotch.hf_compat import cache_kwargs
     from hopscotch.patch import HopscotchCache, patch_model, set_skips
     from hopscotch.testing import tiny_model
 
+    tol = dict(rtol=0.05, atol=0.08)  # bfloat16 logits of a whole model (tests/helpers/model_testing.py LOGIT_TOL)
     model = tiny_model("llama", num_layers=4, dtype=torch.bfloat16).to(device)
     ids = torch.randint(3, 97, (3, 11), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
@@ -97,12 +100,17 @@ def _decode_step(device: str) -> None:
         patch_model(model)
         cache = HopscotchCache(capacity=16)
         out = model(ids, **cache_kwargs(cache), use_cache=True).logits
-        torch.testing.assert_close(out, ref, rtol=0.05, atol=0.08)
+        torch.testing.assert_close(out, ref, **tol)
         set_skips(model, attention=[0])
         cache = HopscotchCache(capacity=8)  # grows on the way
-        model(ids, **cache_kwargs(cache), use_cache=True)
-        for _ in range(6):
-            model(ids[:, :1], **cache_kwargs(cache), use_cache=True)
+        seq = ids
+        nxt = model(ids, **cache_kwargs(cache), use_cache=True).logits[:, -1:].argmax(-1)
+        for step in range(6):
+            seq = torch.cat([seq, nxt], 1)
+            got = model(nxt, **cache_kwargs(cache), use_cache=True).logits[:, -1]
+            want = model(seq, use_cache=False).logits[:, -1]
+            torch.testing.assert_close(got, want, **tol, msg=lambda m: f"decode step {step}: {m}")
+            nxt = want.argmax(-1, keepdim=True)
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -110,13 +118,18 @@ def _decode_step(device: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--only", default=None, help="run only the cases whose name starts with one of these "
+                   "(comma-separated), and no decode step: e.g. racecheck on the kernels with shared memory")
     args = p.parse_args(argv)
     info = hopscotch_ext.info()
     if not info["loaded"] or (args.device == "cuda" and "cuda" not in info["backends"]):
         print(f"gpu_suite_ops: the compiled {args.device} kernels are not loaded: {info}", file=sys.stderr)
         return 1
     failed = 0
+    only = tuple(args.only.split(",")) if args.only else None
     for name, op, ref in _cases(args.device):
+        if only and not name.startswith(only):
+            continue
         try:
             for a, b in zip(_flat(op()), _flat(ref())):
                 torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
@@ -125,8 +138,9 @@ def main(argv=None) -> int:
             failed += 1
             print(f"FAIL  {name}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     try:
-        _decode_step(args.device)
-        print("ok    patched decode steps (own cache, growth, skipped block 0)")
+        if not only:
+            _decode_step(args.device)
+            print("ok    patched decode steps (own cache, growth, skipped block 0; each step against no cache)")
     except Exception as exc:
         failed += 1
         print(f"FAIL  patched decode steps: {type(exc).__name__}: {str(exc).splitlines()[0]}")

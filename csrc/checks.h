@@ -2,9 +2,11 @@
 // inputs with the same message. Every message names the argument, what it was and what was expected.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
 #include <optional>
 #include <string>
 
@@ -163,6 +165,67 @@ inline void check_rotary_kv_cache_inputs(const at::Tensor& positions, const at::
   check_same_device(query, slots, op, "query", "slots");
   TORCH_CHECK(slots.dim() == 1 && slots.size(0) == positions.size(1), op, ": slots has shape ", slots.sizes(),
               "; expected [", positions.size(1), "] (one cache slot per token)");
+}
+
+// ---- written arguments: no element written twice, nothing written that another argument holds ----
+// The semantics of ATen's at::assert_no_internal_overlap / at::assert_no_overlap (a stride-0 dimension of size > 1
+// is internal overlap; two tensors overlap when both are dense and their byte ranges in one storage meet; a pair
+// of strided views, e.g. q and k sliced from one fused qkv buffer, is "too hard" to decide and accepted), with
+// messages that name the arguments. hopscotch_ext/_checks.py applies the same rule to the reference fallback.
+
+inline void check_no_internal_overlap(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", name, " has shape ", t.sizes(),
+              " and strides ", t.strides(), "; the op writes it, so expected no element stored twice (a stride-0 "
+              "dimension, e.g. from expand(), would be written twice); pass a tensor of its own (.clone())");
+}
+
+inline void check_no_overlap(const at::Tensor& written, const at::Tensor& other, const char* op,
+                             const char* written_name, const char* other_name) {
+  const at::MemOverlapStatus lap = at::get_overlap_status(written, other);
+  TORCH_CHECK(lap != at::MemOverlapStatus::Full && lap != at::MemOverlapStatus::Partial, op, ": ", written_name,
+              " and ", other_name, " share memory; the op writes ", written_name,
+              ", so expected them not to overlap (pass tensors of their own, e.g. .clone())");
+}
+
+// Every written argument: no internal overlap, and no overlap with any other argument (written or read).
+struct Arg {
+  const at::Tensor* t;
+  const char* name;
+};
+inline void check_written_args(std::initializer_list<Arg> written, std::initializer_list<Arg> read, const char* op) {
+  for (const Arg& w : written) {
+    if (!w.t) continue;
+    check_no_internal_overlap(*w.t, op, w.name);
+    bool after = false;  // each written pair once
+    for (const Arg& o : written) {
+      if (o.t == w.t) {
+        after = true;
+      } else if (after && o.t) {
+        check_no_overlap(*w.t, *o.t, op, w.name, o.name);
+      }
+    }
+    for (const Arg& r : read) {
+      if (r.t) check_no_overlap(*w.t, *r.t, op, w.name, r.name);
+    }
+  }
+}
+
+// Index values (positions into cos_sin_cache, slots into the KV cache): every value of idx in [0, limit). idx: a
+// contiguous int64 CPU tensor (the CPU kernels check before they run; the CUDA kernels cannot without a sync, so
+// the Python wrappers check before launch: docs/ARCHITECTURE.md §2.10). The message names the smallest value when
+// one is negative, else the largest, so every backend names the same value.
+inline void check_index_range(const at::Tensor& idx, int64_t limit, const char* op, const char* name,
+                              const char* noun, const char* what) {
+  const int64_t* p = idx.const_data_ptr<int64_t>();
+  const int64_t n = idx.numel();
+  if (n == 0) return;
+  int64_t lo = p[0], hi = p[0];
+  for (int64_t i = 1; i < n; ++i) {
+    lo = p[i] < lo ? p[i] : lo;
+    hi = p[i] > hi ? p[i] : hi;
+  }
+  TORCH_CHECK(lo >= 0 && hi < limit, op, ": ", name, " holds ", lo < 0 ? lo : hi, "; expected 0 <= ", noun, " < ",
+              limit, " (", what, ")");
 }
 
 // A [tokens, heads, head_size] view of q or k that shares its storage (the op writes in place).

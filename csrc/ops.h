@@ -67,6 +67,8 @@ template <class L>
 void scaled_add_rms_norm_inplace_host(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                                       const at::Tensor& b, const at::Tensor& s, double eps) {
   check_scaled_add_inputs(x, residual, weight, b, s, "scaled_add_rms_norm_");
+  check_written_args({{&x, "x"}, {&residual, "residual"}}, {{&weight, "weight"}, {&b, "b"}, {&s, "s"}},
+                     "scaled_add_rms_norm_");
   const typename L::Guard guard(x);
   if (x.is_contiguous() && residual.is_contiguous()) {
     L::norm(x, &residual, weight.contiguous(), x, &residual, &b, &s, eps);
@@ -126,6 +128,14 @@ at::Tensor silu_gate_up_host(const at::Tensor& x, const at::Tensor& gate_up_weig
 
 // ---- rotary family ----
 
+// Index values of a CPU op checked on the host before the kernel runs (free: they are in host memory). On CUDA
+// this would cost a stream sync per call: the Python wrappers check there, before launch, when eager
+// (hopscotch_ext/_checks.py, docs/ARCHITECTURE.md §2.10); the CUDA kernels assert and never read out of bounds.
+inline void check_indices_if_cpu(const at::Tensor& idx, int64_t limit, const char* op, const char* name,
+                                 const char* noun, const char* what) {
+  if (idx.is_cpu()) check_index_range(idx.reshape({-1}).to(at::kLong).contiguous(), limit, op, name, noun, what);
+}
+
 // [tokens, heads, head_size] view of a tensor that the op only reads: a copy where no view exists.
 inline at::Tensor rotary_read_view(const at::Tensor& t) {
   const int64_t tokens = t.numel() == 0 ? 0 : t.numel() / (t.size(-1) * t.size(-2));
@@ -137,6 +147,11 @@ template <class L>
 void rotary_embedding_host(const at::Tensor& positions, at::Tensor& query, const std::optional<at::Tensor>& key,
                            const at::Tensor& cos_sin_cache) {
   check_rotary_inputs(positions, query, key, cos_sin_cache, "rotary_embedding", "query");
+  const at::Tensor* kp_in = key.has_value() ? &*key : nullptr;
+  check_written_args({{&query, "query"}, {kp_in, "key"}},
+                     {{&positions, "positions"}, {&cos_sin_cache, "cos_sin_cache"}}, "rotary_embedding");
+  check_indices_if_cpu(positions, cos_sin_cache.size(0), "rotary_embedding", "positions", "position",
+                       "the rows of cos_sin_cache");
   // [tokens, heads, head_size] views sharing storage with query / key (strided views of a fused qkv work).
   at::Tensor q = rotary_token_view(query, "rotary_embedding", "query");
   std::optional<at::Tensor> k;
@@ -152,6 +167,8 @@ at::Tensor rotary_embedding_out_host(const at::Tensor& positions, const at::Tens
                                      const at::Tensor& cos_sin_cache, bool inverse) {
   check_rotary_inputs(positions, x, std::nullopt, cos_sin_cache, "rotary_embedding_out", "x",
                       /*require_unit_stride=*/false);
+  check_indices_if_cpu(positions, cos_sin_cache.size(0), "rotary_embedding_out", "positions", "position",
+                       "the rows of cos_sin_cache");
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
   const typename L::Guard guard(x);
@@ -170,6 +187,14 @@ void rotary_embedding_kv_cache_host(const at::Tensor& positions, at::Tensor& que
                                     at::Tensor& value_cache, const at::Tensor& slots) {
   check_rotary_kv_cache_inputs(positions, query, key, value, cos_sin_cache, key_cache, value_cache, slots,
                                "rotary_embedding_kv_cache");
+  check_written_args({{&query, "query"}, {&key_cache, "key_cache"}, {&value_cache, "value_cache"}},
+                     {{&positions, "positions"}, {&key, "key"}, {&value, "value"}, {&cos_sin_cache, "cos_sin_cache"},
+                      {&slots, "slots"}},
+                     "rotary_embedding_kv_cache");
+  check_indices_if_cpu(positions, cos_sin_cache.size(0), "rotary_embedding_kv_cache", "positions", "position",
+                       "the rows of cos_sin_cache");
+  check_indices_if_cpu(slots, key_cache.size(2), "rotary_embedding_kv_cache", "slots", "slot",
+                       "the capacity of key_cache");
   if (positions.numel() == 0) return;
   const typename L::Guard guard(query);
   L::rotary_kv_cache(positions.reshape({-1}).contiguous(), query, key, value, cos_sin_cache.contiguous(), key_cache,

@@ -3,9 +3,11 @@
 // csrc/cpu/rotary.cpp (host functions shared with it: csrc/ops.h):
 // x1' = x1 * cos - x2 * sin, x2' = x2 * cos + x1 * sin in float32, each product rounded (no FMA, as the
 // float32 reference computes it), rounded once to the dtype.
-// An out-of-range position stops the kernel with a device-side assert (CUDA_KERNEL_ASSERT: the error surfaces
-// at the next synchronising call); the CPU kernel raises a RuntimeError naming the position instead. Checking
-// on the host would need positions on the host, i.e. a stream sync on every call.
+// Positions and slots are not checked on the host here: that needs them in host memory, i.e. a stream sync on
+// every call (a decode step calls this once per kept block). The Python wrappers (hopscotch_ext.ops) check them
+// before launch when eager, with the CPU's message; a call that bypasses them (torch.ops.hopscotch_ext.*, or a
+// compiled graph) meets CUDA_KERNEL_ASSERT, and the kernels never read or write out of bounds either way
+// (docs/ARCHITECTURE.md §2.10).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>

@@ -310,3 +310,20 @@ def test_the_e2e_benchmark_reports_the_own_caches_allocation(fill):
     assert kv[2] * 5 == kv[0] * 3
     assert rows[("hf", 0, "decode")]["kv_cache_bytes"] == 5 * 2 * 3 * 2 * (9 + 4) * 16 * 4  # its tokens: the same
     assert not hasattr(model.model, "_hopscotch_state")  # left unpatched
+
+
+def test_every_attention_block_skipped_decodes_and_benchmarks_with_the_own_cache():
+    """k = L (what the k = 16 target's ideal saving is measured against): the own cache holds no block, the random
+    fill has nothing to fill, and a compiled step has nothing to lay out."""
+    from hopscotch.bench.e2e import E2EConfig, run_e2e
+
+    model = tiny_model("llama")
+    cfg = E2EConfig(ks=[5], providers=["hopscotch"], decode_batches=[2], prompt_len=6, new_tokens=3, budget_s=0.01,
+                    min_reps=1, fill="random")
+    rows = [r for r in run_e2e(model, cfg, progress=False) if r["phase"] == "decode"]
+    assert [(r["k"], r["kv_cache_bytes"]) for r in rows] == [(5, 0)]
+    empty = HopscotchCache()
+    empty.bind((), lambda: [])
+    empty.check_layout(())  # nothing kept: nothing a compiled step needs allocated
+    with pytest.raises(CacheMismatchError, match="already laid out and allocated"):
+        empty.check_layout((0,))

@@ -48,7 +48,6 @@ void rotary_launch(const at::Tensor& pos, const at::Tensor& src_q, at::Tensor& q
   const int64_t tokens = pos.numel();
   const int64_t rot_dim = cache.size(1);
   const int64_t half = rot_dim / 2;
-  const int64_t max_pos = cache.size(0);
   const acc_t<scalar_t> sign = inverse ? -1 : 1;
   const int64_t* pp = pos.const_data_ptr<int64_t>();
   const cache_t* cp = cache.const_data_ptr<cache_t>();
@@ -59,9 +58,7 @@ void rotary_launch(const at::Tensor& pos, const at::Tensor& src_q, at::Tensor& q
   const int64_t work_per_token = (q.size(1) + (k ? k->size(1) : 0)) * rot_dim;
   at::parallel_for(0, tokens, cpu::row_grain(work_per_token), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t p = pp[t];
-      TORCH_CHECK(p >= 0 && p < max_pos, "rotary_embedding: positions holds ", p,
-                  "; expected 0 <= position < ", max_pos, " (the rows of cos_sin_cache)");
+      const int64_t p = pp[t];  // in [0, max_pos): checked by the host function (csrc/ops.h)
       const cache_t* cos = cp + p * rot_dim;
       rotate_heads<scalar_t, cache_t>(sq + t * src_q.stride(0), src_q.stride(1), qp + t * q.stride(0), q.stride(1),
                                       q.size(1), cos, cos + half, half, sign);
@@ -79,7 +76,7 @@ template <typename scalar_t, typename cache_t>
 void rotary_kv_cache_launch(const at::Tensor& pos, at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& cache, at::Tensor& kc, at::Tensor& vc, const at::Tensor& slots) {
   const int64_t batch = q.size(0), tokens = q.size(1), head_size = q.size(3);
-  const int64_t rot_dim = cache.size(1), half = rot_dim / 2, max_pos = cache.size(0), capacity = kc.size(2);
+  const int64_t rot_dim = cache.size(1), half = rot_dim / 2;
   const int64_t* pp = pos.const_data_ptr<int64_t>();
   const int64_t* sp = slots.const_data_ptr<int64_t>();
   const cache_t* cp = cache.const_data_ptr<cache_t>();
@@ -93,11 +90,7 @@ void rotary_kv_cache_launch(const at::Tensor& pos, at::Tensor& q, const at::Tens
   at::parallel_for(0, batch * tokens, cpu::row_grain(work_per_token), [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / tokens, t = bt - b * tokens;
-      const int64_t p = pp[bt], slot = sp[t];
-      TORCH_CHECK(p >= 0 && p < max_pos, "rotary_embedding_kv_cache: positions holds ", p,
-                  "; expected 0 <= position < ", max_pos, " (the rows of cos_sin_cache)");
-      TORCH_CHECK(slot >= 0 && slot < capacity, "rotary_embedding_kv_cache: slots holds ", slot,
-                  "; expected 0 <= slot < ", capacity, " (the capacity of key_cache)");
+      const int64_t p = pp[bt], slot = sp[t];  // in range: checked by the host function (csrc/ops.h)
       const cache_t* cos = cp + p * rot_dim;
       scalar_t* qt = qp + b * q.stride(0) + t * q.stride(1);
       rotate_heads<scalar_t, cache_t>(qt, q.stride(2), qt, q.stride(2), q_heads, cos, cos + half, half, 1);

@@ -12,6 +12,8 @@ import torch
 
 from . import ops
 
+_OPS = torch.ops.hopscotch_ext  # the ops without the wrappers' index check (see rotate_qk)
+
 __all__ = ["add_rms_norm", "rms_norm", "rotate_qk", "silu_and_mul", "silu_gate_up"]
 
 
@@ -42,14 +44,17 @@ def rotate_qk(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
               cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding of ``q`` [B, T, Hq, D] and ``k`` [B, T, Hkv, D] at ``positions`` [B, T].
 
-    ``positions`` are row indices into ``cos_sin_cache`` [rows, rot_dim] = [cos | sin]. Without gradients
+    ``positions`` are row indices into ``cos_sin_cache`` [rows, rot_dim] = [cos | sin], in range by the caller's
+    construction (the model's per-token table): they are not read on the host, so on CUDA nothing syncs, and an
+    index out of range is refused by the CPU kernel and the reference, asserted by the CUDA kernel
+    (``hopscotch_ext.rotary_embedding`` checks them before launch). Without gradients
     ``q`` and ``k`` (views, e.g. slices of a fused qkv output) are rotated in place and returned; with gradients
     rotated copies come back (differentiable w.r.t. q and k; the table is treated as a constant).
     """
     if _needs_grad(q, k):
-        return ops.rotary_embedding_out(positions, q, cos_sin_cache), ops.rotary_embedding_out(
+        return _OPS.rotary_embedding_out(positions, q, cos_sin_cache), _OPS.rotary_embedding_out(
             positions, k, cos_sin_cache)
-    ops.rotary_embedding(positions, q, k, cos_sin_cache)
+    _OPS.rotary_embedding(positions, q, k, cos_sin_cache)
     return q, k
 
 

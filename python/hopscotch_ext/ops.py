@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from . import _autograd as A
+from . import _checks
 from . import reference as ref
 
 __all__ = [
@@ -107,15 +108,25 @@ def silu_gate_up(x: torch.Tensor, gate_up_weight: torch.Tensor,
     return torch.ops.hopscotch_ext.silu_gate_up(x, gate_up_weight, gate_up_bias)
 
 
+def _check_positions(op: str, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
+    """Positions in range before launch (on CUDA the kernels cannot raise; see _checks.py); a malformed argument is
+    left to the op's own checks, which name it."""
+    if cos_sin_cache.dim() == 2 and not positions.is_floating_point():
+        _checks.check_indices(positions, cos_sin_cache.shape[0], op, "positions", "position",
+                              "the rows of cos_sin_cache")
+
+
 def rotary_embedding(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor | None,
                      cos_sin_cache: torch.Tensor) -> None:
     """In-place half rotation of ``query`` [*P, heads, head_size] and ``key`` at ``positions`` [*P]."""
+    _check_positions("rotary_embedding", positions, cos_sin_cache)
     torch.ops.hopscotch_ext.rotary_embedding(positions, query, key, cos_sin_cache)
 
 
 def rotary_embedding_out(positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor,
                          inverse: bool = False) -> torch.Tensor:
     """Rotated copy of ``x`` [*P, heads, head_size] (differentiable w.r.t. ``x``); ``inverse``: by -angle."""
+    _check_positions("rotary_embedding_out", positions, cos_sin_cache)
     return torch.ops.hopscotch_ext.rotary_embedding_out(positions, x, cos_sin_cache, inverse)
 
 
@@ -124,6 +135,10 @@ def rotary_embedding_kv_cache(positions: torch.Tensor, query: torch.Tensor, key:
                               slots: torch.Tensor) -> None:
     """The decode step's cache write: ``query`` [B, T, Hq, D] rotated in place; the rotated ``key`` and the ``value``
     [B, T, Hkv, D] written into slot ``slots[t]`` of ``key_cache`` / ``value_cache`` [B, Hkv, capacity, D]."""
+    _check_positions("rotary_embedding_kv_cache", positions, cos_sin_cache)
+    if key_cache.dim() == 4 and not slots.is_floating_point():
+        _checks.check_indices(slots, key_cache.shape[2], "rotary_embedding_kv_cache", "slots", "slot",
+                              "the capacity of key_cache")
     torch.ops.hopscotch_ext.rotary_embedding_kv_cache(positions, query, key, value, cos_sin_cache, key_cache,
                                                       value_cache, slots)
 
@@ -202,9 +217,15 @@ def _register_autograd() -> None:
 
 def _counted(name: str) -> Callable:
     fn = _REFERENCES[name]
+    check_written = _checks.written_checker(name)  # what csrc/checks.h checks of the written arguments
+    check_args = _checks.ARG_CHECKS.get(name)  # and of the others, where the reference would not refuse alike
 
     def impl(*args):
         _reference_calls[name] += 1
+        if check_args is not None:
+            check_args(*args)
+        if check_written is not None:
+            check_written(*args)
         return fn(*args)
 
     impl.__name__ = f"{name}_reference"

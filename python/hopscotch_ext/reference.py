@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_indices
+
 __all__ = [
     "rms_norm_ref",
     "scaled_add_rms_norm_ref",
@@ -73,12 +75,15 @@ def silu_gate_up_ref(x: torch.Tensor, gate_up_weight: torch.Tensor,
     return silu_and_mul_ref(torch.nn.functional.linear(x.contiguous(), gate_up_weight, gate_up_bias))
 
 
-def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
+def apply_rotary_ref(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                     op: str = "rotary_embedding") -> torch.Tensor:
     """Out-of-place half rotation (the Llama / NeoX layout) of ``x`` [*positions.shape, heads, head_size].
 
     ``cos_sin_cache`` is [max_position, rot_dim]: cos in the first half of the last dimension, sin in the
-    second. The first ``rot_dim`` features of each head are rotated; the rest pass through.
+    second. The first ``rot_dim`` features of each head are rotated; the rest pass through. A position outside
+    ``[0, max_position)`` is refused as the kernels refuse it (``op`` names the op in the message), not wrapped.
     """
+    check_indices(positions, cos_sin_cache.shape[0], op, "positions", "position", "the rows of cos_sin_cache")
     rot_dim = cos_sin_cache.shape[-1]
     half = rot_dim // 2
     cdt = _compute_dtype(x.dtype)
@@ -98,7 +103,7 @@ def rotary_embedding_out_ref(positions: torch.Tensor, x: torch.Tensor, cos_sin_c
     if inverse:
         half = cos_sin_cache.shape[-1] // 2
         cos_sin_cache = torch.cat([cos_sin_cache[..., :half], -cos_sin_cache[..., half:]], dim=-1)
-    return apply_rotary_ref(x, positions, cos_sin_cache)
+    return apply_rotary_ref(x, positions, cos_sin_cache, "rotary_embedding_out")
 
 
 def rotary_embedding_ref(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor | None,
@@ -114,7 +119,9 @@ def rotary_embedding_kv_cache_ref(positions: torch.Tensor, query: torch.Tensor, 
                                   slots: torch.Tensor) -> None:
     """In place: ``query`` [B, T, Hq, D] rotated; ``key_cache[b, h, slots[t]]`` = rotated ``key[b, t, h]`` and
     ``value_cache[b, h, slots[t]]`` = ``value[b, t, h]`` (caches [B, Hkv, capacity, D])."""
-    query.copy_(apply_rotary_ref(query, positions, cos_sin_cache))
+    op = "rotary_embedding_kv_cache"
+    check_indices(slots, key_cache.shape[2], op, "slots", "slot", "the capacity of key_cache")
+    query.copy_(apply_rotary_ref(query, positions, cos_sin_cache, op))
     idx = slots.long()
-    key_cache[:, :, idx] = apply_rotary_ref(key, positions, cos_sin_cache).transpose(1, 2)
+    key_cache[:, :, idx] = apply_rotary_ref(key, positions, cos_sin_cache, op).transpose(1, 2)
     value_cache[:, :, idx] = value.transpose(1, 2)

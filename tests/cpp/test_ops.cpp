@@ -264,6 +264,19 @@ void test_errors(at::Device dev) {
   expect_error("silu_gate_up weight shape",
                [&] { silu_gate_up(at::randn({3, 8}, opt), at::randn({6, 9}, opt), std::nullopt); },
                "silu_gate_up: gate_up_weight has shape [6, 9]; expected [2 * intermediate, 8]");
+  // Written arguments (csrc/checks.h check_written_args): stored twice, or shared with another argument.
+  expect_error("rotary_embedding expanded query",
+               [&] {
+                 at::Tensor q = at::randn({1, 2, 8}, opt).expand({3, 2, 8});
+                 rotary_embedding(at::arange(3, opt.dtype(at::kLong)), q, std::nullopt, at::randn({16, 8}, opt));
+               },
+               "rotary_embedding: query has shape [3, 2, 8] and strides [0, 8, 1]; the op writes it");
+  expect_error("scaled_add_rms_norm_ x as residual",
+               [&] {
+                 at::Tensor x = at::randn({3, 8}, opt);
+                 scaled_add_rms_norm_(x, x, at::rand({8}, opt), at::ones({}, opt), at::ones({}, opt), kEps);
+               },
+               "scaled_add_rms_norm_: x and residual share memory");
 }
 
 void run_device(at::Device dev) {

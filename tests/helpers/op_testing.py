@@ -27,6 +27,13 @@ needs_extension = pytest.mark.skipif(
 )
 
 
+def cos_sin_table(max_pos: int, rot_dim: int, dtype: torch.dtype, device, base: float = 10000.0) -> torch.Tensor:
+    """A rotary table [max_pos, rot_dim] = [cos | sin], as a Llama computes it."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float64) / rot_dim))
+    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype).to(device)
+
+
 def opcheck_cases(device: str) -> list[tuple]:
     """(op overload, args) for every op of torch.ops.hopscotch_ext, small and odd-sized: what opcheck runs, with the
     compiled kernels and with the reference fallback alike."""
@@ -55,6 +62,10 @@ def opcheck_cases(device: str) -> list[tuple]:
         (ops.rotary_embedding_kv_cache.default,  # batch 2, 3 tokens, GQA 3:1, slots 4..6 of 9
          (pos[:6].view(2, 3), rnd(2, 3, 3, 16), rnd(2, 3, 1, 16), rnd(2, 3, 1, 16), cache, rnd(2, 1, 9, 16),
           rnd(2, 1, 9, 16), torch.arange(4, 7, device=device))),
+        (ops.rotary_embedding.default, (pos.int(), rnd(7, 3, 16).double(), None, cache.double())),  # int32, fp64
+        (ops.rotary_embedding_kv_cache.default,  # int32 positions and slots, float64, a float32 table
+         (pos[:6].view(2, 3).int(), rnd(2, 3, 3, 16).double(), rnd(2, 3, 1, 16).double(), rnd(2, 3, 1, 16).double(),
+          cache, rnd(2, 1, 9, 16).double(), rnd(2, 1, 9, 16).double(), torch.arange(4, 7, device=device).int())),
     ]
 
 
@@ -90,6 +101,14 @@ def assert_close_to_oracle(out: torch.Tensor, ref_same_dtype: torch.Tensor, orac
     floor = torch.finfo(out.dtype).eps * scale
     assert err_kernel <= 2 * err_ref + floor, (
         f"kernel error {err_kernel:.3e} > 2 x reference error {err_ref:.3e} + floor {floor:.3e} ({out.dtype})")
+
+
+def assert_same_bits(out: torch.Tensor, ref_same_dtype: torch.Tensor) -> None:
+    """The rotary kernels round exactly as their reference: each float32 (float64) product rounded, then the sum,
+    then once to the dtype; no FMA on either side (the CPU sources are compiled with -ffp-contract=off, the CUDA
+    kernels use __fmul_rn / __fsub_rn). So the contract there is the reference's bits, not invariant 3's bound."""
+    assert out.shape == ref_same_dtype.shape and out.dtype == ref_same_dtype.dtype
+    torch.testing.assert_close(out, ref_same_dtype, rtol=0, atol=0, equal_nan=True)
 
 
 def strided(t: torch.Tensor, pad: int = 3) -> torch.Tensor:

@@ -22,10 +22,24 @@ import torch
 INSTALLED = os.environ.get("HOPSCOTCH_SMOKE_INSTALLED") == "1"
 
 
+def _compiled_or_reason() -> str | None:
+    import hopscotch_ext
+
+    info = hopscotch_ext.info()
+    return None if info["loaded"] else f"the compiled extension is not loaded here ({info['load_error']})"
+
+
+# An installed wheel must bring its compiled kernels (CI: HOPSCOTCH_SMOKE_INSTALLED=1, never skipped); in the main
+# test run without them (not built, or HOPSCOTCH_DISABLE_EXTENSION=1: the reference fallback) these skip, saying why.
+needs_compiled = pytest.mark.skipif(not INSTALLED and _compiled_or_reason() is not None,
+                                    reason=str(_compiled_or_reason()))
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=600)
 
 
+@needs_compiled
 def test_imports_from_the_installed_package():
     import hopscotch
     import hopscotch_ext
@@ -41,12 +55,14 @@ def test_imports_from_the_installed_package():
         assert list(Path(hopscotch_ext.__file__).parent.glob("_C*.so")), "the compiled _C is not in the wheel"
 
 
+@needs_compiled
 def test_extension_module_entry_point():
     proc = _run(sys.executable, "-m", "hopscotch_ext")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["loaded"] is True
 
 
+@needs_compiled
 def test_hopscotch_info_console_script():
     exe = shutil.which("hopscotch", path=str(Path(sys.executable).parent))
     assert exe is not None, "the hopscotch console script is not installed next to python"

@@ -102,11 +102,12 @@ def _random_fill(model, provider: str, ids, cache, skipped: list[int], seed: int
     if isinstance(cache, HopscotchCache):  # one forward of one token lays it out; then the slots are overwritten
         model(input_ids=ids[:, :1], **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         cache.crop(0)
-        cache.reserve(batch, length)
-        for block in cache.layers:
-            block.key_buffer[:, :, :length] = rand()
-            block.value_buffer[:, :, :length] = rand()
-        cache.advance(length)
+        if cache.layers:  # none when every attention block is skipped (k = L): nothing to fill
+            cache.reserve(batch, length)
+            for block in cache.layers:
+                block.key_buffer[:, :, :length] = rand()
+                block.value_buffer[:, :, :length] = rand()
+            cache.advance(length)
     else:
         for i in range(cfg.num_hidden_layers):
             if i not in skipped:

@@ -158,8 +158,9 @@ class HopscotchCache(Cache):
         self._length_t = None
 
     def check_layout(self, kept: tuple[int, ...]) -> None:
-        """For a compiled step: the cache must already be laid out for these kept blocks and allocated."""
-        if self.kept != kept or not self.capacity:
+        """For a compiled step: the cache must already be laid out for these kept blocks and allocated (with no kept
+        block, every attention skipped, there is nothing to allocate)."""
+        if self.kept != kept or (kept and not self.capacity):
             raise CacheMismatchError(
                 f"a compiled step needs a HopscotchCache already laid out and allocated for the kept attention blocks "
                 f"{list(kept)} (run the prefill eagerly first); this one holds {self.kept} with capacity "
@@ -212,8 +213,10 @@ class HopscotchCache(Cache):
                 cap = max(self.initial_capacity or -(-needed // _GRANULE) * _GRANULE, needed)
                 self._allocate(batch, cap if self.max_capacity is None else min(cap, self.max_capacity))
             if self.padded and self.pad_mask is None:
-                self.pad_mask = _static(torch.zeros(batch, self.capacity, dtype=torch.bool,
-                                                    device=self.layers[0].device))
+                # An ordinary tensor, as the buffers are (_allocate): a compiled step writes it outside inference mode.
+                with torch.inference_mode(False), torch.no_grad():
+                    self.pad_mask = _static(torch.zeros(batch, self.capacity, dtype=torch.bool,
+                                                        device=self.layers[0].device))
         if needed > self.capacity:
             cap = max(2 * self.capacity, needed)
             self._allocate(batch, cap if self.max_capacity is None else min(cap, self.max_capacity))

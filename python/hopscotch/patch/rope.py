@@ -38,6 +38,9 @@ class RopeContext:
 
     def rotate_into_cache(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_cache: torch.Tensor,
                           value_cache: torch.Tensor, slots: torch.Tensor) -> None:
-        """Rotate q in place and write the rotated k and v into cache slots ``slots`` [T] (inference only)."""
+        """Rotate q in place and write the rotated k and v into cache slots ``slots`` [T] (inference only).
+
+        The op without its wrapper's index check (one host sync per call on CUDA): ``rows`` index this forward's
+        own table and ``slots`` were reserved within the capacity (``CacheStep``), in range by construction."""
         table, rows = self._on(q.device)
-        hopscotch_ext.rotary_embedding_kv_cache(rows, q, k, v, table, key_cache, value_cache, slots)
+        torch.ops.hopscotch_ext.rotary_embedding_kv_cache(rows, q, k, v, table, key_cache, value_cache, slots)
