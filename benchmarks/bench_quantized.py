@@ -42,7 +42,8 @@ def _load(scheme: str, gptq_dir: str | None):
         from gptqmodel import BACKEND, GPTQModel
         from transformers import AutoTokenizer
 
-        model = GPTQModel.load(gptq_dir, backend=BACKEND.TORCH, device="cpu", dtype=torch.float32).model.eval()
+        # gptqmodel's torch kernel runs in float16 / bfloat16 only
+        model = GPTQModel.load(gptq_dir, backend=BACKEND.TORCH, device="cpu", dtype=torch.bfloat16).model.eval()
         return model, AutoTokenizer.from_pretrained(gptq_dir)
     model, tok = load_model(None)
     if scheme.startswith("torchao"):
