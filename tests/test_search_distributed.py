@@ -65,34 +65,27 @@ def _same_plan(a: SkipPlan, b: SkipPlan) -> None:
     assert a.provenance["token_passes"] == b.provenance["token_passes"]
 
 
-def test_two_ranks_search_as_one_process(reference, tmp_path):
-    run = _torchrun(tmp_path, *METHODS)
-    assert run.returncode == 0, run.stderr[-3000:]
-    for method in METHODS:
-        plan, state = reference[method]
-        for rank in (0, 1):
-            _same_plan(SkipPlan.load(tmp_path / f"{method}-rank{rank}.json"), plan)
-        # rank 0 alone wrote the state: the same records in the same order
-        assert _records(tmp_path / f"{method}.state.json") == _records(state)
-    # the fast search trained its shortlists side by side (several candidates in some step)
-    fast_steps = reference["hopscotch-fast"][0].provenance["steps"]
-    assert max(s["shortlist"]["finalists"] for s in fast_steps) >= 2
-
-
-def test_killed_search_resumes_on_two_ranks(reference, tmp_path):
-    """A one-process search killed mid-step 1 (its state cut there, a half-written line after) resumed on 2 ranks."""
+def test_two_ranks_search_as_one_process_and_resume_a_killed_one(reference, tmp_path):
+    """On 2 ranks: fresh searches, and one-process searches killed mid-step 1 (the state cut there, a half-written
+    line after) resumed; each equals the one-process search, plan and state records."""
     for method in METHODS:
         _, state = reference[method]
         lines = state.read_text().splitlines(keepends=True)
         step1 = [i for i, line in enumerate(lines) if '"name": "step1/' in line]
         cut = step1[0] + 2 if method == "hopscotch" else step1[0] + 1  # mid-step: some of step 1 done
-        (tmp_path / f"{method}.state.json").write_text("".join(lines[:cut]) + lines[cut][:25])
-    run = _torchrun(tmp_path, *METHODS)
+        (tmp_path / f"resumed-{method}.state.json").write_text("".join(lines[:cut]) + lines[cut][:25])
+    run = _torchrun(tmp_path, *METHODS, *(f"resumed-{m}={m}" for m in METHODS))
     assert run.returncode == 0, run.stderr[-3000:]
     for method in METHODS:
         plan, state = reference[method]
-        _same_plan(SkipPlan.load(tmp_path / f"{method}-rank0.json"), plan)
-        assert _records(tmp_path / f"{method}.state.json") == _records(state)
+        for name in (method, f"resumed-{method}"):
+            for rank in (0, 1):
+                _same_plan(SkipPlan.load(tmp_path / f"{name}-rank{rank}.json"), plan)
+            # rank 0 alone wrote the state: the same records in the same order
+            assert _records(tmp_path / f"{name}.state.json") == _records(state)
+    # the fast search trained its shortlists side by side (several candidates in some step)
+    fast_steps = reference["hopscotch-fast"][0].provenance["steps"]
+    assert max(s["shortlist"]["finalists"] for s in fast_steps) >= 2
 
 
 def test_hung_rank_times_out_with_one_line(tmp_path):
@@ -129,7 +122,7 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
 def test_killed_rank_ends_search_with_one_line_and_resumes_on_one(tiny_dir, tmp_path, capsys):
     """`hopscotch search --nproc 2` with rank 1 killed (SIGKILL) mid-search: one line, exit 1; the same command
     on one process then resumes to the plan of an uninterrupted one-process search."""
-    args = ["search", "--model", tiny_dir, "--task", "arc_easy", "--calibration", 48, "--batch-size", 1,
+    args = ["search", "--model", tiny_dir, "--task", "arc_easy", "--calibration", 24, "--batch-size", 1,
             "--evaluation", 0, "--max-new-tokens", 4, "--method", "hopscotch", "--num-skip", 2, "--final-epochs", 1,
             "--generic-weight", 0, "--no-eval", "--no-speed", "--quiet"]
     code, _, err = run_cli(capsys, *args, "--out", tmp_path / "ref.json")

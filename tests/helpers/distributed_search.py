@@ -1,7 +1,11 @@
 """Searches on a tiny model, for the candidate-parallel tests: run under torchrun (every rank saves its plan) or
 called in the test's own process (the one-process reference).
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.helpers.distributed_search OUT METHOD..
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.helpers.distributed_search OUT \
+        [NAME=]METHOD...
+
+Each search's state is OUT/NAME.state.json (NAME: the method when not given; a state already there is resumed) and
+each rank saves its plan as OUT/NAME-rankR.json.
 
 ``--die RANK:STEP:CANDIDATE`` makes that rank kill itself (SIGKILL) when it is about to train that candidate, and
 ``--hang RANK:STEP:CANDIDATE`` makes it stop answering there (sleep): a rank dying or hanging mid-step, at a known
@@ -53,7 +57,7 @@ def _fail_at(how: str, rank: int, step: int, cand: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("methods", nargs="+")
+    p.add_argument("searches", nargs="+", metavar="[NAME=]METHOD")
     p.add_argument("--die", default=None)
     p.add_argument("--hang", default=None)
     p.add_argument("--timeout", type=float, default=60.0)
@@ -65,9 +69,11 @@ def main() -> None:
             _fail_at(how, *(int(x) for x in getattr(args, how).split(":")))
     out = Path(args.out)
     try:
-        for method in args.methods:
-            plan = run_search(method, state_path=out / f"{method}.state.json")
-            plan.save(out / f"{method}-rank{ranks.rank}.json")
+        for spec in args.searches:
+            name, _, method = spec.rpartition("=")
+            name = name or method
+            plan = run_search(method, state_path=out / f"{name}.state.json")
+            plan.save(out / f"{name}-rank{ranks.rank}.json")
     except HopscotchError as exc:
         print(f"rank {ranks.rank}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
