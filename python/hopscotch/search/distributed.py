@@ -134,14 +134,19 @@ def open_state(ranks: Ranks, path, config: SearchConfig, inputs: dict) -> Search
     if odd:
         raise DistributedError(f"rank {odd[0]} holds another model or data than rank 0 ({seen[odd[0]]} vs "
                                f"{seen[0]}); every rank must load the same model")
-    state, answer = None, None
+    state, answer, error = None, None, None
     if ranks.main:
         try:
             state = SearchState.open(path, config, inputs)
             answer = ("ok", state.steps)
-        except StateMismatchError as exc:
-            answer = ("refused", str(exc))
+        except Exception as exc:  # told to every rank (they would wait for the state), then raised here
+            error = exc
+            answer = ("mismatch" if isinstance(exc, StateMismatchError) else "failed", str(exc))
     answer = ranks.broadcast(answer, "the search state")
-    if answer[0] == "refused":
+    if error is not None:
+        raise error
+    if answer[0] == "mismatch":
         raise StateMismatchError(answer[1])
+    if answer[0] == "failed":
+        raise HopscotchError(f"rank 0 could not open the search state {path}: {answer[1]}")
     return state if ranks.main else SearchState(config, inputs, answer[1])
