@@ -12,6 +12,7 @@ import sys
 import logging
 import warnings
 
+from . import launch
 from .common import CliError
 
 __all__ = ["main", "build_parser"]
@@ -66,9 +67,16 @@ def _user_error(exc: Exception) -> bool:
     return isinstance(exc, (CliError, HopscotchError, FileNotFoundError, ValueError, UnsupportedModelError))
 
 
+def _lost_contact(exc: Exception) -> bool:
+    from ..search.distributed import DistributedError
+
+    return isinstance(exc, DistributedError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # what a launcher (search --nproc) hands on to its processes; None: sys.argv
     saved = warnings.showwarning
     if not os.environ.get("HOPSCOTCH_DEBUG"):
         _one_line_warnings(args.command)
@@ -85,6 +93,8 @@ def _run(args) -> int:
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
+        if os.environ.get(launch.ERROR_DIR_ENV):  # a rank of `--nproc`: the launcher says it, once
+            return 130
         hint = getattr(args, "_interrupt_hint", "")
         print(f"hopscotch {args.command}: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
@@ -94,7 +104,9 @@ def _run(args) -> int:
         user = _user_error(exc)
         kind = "" if user else f"{type(exc).__name__}: "
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"hopscotch {args.command}: error: {kind}{msg}", file=sys.stderr)
+        line = f"hopscotch {args.command}: error: {kind}{msg}"
+        if not launch.report_error(args.command, line, lost_contact=_lost_contact(exc)):
+            print(line, file=sys.stderr)
         return 2 if user else 1
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 from pathlib import Path
 
 from ..limits import check_num_skip
 from ..search.config import SearchConfig
+from ..search.distributed import DEFAULT_TIMEOUT_S
 from ..search.fields import ConfigError
 from ..search.objectives import OBJECTIVES
 from ..utils import model_dtype
@@ -29,7 +31,12 @@ FLOPs); a backward counts as two. LLM-Drop and ShortGPT score packed Wikipedia t
 score C4), or the task's calibration batches with --similarity-data task.
 
 The search is resumable: every finished step is written to a state file next to the plan; run the same command
-again after an interruption and it continues from its last finished step, reaching the same plan."""
+again after an interruption and it continues from its last finished step, reaching the same plan.
+
+--nproc N runs the search on N processes (torchrun's engine), each step's candidates spread over them, the same
+plan as one process; several machines: `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
+--rdzv-endpoint HOST:PORT -m hopscotch search ...` on each (see docs/distributed.md). Rank 0 alone writes the
+state and the plan, and evaluates; a run stopped on any rank resumes with any number of processes."""
 
 
 def register(sub) -> None:
@@ -62,6 +69,14 @@ def register(sub) -> None:
                    help="search state for resuming (default: <plan>.state.json)")
     o.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     o.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
+    r = p.add_argument_group("processes (torch.distributed)")
+    r.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="run on N processes of this machine (torchrun's engine: gloo on CPU, NCCL on GPUs, one GPU "
+                        "per process), each step's candidates spread over them; the same plan as one process "
+                        "(default 1)")
+    r.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="a process waiting longer than this for another (which died or hung) ends the run "
+                        f"(default {DEFAULT_TIMEOUT_S:g}; at least one candidate's training)")
     p.set_defaults(handler=run)
 
 
@@ -105,9 +120,12 @@ def _check(args) -> SearchConfig:
     config = config_from_args(args)
     if args.calibration < 1 or args.evaluation < 0:
         raise CliError("--calibration must be at least 1 and --evaluation at least 0")
-    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                        ("--nproc", args.nproc)):
         if value < 1:
             raise CliError(f"{flag} {value}: expected 1 or more")
+    if not args.dist_timeout > 0:
+        raise CliError(f"--dist-timeout {args.dist_timeout:g}: expected a number of seconds above 0")
     if args.data and not Path(args.data).is_file():
         raise CliError(f"--data {args.data}: no such file")
     for flag, value in (("--out", args.out), ("--state", args.state)):
@@ -153,25 +171,40 @@ def _check_plan_destination(args) -> None:
 
 
 def run(args) -> int:
+    import torch
+
     from ..search import search
+    from ..search.distributed import init_from_env
     from ..tasks import evaluate_task, prepare_task
 
     config = _check(args)
     out = Path(args.out) if args.out else _default_out(args)
     state = Path(args.state) if args.state else out.with_name(out.stem + ".state.json")
     args._interrupt_hint = f"every finished step is saved in {state}; run the same command again to resume"
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the launcher; the ranks run the rest
+        from .launch import launch
+
+        return launch(args.nproc, sys.argv[1:] if args.argv is None else args.argv,
+                      state_hint=args._interrupt_hint + " (any --nproc)")
+    ranks = init_from_env(args.dist_timeout)
+    if ranks.world > 1 and args.device in ("auto", "cuda") and torch.cuda.is_available():
+        args.device = f"cuda:{torch.cuda.current_device()}"  # one GPU per rank (init_from_env chose it)
+    main = ranks.main  # rank 0 evaluates, measures, prints and writes; the others train candidates
+    args.quiet = args.quiet or not main
     model, tok, device = load_from_args(args)
     check_num_skip(config.num_skip, model.config.num_hidden_layers, config.skip_kind, name="--num-skip")
-    progress = not (args.quiet or args.json)
+    progress = not (args.quiet or args.json) and main
     data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
                         evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,
                         batch_size=args.batch_size, data_file=args.data, progress=progress)
-    before = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress, keep_items=True)
+    before = {} if args.no_eval or not main else evaluate_task(model, tok, data, progress=progress, keep_items=True)
     if progress:
         print(f"search state: {state} (resumable)", file=sys.stderr)
     similarity = data.text_calibration if args.similarity_data == "wikipedia" else None
     plan = search(model, data.calibration, config.replace(objective=data.objective), similarity_batches=similarity,
                   generic_batches=data.text_calibration, state_path=state, data_info=data.info, progress=progress)
+    if not main:
+        return 0
     plan.provenance["model"] = args.model or "packaged SmolLM2-135M-Instruct"
     path = plan.save(out)
     after = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress, keep_items=True)

@@ -35,8 +35,8 @@ def can_fuse(modules: list[nn.Module]) -> bool:
                           for m in modules):
         return False
     w0 = modules[0].weight
-    if w0.device.type == "meta":
-        return False
+    if any(m.weight.device.type == "meta" or hasattr(m, "_hf_hook") for m in modules):
+        return False  # offloaded by accelerate (patch/offload.py): called one by one, each through its hook
     has_bias = [m.bias is not None for m in modules]
     if any(has_bias) and not all(has_bias):
         return False

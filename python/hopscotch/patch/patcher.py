@@ -21,10 +21,12 @@ from ..limits import check_skip_lists
 from .fuse import is_plain_weight
 from .generation import install_generate_hook, remove_generate_hook
 from .layer import SCALAR_NAMES, HopscotchDecoderLayer
+from .offload import (DIRECT_READS, OffloadedLayerHooks, execution_device, is_offloaded, offloaded_modules,
+                      saved_weights_reloaded, track_loads, untrack)
 from .stack import patched_forward
 
 __all__ = ["PatchState", "patch_model", "unpatch_model", "is_patched", "patched_layers", "set_skips",
-           "reset_scalars", "get_scalars", "set_scalars"]
+           "reset_scalars", "get_scalars", "set_scalars", "training_context"]
 
 _SILU = ("silu", "swish")
 
@@ -40,6 +42,9 @@ class PatchState:
         self.originals = originals
         self.saved_forward = saved_forward
         self._kept: tuple[int, ...] | None = None
+        self.offload_hooks: list[OffloadedLayerHooks] = []  # accelerate-offloaded weights (offload.py)
+        self.tracked: list = []  # their hooks, noting loaded weights (offload.track_loads)
+        self.offloaded = False
 
     def kept_attention(self) -> tuple[int, ...]:
         """Original indices of the kept attention blocks (memoised; ``set_skips`` resets it)."""
@@ -65,9 +70,14 @@ class PatchState:
             if weight is None or not is_plain_weight(weight):
                 weight = layer.input_layernorm.weight
             window = getattr(config, "sliding_window", None) if layer.attention_type == "sliding_attention" else None
-            blocks.append((layer.layer_idx, config.num_key_value_heads, attn.head_dim, window, weight.dtype,
-                           weight.device))
+            device = weight.device if weight.device.type != "meta" else execution_device(attn.k_proj)  # offloaded
+            blocks.append((layer.layer_idx, config.num_key_value_heads, attn.head_dim, window, weight.dtype, device))
         return blocks
+
+    def saved_weights_reloaded(self):
+        """The context a training step runs in: offloaded weights that autograd saves are read again for the
+        backward, not held (``offload.saved_weights_reloaded``)."""
+        return saved_weights_reloaded(self.offloaded)
 
     @torch.compiler.disable
     def ensure_fused(self) -> None:
@@ -89,6 +99,12 @@ def _state(model: nn.Module) -> PatchState:
     if state is None:
         raise RuntimeError("the model is not patched; call hopscotch.patch_model(model) (or apply_plan) first")
     return state
+
+
+def training_context(model: nn.Module):
+    """What a training step of a patched model runs in: for weights accelerate offloaded, autograd keeps notes of
+    them and the backward reads them again (``offload.saved_weights_reloaded``); else nothing."""
+    return _state(model).saved_weights_reloaded()
 
 
 def patched_layers(model: nn.Module) -> list[HopscotchDecoderLayer]:
@@ -116,7 +132,9 @@ def patch_model(model: nn.Module) -> nn.Module:
     saved_forward = base.__dict__.get("forward")  # an instance-level forward (e.g. an accelerate hook), if any
     for i, layer in enumerate(layers):
         base.layers[i] = layer
-    base._hopscotch_state = PatchState(model_type, config, layers, originals, saved_forward)
+    state = PatchState(model_type, config, layers, originals, saved_forward)
+    _offload_support(state, base, model)
+    base._hopscotch_state = state
     base.forward = types.MethodType(patched_forward, base)
     try:
         install_generate_hook(causal_lm(model))
@@ -125,12 +143,32 @@ def patch_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def _offload_support(state: PatchState, base: nn.Module, model: nn.Module) -> None:
+    """For weights accelerate offloaded (``offload.py``): the norms a layer reads directly are loaded for its
+    forward, the scalars live on the layer's execution device, and loaded weights are noted (for training)."""
+    for layer, original in zip(state.layers, state.originals):
+        mods = offloaded_modules(original, DIRECT_READS)
+        if mods:
+            state.offload_hooks.append(OffloadedLayerHooks(layer, mods))
+        device = execution_device(original)
+        for name in SCALAR_NAMES:
+            p = getattr(layer, name)
+            if p.device != device:
+                setattr(layer, name, nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad))
+    offloaded = [m for m in model.modules() if is_offloaded(m)]
+    state.offloaded = bool(offloaded)
+    state.tracked = [h for m in offloaded for h in track_loads(m)]
+
+
 def unpatch_model(model: nn.Module) -> nn.Module:
     """Restore the original decoder layers and forward (the scalars and skips are dropped)."""
     base = base_model(model)
     state = getattr(base, "_hopscotch_state", None)
     if state is None:
         return model
+    for hooks in state.offload_hooks:
+        hooks.remove()
+    untrack(state.tracked)
     for i, (layer, original) in enumerate(zip(state.layers, state.originals)):
         layer.unfuse_projections()
         base.layers[i] = original

@@ -24,6 +24,7 @@ from transformers.cache_utils import DynamicCache
 from .cache_step import CacheStep
 from .hopscotch_cache import HopscotchCache
 from .kv_cache import compact_cache
+from .offload import onloaded
 from .rope import RopeContext
 
 __all__ = ["Stream", "StackRun", "patched_forward"]
@@ -136,6 +137,7 @@ class StackRun:
         self.rope = RopeContext(base.rotary_emb, position_ids, bsz, seq, hidden.device) if kept else None
         self.hidden = hidden
         self.final_norm = base.norm
+        self.offloaded = state.offloaded
 
     def mask(self, attention_type: str, device: torch.device):
         """The attention mask for layers of ``attention_type`` (None: plain causal), on ``device``."""
@@ -148,6 +150,9 @@ class StackRun:
             layer(stream, self)
         if self.step is not None:
             self.step.finish()
+        if self.offloaded:  # accelerate offloaded the final norm's weight: loaded for this read (offload.py)
+            with onloaded([self.final_norm]):
+                return stream.norm(self.final_norm)
         return stream.norm(self.final_norm)
 
 

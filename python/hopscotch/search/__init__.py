@@ -27,13 +27,14 @@ from ..errors import ArgumentError, check_arg
 from ..limits import check_num_skip
 from ..patch import apply_plan
 from ..plan import PlanError, SkipPlan, architecture_fingerprint
+from . import distributed
 from .baselines import select_random
 from .config import GREEDY_METHODS, METHODS, SIMILARITY_METHODS, ConfigError, FastConfig, SearchConfig
 from .guards import DEFAULT_GUARD, ScalarGuard
 from .methods import run_hopscotch, run_similarity
 from .objectives import OBJECTIVES
 from .screening import worst_case
-from .state import SearchState, StateMismatchError
+from .state import StateMismatchError
 from .train import TokenPassCost, batch_tokens, rebatch, train_final_scalars
 
 __all__ = ["METHODS", "OBJECTIVES", "search", "data_digest", "SearchConfig", "FastConfig", "ScalarGuard",
@@ -60,7 +61,9 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
     change single settings by name, e.g. ``search(model, batches, method="hopscotch", margin=0.02)``).
 
     ``state_path`` makes the search resumable: a killed search started again with the same config and data
-    continues from its last finished step. ``generic_batches`` (packed plain text, e.g.
+    continues from its last finished step. Under torchrun (a default process group of several ranks, e.g. from
+    ``distributed.init_from_env``) every rank calls ``search`` on the same model; the greedy methods' candidates
+    are spread over the ranks, rank 0 alone writes the state, and every rank returns the same plan. ``generic_batches`` (packed plain text, e.g.
     ``prepare_task(...).text_calibration``) are needed by the greedy methods' final training when
     ``config.guard.generic_weight`` > 0, as by default (``guards.DEFAULT_GUARD``; ``generic_weight=0`` is the paper's
     training on ``batches`` alone); ``data_info`` goes into the plan's provenance."""
@@ -75,13 +78,18 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
             f"text{', the default' if config.guard == DEFAULT_GUARD else ''}) needs generic_batches=: packed plain "
             "text, e.g. prepare_task(...).text_calibration; or pass generic_weight=0 for the paper's training on the "
             "task's batches alone")
+    ranks = distributed.current()  # a torchrun's ranks share the candidates (distributed.py); rank 0's data
+    if ranks.world > 1:
+        batches, similarity_batches, generic_batches = distributed.same_inputs(ranks, batches, similarity_batches,
+                                                                              generic_batches)
+        progress = progress and ranks.main
     sim_batches = similarity_batches or batches
     inputs = {"model": architecture_fingerprint(model)["config_hash"], "data": data_digest(batches)}
     if config.method in SIMILARITY_METHODS:
         inputs["similarity_data"] = data_digest(sim_batches)
     if greedy and config.guard.generic_weight:
         inputs["generic_data"] = data_digest(generic_batches)
-    state = SearchState.open(state_path, config, inputs)
+    state = distributed.open_state(ranks, state_path, config, inputs)
     t0 = time.perf_counter()
     prov = {"method": config.method, "objective": config.objective, "seed": config.seed, "num_skip": config.num_skip,
             "data": data_info or {}, "data_digest": inputs["data"],
@@ -95,7 +103,7 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
         plan = SkipPlan.for_model(model, attn, **prov, hyperparameters=config.as_dict())
     else:
         chosen, scalars, more = run_hopscotch(model, batches, config, state, generic=generic_batches,
-                                              progress=progress)
+                                              progress=progress, ranks=ranks)
         plan = SkipPlan.for_model(model, chosen, (), scalars, **prov, **more, hyperparameters=config.as_dict())
     # This call's wall time (search_seconds, for hopscotch: the recorded work of the steps this plan used,
     # including steps an interrupted or a longer run recorded).

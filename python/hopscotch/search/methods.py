@@ -13,6 +13,7 @@ from ..patch import is_patched, patch_model, reset_scalars, set_skips, unpatch_m
 from ..patch.patcher import get_scalars
 from .baselines import candidate_scores, llm_drop_step, split_blocks
 from .config import SearchConfig
+from .distributed import LOCAL, Ranks
 from .objectives import teacher_logprobs
 from .runner import GreedyRunner
 from .similarity import similarity_scores
@@ -27,16 +28,18 @@ TOKEN_PASS_UNIT = ("one token forward through every layer and the LM head of the
 
 
 def run_hopscotch(model: nn.Module, batches: list[dict], config: SearchConfig, state: SearchState, *,
-                  generic: list[dict] | None, progress: bool) -> tuple[list[int], torch.Tensor, dict]:
-    """The greedy search (faithful or fast) and the final scalars; returns (chosen blocks, final scalars, the
-    provenance entries)."""
+                  generic: list[dict] | None, progress: bool, ranks: Ranks = LOCAL) -> tuple[list[int], torch.Tensor,
+                                                                                              dict]:
+    """The greedy search (faithful or fast) and the final scalars, candidates spread over ``ranks``; returns (chosen
+    blocks, final scalars, the provenance entries)."""
     patch_model(model)
     set_skips(model)
     reset_scalars(model)
     final_batches = rebatch(batches, config.final_batch_size) if config.final_batch_size else batches
     teacher = teacher_logprobs(model, batches) if config.objective == "kl" else None
     runner = GreedyRunner(model, batches, state, objective=config.objective, lr=config.lr, seed=config.seed,
-                          candidate_epochs=config.candidate_epochs, teacher=teacher, progress=progress)
+                          candidate_epochs=config.candidate_epochs, teacher=teacher, progress=progress,
+                          ranks=ranks)
     if config.method == "hopscotch-fast":
         strategy = ScreenStrategy(runner, config.fast, final_epochs=config.final_epochs,
                                   final_generic=bool(config.guard.generic_weight))
@@ -49,7 +52,9 @@ def run_hopscotch(model: nn.Module, batches: list[dict], config: SearchConfig, s
     final = state.finished(f"final/k{config.num_skip}")
     if final is None:
         final = _final_scalars(model, final_batches, runner.chosen, config, teacher, generic, progress)
-        state.record(final)
+        # every rank trains them; rank 0's record is kept (and written)
+        state.record(ranks.broadcast(final, "the final scalars"))
+        final = state.finished(f"final/k{config.num_skip}")
     counter.add_record(final)
     prov = {"steps": log, "final_losses": final["losses"], "token_passes": counter.as_dict(),
             "search_seconds": round(counter.seconds, 2), "token_pass_unit": TOKEN_PASS_UNIT,

@@ -6,9 +6,10 @@ the candidate by its mean training loss over the last epoch; skip the best (ties
 ``num_skip``. Every candidate of a step sees the same batch order, seeded by (seed, step).
 
 ``GreedyRunner`` owns what the steps share: the patched model, the search state, the token-pass counter, each
-step's data order, the blocks chosen so far and the last winner's scalars. A strategy (``strategies.py``) is an
-object with one method, ``step(step, remaining, entry)``, that returns the candidates it trained (their records,
-from ``runner.train``); the runner skips the best of them. Every trained candidate and every screening is written
+step's data order, the blocks chosen so far, the last winner's scalars and the ranks (``distributed.py``: a step's
+candidates are trained side by side on the ranks of a torchrun). A strategy (``strategies.py``) is an object with
+one method, ``step(step, remaining, entry)``, that returns the candidates it trained (their records, from
+``runner.train``); the runner skips the best of them. Every trained candidate and every screening is written
 to the state before the next starts (docs/ARCHITECTURE.md §2.6) and every decision depends only on recorded
 results, so a resumed search reaches the same plan. Steps do not depend on ``num_skip``: a state written by a
 search for k blocks serves a later search for fewer or more.
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..patch import SCALAR_NAMES, get_scalars, patched_layers, reset_scalars, set_scalars
+from .distributed import LOCAL, Ranks
 from .screening import screen_candidates, set_attention_skips
 from .state import SearchState
 from .train import PassCounter, TokenPassCost, train_schedule
@@ -57,8 +59,9 @@ class GreedyRunner:
     """The model, state, token-pass counter and data order that a greedy search's steps share."""
 
     def __init__(self, model: nn.Module, batches: list[dict], state: SearchState, *, objective: str, lr: float,
-                 seed: int, candidate_epochs: int, teacher: list | None = None, progress: bool = False):
-        self.model, self.batches, self.state, self.teacher = model, batches, state, teacher
+                 seed: int, candidate_epochs: int, teacher: list | None = None, progress: bool = False,
+                 ranks: Ranks = LOCAL):
+        self.model, self.batches, self.state, self.teacher, self.ranks = model, batches, state, teacher, ranks
         self.objective, self.lr, self.seed, self.epochs, self.progress = objective, lr, seed, candidate_epochs, progress
         self.cost = TokenPassCost.of(model)
         self.counter = PassCounter()
@@ -69,24 +72,28 @@ class GreedyRunner:
     def schedule(self, step: int) -> list[list[int]]:
         return step_schedule(self.seed, step, len(self.batches), self.epochs)
 
-    def train(self, step: int, c: int) -> dict:
-        """Candidate ``c`` of step ``step`` trained from fresh scalars (or its record, when a run before trained
-        it); counted."""
-        name = f"step{step}/cand{c}"
-        rec = self.state.finished(name)
-        if rec is None:
-            set_attention_skips(self.model, self.chosen + [c])
-            reset_scalars(self.model)
-            work, t0 = PassCounter(), time.perf_counter()
-            sums, _ = train_schedule(self.model, self.batches, self.schedule(step), objective=self.objective,
-                                     lr=self.lr, teacher=self.teacher, counter=work, cost=self.cost,
-                                     desc=f"step {step} candidate {c}", progress=self.progress)
-            rec = {"name": name, "sums": sums, "passes": [work.forward, work.backward],
-                   "scalars": get_scalars(self.model).tolist(), "seconds": round(time.perf_counter() - t0, 2),
-                   "loss": _last_epoch_loss(sums)}
-            self.state.record(rec)
-        self.counter.add_record(rec)
-        return rec
+    def train(self, step: int, candidates: list[int]) -> dict[int, dict]:
+        """Every candidate of ``candidates`` of step ``step`` trained from fresh scalars (or its record, when a run
+        before trained it), spread over the ranks (``distributed.py``); each counted, in candidate order."""
+        todo = [c for c in candidates if self.state.finished(f"step{step}/cand{c}") is None]
+        for rec in self.ranks.share(todo, lambda c: self._train_one(step, c)):
+            self.state.record(rec)  # rank 0 writes it; a round at a time, so a kill loses at most one round
+        out = {}
+        for c in candidates:
+            out[c] = self.state.finished(f"step{step}/cand{c}")
+            self.counter.add_record(out[c])
+        return out
+
+    def _train_one(self, step: int, c: int) -> dict:
+        set_attention_skips(self.model, self.chosen + [c])
+        reset_scalars(self.model)
+        work, t0 = PassCounter(), time.perf_counter()
+        sums, _ = train_schedule(self.model, self.batches, self.schedule(step), objective=self.objective,
+                                 lr=self.lr, teacher=self.teacher, counter=work, cost=self.cost,
+                                 desc=f"step {step} candidate {c}", progress=self.progress)
+        return {"name": f"step{step}/cand{c}", "sums": sums, "passes": [work.forward, work.backward],
+                "scalars": get_scalars(self.model).tolist(), "seconds": round(time.perf_counter() - t0, 2),
+                "loss": _last_epoch_loss(sums)}
 
     def recorded(self, name: str) -> dict | None:
         return self.state.finished(name)
@@ -102,6 +109,8 @@ class GreedyRunner:
                                        counter=work, chosen=self.chosen, cost=self.cost)
             rec = {"name": name, "scores": {str(c): v for c, v in scores.items()},
                    "passes": [work.forward, 0.0], "seconds": round(time.perf_counter() - t0, 2)}
+            # every rank screens; rank 0's record is kept, so every rank decides alike
+            rec = self.ranks.broadcast(rec, f"the screening {name}")
             self.state.record(rec)
         self.counter.add_record(rec)
         return rec

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..arch import base_model
 from ..patch import patched_layers, set_skips
+from ..patch.offload import execution_device
 from ..patch.stack import StackRun, Stream
 from .config import FastConfig
 from .objectives import batch_loss, loss_positions
@@ -44,7 +45,7 @@ def screen_candidates(model: nn.Module, batches: list[dict], candidates: list[in
     set_attention_skips(model, chosen)
     try:
         for i, batch in enumerate(batches):
-            device = layers[0].input_layernorm.weight.device
+            device = execution_device(layers[0].input_layernorm)  # where its weight is, or is loaded to
             run = StackRun(base, input_ids=batch["input_ids"].to(device),
                            attention_mask=batch["attention_mask"].to(device))
             stream = Stream(run.hidden)

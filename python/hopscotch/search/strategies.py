@@ -45,7 +45,7 @@ class FaithfulStrategy:
         self.runner = runner
 
     def step(self, step: int, remaining: list[int], entry: dict) -> dict[int, dict]:
-        return {c: self.runner.train(step, c) for c in remaining}
+        return self.runner.train(step, remaining)
 
 
 class ScreenStrategy:
@@ -111,7 +111,7 @@ class ScreenStrategy:
             while width > 1 and width * one > avail:
                 width -= 1
             entry["budget"] = {"available": round(avail), "planned": round(width * one)}
-        trained = {c: run.train(step, c) for c in ranked[:width]}
+        trained = run.train(step, ranked[:width])
         entry["shortlist"] = {"close": len(close), "width": width, "finalists": len(trained)}
         return trained
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..patch import is_patched, patch_model, patched_layers, reset_scalars, set_skips
+from ..patch.patcher import training_context
 from .guards import GenericText, ScalarGuard
 from .objectives import batch_loss, loss_positions, teacher_logprobs
 
@@ -154,7 +155,10 @@ def frozen_base(model: nn.Module):
         yield
     finally:
         for p, flag in zip(params, saved):
-            p.requires_grad_(flag)
+            # an accelerate-offloaded weight's meta placeholder, remade by its hook during an inference forward,
+            # is an inference tensor: its flag can only be set back inside inference mode
+            with torch.inference_mode() if p.is_inference() else contextlib.nullcontext():
+                p.requires_grad_(flag)
 
 
 def _skipped_attention(model) -> list[int]:
@@ -189,7 +193,8 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
 
         bar = tqdm(total=len(flat), desc=desc or "train scalars", leave=False)
     try:
-        with frozen_base(model), torch.enable_grad():
+        # offloaded weights (accelerate): read again for the backward, never all held (patch/offload.py)
+        with frozen_base(model), torch.enable_grad(), training_context(model):
             for e, i in flat:
                 batch = batches[i]
                 loss = batch_loss(model, batch, objective, teacher[i] if teacher is not None else None)
