@@ -35,7 +35,7 @@ again after an interruption and it continues from its last finished step, reachi
 
 --nproc N runs the search on N processes (torchrun's engine), each step's candidates spread over them, the same
 plan as one process; several machines: `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d
---rdzv-endpoint HOST:PORT -m hopscotch search ...` on each (see docs/distributed.md). Rank 0 alone writes the
+--rdzv-endpoint HOST:PORT -m hopscotch search ...` on each (see docs/DISTRIBUTED.md). Rank 0 alone writes the
 state and the plan, and evaluates; a run stopped on any rank resumes with any number of processes."""
 
 
