@@ -7,8 +7,8 @@ Runs each search with a fresh state file, on the packaged SmolLM2-135M-Instruct,
   * ``faithful``: the paper's search (every candidate trained: 30 of them), 4 calibration items, 1 block.
 
 Reports per run the search's wall time, its token-passes per second (``train.py`` defines the unit), the mean
-wall time per step, the token-passes and seconds of one candidate's training (for projections), and whether the N-rank plan equals the 1-rank plan (blocks, and scalars bit for bit); appends
-the rows to benchmarks/results/search_ranks.csv and prints a table.
+wall time per step, the token-passes and seconds of one candidate's training (for projections), and whether the
+N-rank plan equals the 1-rank plan (blocks, and scalars bit for bit); appends the rows to benchmarks/results/search_ranks.csv and prints a table.
 
     python benchmarks/bench_search_ranks.py --nproc 2
 """

@@ -63,8 +63,8 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
     ``state_path`` makes the search resumable: a killed search started again with the same config and data
     continues from its last finished step. Under torchrun (a default process group of several ranks, e.g. from
     ``distributed.init_from_env``) every rank calls ``search`` on the same model; the greedy methods' candidates
-    are spread over the ranks, rank 0 alone writes the state, and every rank returns the same plan. ``generic_batches`` (packed plain text, e.g.
-    ``prepare_task(...).text_calibration``) are needed by the greedy methods' final training when
+    are spread over the ranks, rank 0 alone writes the state, and every rank returns the same plan.
+    ``generic_batches`` (packed plain text, e.g. ``prepare_task(...).text_calibration``) are needed by the greedy methods' final training when
     ``config.guard.generic_weight`` > 0, as by default (``guards.DEFAULT_GUARD``; ``generic_weight=0`` is the paper's
     training on ``batches`` alone); ``data_info`` goes into the plan's provenance."""
     _check_inputs(model, batches, similarity_batches, generic_batches, state_path, progress)
