@@ -7,9 +7,9 @@ anything else); warnings print one line each; nothing prints a traceback unless 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-import logging
 import warnings
 
 from . import launch

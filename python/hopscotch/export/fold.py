@@ -31,7 +31,7 @@ import torch
 from ..plan import SCALAR_NAMES
 
 __all__ = ["FoldError", "base_state_dict", "folded_weights", "norm_eps", "output_scales", "skipped_weight",
-           "stream_scale_range", "weight_scale_key"]
+           "stream_scale_range", "weight_factor", "weight_scale_key"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
 # Weights that belong to an attention block / an MLP block (the norm in front of each block included).
@@ -115,6 +115,17 @@ def weight_scale_key(name: str) -> tuple[int | None, str | None]:
     return None, None
 
 
+def weight_factor(name: str, plan, scales: tuple[list[float], list[float]]) -> float | None:
+    """What the plan multiplies the HF weight ``name`` by: the block's output factor for o_proj / down_proj
+    (``scales`` = ``output_scales(...)``), 0.0 for a skipped block's, None for every other weight (unchanged)."""
+    layer, kind = weight_scale_key(name)
+    if kind is None:
+        return None
+    if layer in (plan.skipped_attention if kind == "attn" else plan.skipped_mlp):
+        return 0.0
+    return scales[0 if kind == "attn" else 1][layer]
+
+
 def base_state_dict(model) -> dict[str, torch.Tensor]:
     """The HF model's own tensors (no hopscotch scalars), with tied weights named once."""
     from ..arch import causal_lm
@@ -131,7 +142,7 @@ def folded_weights(model, plan, *, keep_skipped: bool = False):
     ``keep_skipped``) and ``materialize(name, dtype=None)``, which returns one tensor on the CPU with the plan's
     scalars folded in (a kept skipped block's output projection is zeroed). Tensors are folded one at a time, so
     an export never holds a second copy of the whole model."""
-    attn_scale, mlp_scale = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
+    scales = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
     sd = base_state_dict(model)
     if not keep_skipped:
         sd = {k: v for k, v in sd.items() if not skipped_weight(k, plan)}
@@ -139,13 +150,11 @@ def folded_weights(model, plan, *, keep_skipped: bool = False):
     def materialize(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         t = sd[name].detach()
         out_dtype = dtype or t.dtype
-        layer, kind = weight_scale_key(name)
-        if kind is not None:
-            if layer in (plan.skipped_attention if kind == "attn" else plan.skipped_mlp):
-                return torch.zeros(t.shape, dtype=out_dtype)
-            factor = (attn_scale if kind == "attn" else mlp_scale)[layer]
-            if factor != 1.0:
-                return (t.double() * factor).to(out_dtype).contiguous()
+        factor = weight_factor(name, plan, scales)
+        if factor == 0.0:
+            return torch.zeros(t.shape, dtype=out_dtype)
+        if factor is not None and factor != 1.0:
+            return (t.double() * factor).to(out_dtype).contiguous()
         return t.to(device="cpu", dtype=out_dtype).contiguous().clone()
 
     return sd, materialize

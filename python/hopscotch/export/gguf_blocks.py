@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["FLOAT_TYPES", "SCALE_FIELDS", "QuantFoldError", "check_source_tensor", "dequantize",
-           "scale_blocks", "source_tensors"]
+__all__ = ["FLOAT_TYPES", "SCALE_FIELDS", "QuantFoldError", "check_source_tensor", "dequantize", "scale_blocks"]
 
 # block type name -> byte offsets of the float16 fields every value of the block is linear in
 SCALE_FIELDS = {
@@ -75,11 +74,6 @@ def dequantize(tensor) -> np.ndarray:
 
     data = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
     return np.array(data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(tensor.shape)))
-
-
-def source_tensors(reader) -> dict:
-    """``{llama.cpp tensor name: ReaderTensor}`` of a GGUF file."""
-    return {t.name: t for t in reader.tensors}
 
 
 def check_source_tensor(name: str, tensor, expected: torch.Tensor) -> None:

@@ -41,8 +41,8 @@ from ..atomic import check_destination, clean_stale_partials, partial_path
 from ..plan import SkipPlan
 from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
-from .fold import folded_weights, output_scales, weight_scale_key
-from .gguf_blocks import QuantFoldError, check_source_tensor, scale_blocks, source_tensors
+from .fold import folded_weights, output_scales, weight_factor
+from .gguf_blocks import QuantFoldError, check_source_tensor, scale_blocks
 from .formats import ExportError, gguf_problems, rope_settings, warn_single_eps
 
 __all__ = ["GGUF_DTYPES", "export_gguf", "source_gguf"]
@@ -148,7 +148,7 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
     tensors, fold = folded_weights(model, plan)
     warn_single_eps(plan, "gguf")
     from_source = weight_dtype is None
-    src_tensors = source_tensors(src) if from_source else None
+    src_tensors = {t.name: t for t in src.tensors} if from_source else None
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, n_layers)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,11 +210,12 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         heads = {"attn_q.weight": n_heads, "attn_k.weight": n_kv}
-        factors = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
+        scales = output_scales(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
         for name, hf_name, qtype, _ in plans:
             permute = next((n for suffix, n in heads.items() if name.endswith(suffix)), None)
             if from_source:
-                data = _source_data(name, hf_name, tensors[hf_name], src_tensors[name], permute, factors)
+                factor = weight_factor(hf_name, plan, scales)
+                data = _source_data(name, tensors[hf_name], src_tensors[name], permute, factor)
             else:
                 t = fold(hf_name, torch.float32)
                 if permute is not None:
@@ -230,17 +231,15 @@ def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, ov
     return out
 
 
-def _source_data(name: str, hf_name: str, weight: torch.Tensor, src, permute: int | None, factors) -> np.ndarray:
-    """The source file's stored data for one tensor, its blocks scaled by the plan's factor (dtype='source'),
+def _source_data(name: str, weight: torch.Tensor, src, permute: int | None, factor: float | None) -> np.ndarray:
+    """The source file's stored data for one tensor, its blocks scaled by the plan's ``factor`` (dtype='source'),
     after checking that they hold exactly the model's weight."""
     expected = weight.detach().to("cpu")
     if permute is not None:
         expected = _permute_rows(expected, permute)
     try:
         check_source_tensor(name, src, expected)
-        layer, kind = weight_scale_key(hf_name)
-        factor = 1.0 if kind is None else factors[0 if kind == "attn" else 1][layer]
         raw = np.asarray(src.data)
-        return raw.copy() if factor == 1.0 else scale_blocks(raw, src.tensor_type, factor)
+        return raw.copy() if factor in (None, 1.0) else scale_blocks(raw, src.tensor_type, factor)
     except QuantFoldError as exc:
         raise ExportError(str(exc)) from None
