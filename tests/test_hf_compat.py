@@ -14,8 +14,8 @@ import hopscotch_ext
 from hopscotch import patch_model, unpatch_model
 from hopscotch.arch import base_model
 from hopscotch.doctor import OpCounter, run_checks
-from hopscotch.hf_compat import (CACHE_NAMES, UnsupportedKeywordError, cache_kwarg_name, cache_kwargs, output_cache,
-                                 pop_cache)
+from hopscotch.hf_compat import (CACHE_NAMES, INTERNALS, UnsupportedKeywordError, cache_kwarg_name, cache_kwargs,
+                                 output_cache, pop_cache)
 from hopscotch.patch import set_skips
 from tests.helpers.model_testing import ARCHS, greedy_without_cache, left_padded_batch, tiny_model
 from tests.helpers.op_testing import needs_extension
@@ -155,7 +155,49 @@ def test_doctor_cli_passes_with_the_compiled_kernels(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "hopscotch", "doctor", "--arch", "llama"], capture_output=True,
                         text=True, timeout=300, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "transformers " + transformers.__version__ in ok.stdout and "5 passed, 0 failed" in ok.stdout
+    n = len(INTERNALS) + 5  # the transformers internals once, then five checks on the llama
+    assert "transformers " + transformers.__version__ in ok.stdout and f"{n} passed, 0 failed" in ok.stdout
+
+
+def test_every_transformers_internal_has_a_passing_probe():
+    """Each private part of transformers the patch leans on is named in hf_compat.INTERNALS, and its probe passes on
+    the installed release (the doctor runs them)."""
+    assert set(INTERNALS) == {"the cache's argument name", "Cache base fields", "generate()'s cache factory"}
+    for name, probe in INTERNALS.items():
+        assert probe(), name
+
+
+def test_a_changed_cache_factory_fails_the_doctor_by_name(monkeypatch):
+    """A release that renames generate()'s cache factory, or changes its parameters, fails its doctor line (and
+    patch_model refuses to wrap a method it does not know, instead of binding arguments wrongly)."""
+    from transformers.generation.utils import GenerationMixin
+
+    original = GenerationMixin._prepare_cache_for_generation
+
+    def changed(self, generation_config, kwargs, generation_mode, batch_size, max_length):
+        return original(self, generation_config, kwargs, generation_mode, batch_size, max_length)
+
+    monkeypatch.setattr(GenerationMixin, "_prepare_cache_for_generation", changed)
+    results = dict((r.name, r) for a, r in run_checks(archs=["llama"]) if a == "hf")
+    bad = results["generate()'s cache factory"]
+    assert not bad.ok and "takes ['generation_config', 'kwargs'" in bad.detail, bad
+    with pytest.raises(RuntimeError, match="_prepare_cache_for_generation takes"):
+        patch_model(tiny_model("llama"))
+    monkeypatch.delattr(GenerationMixin, "_prepare_cache_for_generation")
+    results = dict((r.name, r) for a, r in run_checks(archs=["llama"]) if a == "hf")
+    assert "GenerationMixin has no _prepare_cache_for_generation" in results["generate()'s cache factory"].detail
+
+
+def test_a_changed_cache_constructor_fails_the_doctor_by_name(monkeypatch):
+    from transformers.cache_utils import Cache
+
+    def changed(self, layer_specs=None):
+        self.layer_specs = layer_specs
+
+    monkeypatch.setattr(Cache, "__init__", changed)
+    results = dict((r.name, r) for a, r in run_checks(archs=["llama"]) if a == "hf")
+    assert not results["Cache base fields"].ok and "Cache.__init__(layers=[]) failed" in \
+        results["Cache base fields"].detail
 
 
 def test_doctor_cli_fails_on_the_fallback_unless_allowed(tmp_path):

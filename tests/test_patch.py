@@ -96,6 +96,29 @@ def test_static_cache_generation_matches_dynamic():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("impl", ["dynamic", "static", "offloaded"])
+def test_each_transformers_cache_implementation_kept_is_adapted(impl):
+    """generate(cache_implementation=...) gets the transformers cache it asked for, adapted at the edge
+    (patch/hf_cache.py): compact (one layer per kept block) and the same tokens as recomputing without a cache.
+    "offloaded" moves layers with CUDA streams in transformers (it fails on a machine without CUDA, unpatched too);
+    "quantized" is tested in tests/test_quantized.py (it needs optimum-quanto)."""
+    if impl == "offloaded" and not torch.cuda.is_available():
+        pytest.skip("transformers' offloaded cache needs CUDA")
+    device = "cuda" if impl == "offloaded" else "cpu"
+    model = tiny_model("llama").to(device)
+    ids, mask = left_padded_batch(97, [8, 5])
+    ids, mask = ids.to(device), mask.to(device)
+    patch_model(model)
+    set_skips(model, attention=[0, 2])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                             cache_implementation=impl, return_dict_in_generate=True)
+        ref = greedy_without_cache(model, ids, mask, 8)
+    cache = output_cache(out)
+    assert type(cache).__name__ != "HopscotchCache" and len(cache.layers) == model.config.num_hidden_layers - 2
+    assert torch.equal(out.sequences, ref)
+
+
 def test_sliding_window_cache_types_follow_their_blocks():
     from transformers.cache_utils import DynamicCache
 

@@ -196,3 +196,27 @@ def test_smollm2_int8_patched_equals_unpatched_and_a_search_runs(smollm2_fresh, 
                   state_path=tmp_path / "s.json")
     assert len(plan.skipped_attention) == 1
     assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+
+
+def test_a_quantized_kv_cache_is_adapted(one_thread):
+    """generate(cache_implementation="quantized") (transformers' QuantizedCache, optimum-quanto backend): with
+    nothing skipped the patched model generates the unpatched model's tokens; with blocks skipped the cache holds
+    one layer per kept block. (Its keys are quantized, so cached generation is not recomputation, unpatched too.)"""
+    _need("optimum.quanto")
+    from hopscotch.hf_compat import output_cache
+
+    model = tiny_model("llama")
+    ids, mask = left_padded_batch(97, [8, 5])
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation="quantized",
+              return_dict_in_generate=True)
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        patch_model(model)
+        same = model.generate(ids, **kw)
+        set_skips(model, attention=[0, 2])
+        thin = model.generate(ids, **kw)
+    assert type(output_cache(same)).__name__ == "QuantizedCache"
+    assert torch.equal(same.sequences, ref.sequences)
+    cache = output_cache(thin)
+    assert len(cache.layers) == model.config.num_hidden_layers - 2
+    assert cache.get_seq_length() == ids.shape[1] + 5

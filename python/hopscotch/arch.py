@@ -17,6 +17,7 @@ __all__ = [
     "check_supported",
     "decoder_layers",
     "layer_attention_type",
+    "layer_sliding_window",
     "num_layers",
 ]
 
@@ -96,3 +97,11 @@ def layer_attention_type(config, layer_idx: int) -> str:
     if types is not None:
         return types[layer_idx]
     return "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+
+
+def layer_sliding_window(config, layer_idx: int) -> int | None:
+    """How many keys (the query's own included) a query of layer ``layer_idx`` attends to: the config's
+    ``sliding_window`` for a sliding-window layer, None (all) for a full-attention one."""
+    if layer_attention_type(config, layer_idx) != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None)

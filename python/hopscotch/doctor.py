@@ -7,7 +7,8 @@ a dependency changes under the package:
 * a skip == the original with that attention block replaced by an identity (``testing.zeroed_attention``);
 * cached generation == uncached generation, with a skipped block 0 and left padding;
 * generate() uses the model's own HopscotchCache, and it holds exactly the kept blocks' share of the bytes;
-* the compiled kernels ran (not the pure-torch fallback): ops counted as they dispatch.
+* the compiled kernels ran (not the pure-torch fallback): ops counted as they dispatch;
+* once, not per architecture: each private part of transformers the patch leans on (``hf_compat.INTERNALS``).
 
 Each check is one line; the exit status is non-zero when any check fails.
 """
@@ -127,7 +128,7 @@ def _check_cached_generation(arch: str) -> str:
 def _check_compact_cache(arch: str) -> str:
     from .hf_compat import output_cache
     from .patch import HopscotchCache, patch_model, set_skips
-    from .patch.kv_cache import kv_cache_bytes
+    from .patch import kv_cache_bytes
     from .testing import tiny_model
 
     model = tiny_model(arch)
@@ -189,7 +190,18 @@ def run_checks(archs=None, on_result: Callable[[str, CheckResult], None] | None 
     """Run every check on every tiny architecture; ``on_result(arch, result)`` is called as each finishes."""
     from .testing import TINY_ARCHS
 
+    from .hf_compat import INTERNALS
+
     results = []
+    for name, probe in INTERNALS.items():
+        start = time.perf_counter()
+        try:
+            res = CheckResult(name, True, probe(), time.perf_counter() - start)
+        except Exception as exc:  # reported like a failed check
+            res = CheckResult(name, False, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+        results.append(("hf", res))
+        if on_result is not None:
+            on_result("hf", res)
     for arch in archs or TINY_ARCHS:
         for name, fn in CHECKS.items():
             start = time.perf_counter()

@@ -9,7 +9,11 @@ did not know the new name silently dropped the cache and generated garbage. So:
 * ``check_forward_kwargs`` lists every keyword argument the patched decoder stack honours, and refuses any other
   (naming it and the transformers version) instead of dropping it;
 * ``FROM_PRETRAINED_KWARGS`` is what hopscotch's loaders pass to ``from_pretrained``: 5.25 made it "kernelize" a
-  model by default (module forwards swapped for kernels the ``kernels`` package fetches from the Hugging Face Hub).
+  model by default (module forwards swapped for kernels the ``kernels`` package fetches from the Hugging Face Hub);
+* the two private parts of transformers the patch leans on live here alone: ``init_cache_base`` (``Cache``'s
+  constructor, for ``HopscotchCache``) and ``install_cache_factory`` (``generate()``'s private
+  ``_prepare_cache_for_generation``, where it makes its cache). ``INTERNALS`` names a probe for each, and
+  ``hopscotch doctor`` runs them: a transformers release that changes one fails there, by name.
 
 The versions tested are those in pyproject.toml's range: CI runs the oldest (5.17) and the newest release.
 """
@@ -28,13 +32,17 @@ __all__ = [
     "TRANSFORMERS_VERSION",
     "CACHE_NAMES",
     "FROM_PRETRAINED_KWARGS",
+    "INTERNALS",
     "UnsupportedKeywordError",
     "cache_kwarg_name",
     "cache_kwargs",
     "check_forward_kwargs",
+    "init_cache_base",
+    "install_cache_factory",
     "model_output",
     "output_cache",
     "pop_cache",
+    "remove_cache_factory",
 ]
 
 TRANSFORMERS_VERSION: str = transformers.__version__
@@ -162,3 +170,103 @@ def check_forward_kwargs(kwargs: dict) -> None:
             why = _WHY.get(name, f"{name}={value!r} is not supported by the patched model")
             raise UnsupportedKeywordError(f"{name}={value!r} (transformers {TRANSFORMERS_VERSION}): {why}; "
                                           "unpatch_model() first")
+
+
+# ---- transformers' Cache base class and generate()'s cache: the private parts, probed by `hopscotch doctor` -------
+
+def init_cache_base(cache) -> None:
+    """Run transformers' ``Cache.__init__`` on ``cache`` (a subclass that overrides every method ``generate()``
+    calls: ``HopscotchCache``), with no layers: the fields its other methods read are set as the release sets them."""
+    from transformers.cache_utils import Cache
+
+    try:
+        Cache.__init__(cache, layers=[])
+    except TypeError as exc:
+        raise RuntimeError(f"transformers {TRANSFORMERS_VERSION}: Cache.__init__(layers=[]) failed ({exc}); this "
+                           "transformers version is not supported by hopscotch (see `hopscotch doctor`)") from exc
+
+
+_FACTORY = "_prepare_cache_for_generation"  # GenerationMixin's private method that makes generate()'s cache
+_FACTORY_PARAMS = ("generation_config", "model_kwargs")  # its first parameters, by name
+_MARK = "_hopscotch_cache_factory"
+
+
+def _factory_signature(method) -> inspect.Signature:
+    sig = inspect.signature(method)
+    names = list(sig.parameters)
+    if tuple(names[:len(_FACTORY_PARAMS)]) != _FACTORY_PARAMS or "max_cache_length" not in names:
+        raise RuntimeError(f"transformers {TRANSFORMERS_VERSION}: generate()'s {_FACTORY} takes {names}; hopscotch "
+                           f"expects {list(_FACTORY_PARAMS)} first and max_cache_length (see `hopscotch doctor`)")
+    return sig
+
+
+def install_cache_factory(lm, make_cache) -> None:
+    """Where ``generate()`` on ``lm`` would make a plain ``DynamicCache`` for itself (no cache passed, no
+    ``cache_implementation`` asked for), it gets ``make_cache(max_length)`` instead. A cache the caller passes, and
+    every ``cache_implementation``, are left as they are. Idempotent; ``remove_cache_factory`` undoes it."""
+    from transformers.cache_utils import DynamicCache
+
+    original = getattr(lm, _FACTORY, None)
+    if original is None or getattr(original, _MARK, False):
+        return
+    sig = _factory_signature(original)
+
+    @functools.wraps(original)
+    def prepare(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        generation_config, model_kwargs = bound.arguments["generation_config"], bound.arguments["model_kwargs"]
+        name = cache_kwarg_name()
+        given = model_kwargs.get(name) is not None
+        result = original(*args, **kwargs)
+        made = model_kwargs.get(name)
+        if not given and getattr(generation_config, "cache_implementation", None) is None \
+                and type(made) is DynamicCache:
+            max_length = bound.arguments.get("max_cache_length") or getattr(generation_config, "max_length", None)
+            model_kwargs[name] = make_cache(max_length if isinstance(max_length, int) and max_length > 0 else None)
+        return result
+
+    setattr(prepare, _MARK, True)
+    lm.__dict__[_FACTORY] = prepare
+
+
+def remove_cache_factory(lm) -> None:
+    hook = lm.__dict__.get(_FACTORY)
+    if hook is not None and getattr(hook, _MARK, False):
+        del lm.__dict__[_FACTORY]
+
+
+def _probe_cache_base() -> str:
+    from transformers.cache_utils import Cache
+
+    class Probe(Cache):
+        def __init__(self):
+            init_cache_base(self)
+
+    probe = Probe()
+    missing = [f for f in ("layers", "offloading") if not hasattr(probe, f)]
+    if missing or probe.layers != []:
+        raise RuntimeError(f"Cache.__init__(layers=[]) left {missing or 'layers'} unset")
+    return "Cache.__init__(layers=[]) sets the fields generate() reads"
+
+
+def _probe_cache_factory() -> str:
+    from transformers.generation.utils import GenerationMixin
+
+    method = getattr(GenerationMixin, _FACTORY, None)
+    if method is None:
+        raise RuntimeError(f"GenerationMixin has no {_FACTORY}: generate() makes its cache elsewhere")
+    _factory_signature(method.__get__(object()))
+    return f"GenerationMixin.{_FACTORY}({', '.join(_FACTORY_PARAMS)}, ..., max_cache_length)"
+
+
+def _probe_cache_name() -> str:
+    return f"create_causal_mask and BaseModelOutputWithPast take {cache_kwarg_name()}= / .{_output_cache_field()}"
+
+
+# What hopscotch reads of transformers beyond its documented API, each with a probe that raises when a release
+# changes it (`hopscotch doctor`).
+INTERNALS = {
+    "the cache's argument name": _probe_cache_name,
+    "Cache base fields": _probe_cache_base,
+    "generate()'s cache factory": _probe_cache_factory,
+}

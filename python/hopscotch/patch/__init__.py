@@ -1,8 +1,8 @@
 """Drop-in patching of a loaded HF causal LM: skip-aware decoder layers and a compact KV cache."""
 
 from .apply import apply_plan, current_plan
-from .hopscotch_cache import CacheCapacityError, HopscotchCache
-from .kv_cache import CacheMismatchError, compact_cache, kv_cache_bytes
+from .hf_cache import compact_cache
+from .hopscotch_cache import CacheCapacityError, CacheMismatchError, HopscotchCache, kv_cache_bytes
 from .layer import SCALAR_NAMES, HopscotchDecoderLayer
 from .patcher import (get_scalars, is_patched, patch_model, patched_layers, reset_scalars, set_scalars, set_skips,
                       unpatch_model)

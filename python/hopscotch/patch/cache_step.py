@@ -18,15 +18,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import masks
 from .hopscotch_cache import HopscotchCache
 
 __all__ = ["CacheStep"]
 
 
 class CacheStep:
-    def __init__(self, cache: HopscotchCache, batch: int, tokens: int, attention_mask: torch.Tensor | None,
+    def __init__(self, cache: HopscotchCache, rope, batch: int, tokens: int, attention_mask: torch.Tensor | None,
                  traced: bool):
         self.cache = cache
+        self.rope = rope
         self.tokens = tokens
         self.traced = traced
         device = cache.layers[0].device
@@ -36,7 +38,7 @@ class CacheStep:
         if traced:
             self.start = None
             self.end = None
-            self.slots = cache._length_t + torch.arange(tokens, device=device)
+            self.slots = cache.length_tensor() + torch.arange(tokens, device=device)
         else:
             self.start = cache.reserve(batch, tokens, attention_mask)
             self.end = self.start + tokens
@@ -66,47 +68,37 @@ class CacheStep:
         """Position ids when the caller gives none: the slot of each token, [1, tokens]."""
         return self.slots.unsqueeze(0)
 
-    def _plan(self, window: int | None) -> tuple[torch.Tensor | None, bool, int, int | None]:
+    def _plan(self, window: int | None, device: torch.device) -> tuple[torch.Tensor | None, bool, int, int | None]:
         """(mask, is_causal, first key, end key) for blocks with sliding ``window`` (None: full attention)."""
         cache, T = self.cache, self.tokens
-        if self.traced:
-            q = self.slots.unsqueeze(1)  # [T, 1]
-            kv = torch.arange(cache.capacity, device=q.device).unsqueeze(0)  # [1, capacity]
-            allowed = kv <= q
-            if window is not None:
-                allowed = allowed & (q - kv < window)
-            if cache.padded:
-                allowed = allowed.unsqueeze(0) & cache.pad_mask.unsqueeze(1)
-            return allowed.view(-1, 1, T, cache.capacity), False, 0, None
+        if self.traced:  # over the whole capacity; the slots are device tensors
+            mask = masks.allowed(self.slots, torch.arange(cache.capacity, device=self.slots.device), window,
+                                 cache.pad_mask if cache.padded else None)
+            return mask.to(device), False, 0, None
         start, end = self.start, self.end
-        if not cache.padded:
-            if T == 1:
-                return None, False, 0 if window is None else max(0, end - window), end
-            if start == 0 and (window is None or T <= window):
-                return None, True, 0, end
-        q = torch.arange(start, end, device=self.slots.device).unsqueeze(1)
-        kv = torch.arange(end, device=q.device).unsqueeze(0)
-        allowed = kv <= q
-        if window is not None:
-            allowed = allowed & (q - kv < window)
-        if cache.padded:
-            allowed = allowed.unsqueeze(0) & cache.pad_mask[:, :end].unsqueeze(1)
-        return allowed.view(-1, 1, T, end), False, 0, end
+        if not cache.padded and T == 1:  # a decode step: a view of the keys it may read, no mask
+            return None, False, 0 if window is None else max(0, end - window), end
+        mask, causal = masks.plan(start, end, end, window, cache.pad_mask[:, :end] if cache.padded else None, device)
+        return mask, causal, 0, end
 
-    def attend(self, block, q: torch.Tensor, scaling: float) -> torch.Tensor:
-        """SDPA of ``q`` [B, T, Hq, D] over ``block``'s cached keys and values; returns [B, Hq, T, D]."""
+    def attend(self, layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Rotate q in place and write the rotated k and v into their slots of ``layer``'s cache block (one
+        kernel), then SDPA of q over the block's cached keys and values; returns [B, T, Hq, D]."""
+        block = self.cache.layers[layer.cache_index]
+        self.rope.rotate_into_cache(q, k, v, block.key_buffer, block.value_buffer, self.slots_on(q.device))
         window = block.sliding_window
         key = (window, block.device)
         if key not in self._masks:
-            mask, *rest = self._plan(window)
-            self._masks[key] = (mask if mask is None else mask.to(block.device), *rest)
+            self._masks[key] = self._plan(window, block.device)
         mask, causal, lo, hi = self._masks[key]
         keys, values = block.key_buffer, block.value_buffer
         if hi is not None:
             keys, values = keys[:, :, lo:hi], values[:, :, lo:hi]
+        scaling = layer.self_attn.scaling
         if mask is None:  # flash attention, GQA native
-            return F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, is_causal=causal, scale=scaling,
-                                                  enable_gqa=True)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, is_causal=causal, scale=scaling,
+                                                 enable_gqa=True)
+            return out.transpose(1, 2)
         # With a mask, SDPA's kernels that take one do not take enable_gqa (it would fall back to repeating K and V
         # per query head). Fold each KV head's query heads into its query rows instead: q [B, T, Hkv * G, D] ->
         # [B, Hkv, G * T, D] (a view at a decode step), the mask repeated per group.
@@ -116,7 +108,7 @@ class CacheStep:
         qf = q.view(bsz, T, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(bsz, hkv, g * T, d)
         mf = mask if T == 1 else mask.unsqueeze(2).expand(-1, -1, g, -1, -1).reshape(mask.shape[0], 1, g * T, -1)
         out = F.scaled_dot_product_attention(qf, keys, values, attn_mask=mf, scale=scaling)
-        return out.view(bsz, hkv, g, T, d).reshape(bsz, hq, T, d)
+        return out.view(bsz, hkv, g, T, d).reshape(bsz, hq, T, d).transpose(1, 2)
 
     def finish(self) -> None:
         """After every kept block has written its tokens."""

@@ -27,11 +27,15 @@ import torch
 from transformers.cache_utils import Cache
 
 from ..errors import HopscotchError
-from .kv_cache import CacheMismatchError
+from ..hf_compat import init_cache_base
 
-__all__ = ["HopscotchCache", "KVBlock", "CacheCapacityError"]
+__all__ = ["CacheCapacityError", "CacheMismatchError", "HopscotchCache", "KVBlock", "kv_cache_bytes"]
 
 _GRANULE = 256  # default first allocation: the first forward's tokens rounded up to this
+
+
+class CacheMismatchError(HopscotchError, ValueError):
+    """A cache that was filled under another skip set (or by the unpatched model) cannot be reused."""
 
 
 class CacheCapacityError(HopscotchError, ValueError):
@@ -114,8 +118,7 @@ class HopscotchCache(Cache):
     is_compileable = False  # generate() must not build 4-D masks or compile for it: the patched forward does that
 
     def __init__(self, capacity: int | None = None, max_capacity: int | None = None):
-        # Cache.__init__ is not called: its signature changes between transformers releases, and every method
-        # generate() uses is overridden here.
+        init_cache_base(self)  # transformers' Cache fields, whatever the installed release calls them (hf_compat)
         self.initial_capacity = _check_size("capacity", capacity)
         self.max_capacity = _check_size("max_capacity", max_capacity)
         if capacity is not None and max_capacity is not None and capacity > max_capacity:
@@ -130,9 +133,6 @@ class HopscotchCache(Cache):
         self._length = 0
         self._length_t: torch.Tensor | None = None  # 0-d int64 on the buffers' device
         self._host_valid = True
-        # Fields of transformers' Cache that its other methods read.
-        self.layer_class_to_replicate = None
-        self.offloading = False
 
     # ---- layout -------------------------------------------------------------------------------------------
 
@@ -230,6 +230,11 @@ class HopscotchCache(Cache):
             self._length = int(self._length_t)
             self._host_valid = True
         return self._length
+
+    def length_tensor(self) -> torch.Tensor:
+        """The filled length as a 0-d int64 tensor on the buffers' device (what a compiled step reads and advances;
+        allocated with the buffers)."""
+        return self._length_t
 
     def advance(self, tokens: int) -> None:
         """After an eager forward wrote ``tokens`` tokens into every block."""
@@ -339,3 +344,12 @@ def _static(t: torch.Tensor) -> torch.Tensor:
     """A buffer a compiled (CUDA-graph) step writes in place keeps its address: tell the compiler not to copy it."""
     torch._dynamo.mark_static_address(t)
     return t
+
+
+def kv_cache_bytes(cache) -> int:
+    """Bytes the keys and values of a cache hold: a HopscotchCache's allocation (capacity included), or what every
+    layer of a transformers cache holds."""
+    if isinstance(cache, HopscotchCache):
+        return cache.allocated_bytes()
+    return sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
+               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if isinstance(t, torch.Tensor))

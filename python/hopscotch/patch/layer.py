@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import hopscotch_ext
 
@@ -46,10 +45,12 @@ class HopscotchDecoderLayer(nn.Module):
 
     _hopscotch_layer = True
 
-    def __init__(self, original: nn.Module, layer_idx: int, attention_type: str, fuse_silu: bool):
+    def __init__(self, original: nn.Module, layer_idx: int, attention_type: str, sliding_window: int | None,
+                 fuse_silu: bool):
         super().__init__()
         self.layer_idx = layer_idx
         self.attention_type = attention_type
+        self.sliding_window = sliding_window  # keys a query attends to in a sliding-window block; None: all
         self.self_attn = original.self_attn
         self.mlp = original.mlp
         self.input_layernorm = original.input_layernorm
@@ -126,12 +127,8 @@ class HopscotchDecoderLayer(nn.Module):
         return fused is not None and not (torch.is_grad_enabled() and fused.trainable())
 
     def attention(self, x: torch.Tensor, run) -> torch.Tensor:
-        """Attn(x) for normed input x [B, T, hidden]: projections, rotary, cache write, SDPA, o_proj.
-
-        With the model's own HopscotchCache (``run.step``) one kernel rotates q in place and writes the rotated k
-        and v straight into their cache slots, and SDPA reads the cache (GQA natively, no mask unless padded).
-        Without a cache, or with a transformers cache, k and v are rotated and handed over (contiguous) as HF does.
-        """
+        """Attn(x) for normed input x [B, T, hidden]: the q|k|v projections, then this forward's step
+        (``run.step``: ``steps.py``) rotates q and k, keeps k and v where its cache wants them and attends; o_proj."""
         attn = self.self_attn
         bsz, seq = x.shape[:2]
         hd = attn.head_dim
@@ -143,19 +140,7 @@ class HopscotchDecoderLayer(nn.Module):
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary
             q = hopscotch_ext.rms_norm(q, attn.q_norm.weight, attn.q_norm.variance_epsilon)
             k = hopscotch_ext.rms_norm(k, attn.k_norm.weight, attn.k_norm.variance_epsilon)
-        step = run.step
-        if step is not None:
-            block = run.cache.layers[self.cache_index]
-            run.rope.rotate_into_cache(q, k, v, block.key_buffer, block.value_buffer, step.slots_on(x.device))
-            out = step.attend(block, q, attn.scaling).transpose(1, 2)  # [B, T, Hq, D]
-        else:
-            q, k = run.rope.rotate(q, k, x.device)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if run.cache is not None:  # a transformers cache: it appends (torch.cat) what it is given
-                k, v = run.cache.update(k.contiguous(), v.contiguous(), self.cache_index)
-            out, _ = sdpa_attention_forward(attn, q, k, v, run.mask(self.attention_type, x.device),
-                                            dropout=attn.attention_dropout if self.training else 0.0,
-                                            scaling=attn.scaling)  # [B, T, Hq, D]
+        out = run.step.attend(self, q, k, v)  # [B, T, Hq, D]
         return attn.o_proj(out.reshape(bsz, seq, -1))
 
     def mlp_block(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..arch import UnsupportedModelError, base_model, causal_lm, check_supported, layer_attention_type
+from ..arch import (UnsupportedModelError, base_model, causal_lm, check_supported, layer_attention_type,
+                    layer_sliding_window)
 from ..errors import PlanError, as_index_list, check_arg
 from ..limits import check_skip_lists
 from .fuse import is_plain_weight
@@ -52,9 +53,6 @@ class PatchState:
             self._kept = tuple(layer.layer_idx for layer in self.layers if not layer.attn_skipped)
         return self._kept
 
-    def kept_attention_types(self) -> set[str]:
-        return {layer.attention_type for layer in self.layers if not layer.attn_skipped}
-
     def cache_blocks(self) -> list[tuple]:
         """What a HopscotchCache allocates per kept attention block: (layer_idx, kv_heads, head_dim,
         sliding_window, dtype, device), the dtype and device of the block's key projection."""
@@ -69,9 +67,9 @@ class PatchState:
             weight = getattr(attn.k_proj, "weight", None)
             if weight is None or not is_plain_weight(weight):
                 weight = layer.input_layernorm.weight
-            window = getattr(config, "sliding_window", None) if layer.attention_type == "sliding_attention" else None
             device = weight.device if weight.device.type != "meta" else execution_device(attn.k_proj)  # offloaded
-            blocks.append((layer.layer_idx, config.num_key_value_heads, attn.head_dim, window, weight.dtype, device))
+            blocks.append((layer.layer_idx, config.num_key_value_heads, attn.head_dim, layer.sliding_window,
+                           weight.dtype, device))
         return blocks
 
     def saved_weights_reloaded(self):
@@ -127,8 +125,8 @@ def patch_model(model: nn.Module) -> nn.Module:
     config = base.config
     fuse_silu = getattr(config, "hidden_act", "silu") in _SILU
     originals = list(base.layers)
-    layers = [HopscotchDecoderLayer(layer, i, layer_attention_type(config, i), fuse_silu)
-              for i, layer in enumerate(originals)]
+    layers = [HopscotchDecoderLayer(layer, i, layer_attention_type(config, i), layer_sliding_window(config, i),
+                                    fuse_silu) for i, layer in enumerate(originals)]
     saved_forward = base.__dict__.get("forward")  # an instance-level forward (e.g. an accelerate hook), if any
     for i, layer in enumerate(layers):
         base.layers[i] = layer

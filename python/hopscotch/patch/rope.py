@@ -17,18 +17,28 @@ __all__ = ["RopeContext"]
 
 
 class RopeContext:
-    def __init__(self, rotary_emb, position_ids: torch.Tensor, batch: int, seq: int, device: torch.device):
+    """Made with the forward's step (which knows the positions), built once the positions are known (``build``)."""
+
+    def __init__(self, rotary_emb, batch: int, seq: int, device: torch.device):
+        self.rotary_emb = rotary_emb
+        self.batch, self.seq, self.device = batch, seq, device
+        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def build(self, position_ids: torch.Tensor) -> None:
+        """The table for ``position_ids`` [B or 1, T]."""
+        batch, seq, device = self.batch, self.seq, self.device
         probe = torch.empty(0, device=device, dtype=torch.float32)
-        cos, sin = rotary_emb(probe, position_ids)  # [B or 1, T, head_dim], float32
+        cos, sin = self.rotary_emb(probe, position_ids)  # [B or 1, T, head_dim], float32
         half = cos.shape[-1] // 2
         table = torch.cat([cos[..., :half], sin[..., :half]], dim=-1).float()
-        self.table = table.expand(batch, seq, -1).reshape(batch * seq, -1).contiguous()
-        self.rows = torch.arange(batch * seq, device=device).view(batch, seq)
-        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {device: (self.table, self.rows)}
+        table = table.expand(batch, seq, -1).reshape(batch * seq, -1).contiguous()
+        rows = torch.arange(batch * seq, device=device).view(batch, seq)
+        self._per_device = {device: (table, rows)}
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._per_device:  # model dispatched across devices: one copy per device
-            self._per_device[device] = (self.table.to(device), self.rows.to(device))
+            table, rows = self._per_device[self.device]
+            self._per_device[device] = (table.to(device), rows.to(device))
         return self._per_device[device]
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,28 +18,17 @@ import torch
 
 import hopscotch_ext
 
-from ..hf_compat import cache_kwargs, check_forward_kwargs, model_output, pop_cache
 from transformers.cache_utils import DynamicCache
 
+from ..hf_compat import check_forward_kwargs, model_output, pop_cache
 from .cache_step import CacheStep
+from .hf_cache import TransformersCacheStep, compact_cache
 from .hopscotch_cache import HopscotchCache
-from .kv_cache import compact_cache
 from .offload import onloaded
 from .rope import RopeContext
+from .steps import UncachedStep
 
 __all__ = ["Stream", "StackRun", "patched_forward"]
-
-
-class _SdpaConfig:
-    """The model config as the mask helpers should see it: masks in SDPA's format (bool, or None = causal)."""
-
-    _attn_implementation = "sdpa"
-
-    def __init__(self, config):
-        self.__dict__["_config"] = config
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["_config"], name)
 
 
 class Stream:
@@ -73,23 +62,9 @@ class Stream:
         return x
 
 
-def _masks(base, state, hidden, attention_mask, cache, position_ids) -> dict:
-    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-    if isinstance(attention_mask, dict):  # already prepared per layer type
-        return attention_mask
-    kwargs = dict(config=_SdpaConfig(base.config), inputs_embeds=hidden, attention_mask=attention_mask,
-                  position_ids=position_ids, **cache_kwargs(cache))
-    masks = {}
-    for t in state.kept_attention_types():
-        masks[t] = create_sliding_window_causal_mask(**kwargs) if t == "sliding_attention" \
-            else create_causal_mask(**kwargs)
-    return masks
-
-
 class StackRun:
-    """What every layer of one forward shares: the cache (and, for a HopscotchCache, this forward's ``CacheStep``),
-    the masks per attention type and the rotary table."""
+    """What every layer of one forward shares: the step (``steps.py``: the cache, or none, and its masks) and the
+    rotary table."""
 
     def __init__(self, base, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                  inputs_embeds=None, use_cache=False):
@@ -101,48 +76,40 @@ class StackRun:
             state.ensure_fused()
         hidden = base.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.clone()
         bsz, seq = hidden.shape[:2]
+        device = hidden.device
         self.layers = state.layers
-        self.cache = None
-        self.step: CacheStep | None = None
         if use_cache and cache is None:
             # The model's own cache serves inference; a forward that records gradients (the scalars are always
             # trainable parameters) gets a transformers cache, as the unpatched model would.
             # Under torch.compile only a cache allocated beforehand can be written (pass one in).
             own = not traced and not torch.is_grad_enabled()
             cache = HopscotchCache() if own else DynamicCache(config=base.config)
+        self.cache = cache
+        kept = state.kept_attention()
+        rope = RopeContext(base.rotary_emb, bsz, seq, device)
         if isinstance(cache, HopscotchCache):
             if torch.is_grad_enabled() and not traced:
                 raise ValueError("a HopscotchCache serves inference only: run the forward under torch.no_grad() or "
                                  "torch.inference_mode(), or pass a transformers DynamicCache (or use_cache=False) "
                                  "when gradients are needed")
             if traced:  # laid out and allocated by an eager forward; reading its host length would recompile
-                cache.check_layout(state.kept_attention())
+                cache.check_layout(kept)
             else:
-                cache.bind(state.kept_attention(), state.cache_blocks)
-            self.cache = cache
-            if cache.layers:  # some attention is kept: it writes the cache
-                self.step = CacheStep(cache, bsz, seq, attention_mask, traced)
-        elif cache is not None:  # a transformers cache (DynamicCache, StaticCache ...): compacted, its own masks
-            self.cache = compact_cache(cache, state.kept_attention(), len(state.layers))  # the caller's own object
+                cache.bind(kept, state.cache_blocks)
+            # With no attention kept nothing writes the cache (and it holds no block to size a step on).
+            self.step = CacheStep(cache, rope, bsz, seq, attention_mask, traced) if kept else None
+        elif cache is not None:  # a transformers cache (DynamicCache, StaticCache ...): adapted at the edge
+            compact_cache(cache, kept, len(state.layers))  # the caller's own object
+            self.step = TransformersCacheStep(cache, rope, seq, attention_mask, device)
+        else:
+            self.step = UncachedStep(rope, seq, attention_mask, device)
         if position_ids is None:
-            if self.step is not None:
-                position_ids = self.step.positions()
-            else:
-                past = self.cache.get_seq_length() if self.cache is not None else 0
-                position_ids = (torch.arange(seq, device=hidden.device) + past).unsqueeze(0)
-        position_ids = position_ids.to(hidden.device)
-        self.masks = {} if self.step is not None else _masks(base, state, hidden, attention_mask, self.cache,
-                                                             position_ids)
-        kept = bool(state.kept_attention())
-        self.rope = RopeContext(base.rotary_emb, position_ids, bsz, seq, hidden.device) if kept else None
+            position_ids = self.step.positions() if self.step is not None else torch.arange(seq, device=device)[None]
+        if kept:
+            rope.build(position_ids.to(device))
         self.hidden = hidden
         self.final_norm = base.norm
         self.offloaded = state.offloaded
-
-    def mask(self, attention_type: str, device: torch.device):
-        """The attention mask for layers of ``attention_type`` (None: plain causal), on ``device``."""
-        mask = self.masks[attention_type]
-        return mask.to(device) if mask is not None and mask.device != device else mask
 
     def run(self, stream: Stream, start: int = 0) -> torch.Tensor:
         """Layers ``start``.. of the stack, then the final norm: the last hidden state."""
