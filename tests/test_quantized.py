@@ -127,6 +127,7 @@ def test_quantized_model_runs_the_kernels_path_and_a_compact_cache(tmp_path, one
     """Norms, rotary and the cache write go through hopscotch's ops; the cache holds only the kept blocks, in the
     activations' dtype (not the int8 weights')."""
     from hopscotch.doctor import OpCounter
+    from hopscotch.hf_compat import cache_kwargs
     from hopscotch.patch import HopscotchCache
 
     model = _quantized("bnb-int8", tmp_path)
@@ -134,7 +135,7 @@ def test_quantized_model_runs_the_kernels_path_and_a_compact_cache(tmp_path, one
     set_skips(model, attention=[1, 2])
     cache = HopscotchCache()
     with OpCounter() as counter, torch.no_grad():
-        model(_ids(), past_key_values=cache, use_cache=True)
+        model(_ids(), **cache_kwargs(cache), use_cache=True)
     ops = {op.removeprefix("hopscotch_ext::").split(".")[0].rstrip("_") for op in counter.hopscotch_ops()}
     assert {"scaled_add_rms_norm", "rotary_embedding_kv_cache"} <= ops, ops
     assert len(cache.layers) == 3 and all(b.key_buffer.dtype == torch.float32 for b in cache.layers)
