@@ -87,10 +87,8 @@ CASES = [
        says="edited.json: skipped_attention changed after the plan was saved"),
     _c("eval: --plan skipped_mlp null (signed)", "eval", "--plan", "nullmlp.json",
        says="nullmlp.json: skipped_mlp changed after the plan was saved"),
-    _c("eval: --plan skipped_mlp null (format 1)", "eval", "--plan", "v1null.json",
-       says="v1null.json: skipped_mlp is null; expected a list of integer block indices"),
-    _c("eval: --plan skipping every attention block", "eval", "--plan", "v1all.json",
-       says="skipped_attention skips all 4 attention blocks; at most 3 may be skipped"),
+    _c("eval: --plan of another format", "eval", "--plan", "v1.json",
+       says="v1.json is not a hopscotch plan (format 'hopscotch-plan/1'; expected 'hopscotch-plan/2')"),
     _c("eval: --compare missing", "eval", "--compare", "missing.json", says="--compare missing.json: no such file"),
     _c("eval: --plan on a hopscotch export", "eval", "--model", "hop", "--plan", "p.json",
        says=("--plan p.json: --model hop is a hopscotch export", "its plan already in its weights")),
@@ -181,15 +179,6 @@ def _plan_file_edit(src: Path, dst: Path, **changes) -> Path:
     return dst
 
 
-def _format_1(src: Path, dst: Path, **changes) -> Path:
-    """The plan as hopscotch 0.1 wrote it (format 1: a checksum over the scalars only), fields replaced."""
-    import hashlib
-
-    blob = src.with_suffix(".safetensors").read_bytes()
-    return _plan_file_edit(src, dst, format="hopscotch-plan/1", checksums=None, checksum=None,
-                           scalars_sha256=hashlib.sha256(blob).hexdigest(), **changes)
-
-
 def _tiny_dir(path: Path, num_layers: int = 4) -> Path:
     """A random Llama (intermediate 256, so the decilm format can hold it) and the tiny tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -225,8 +214,7 @@ def workdir(tmp_path_factory):
     SkipPlan.for_model(model, [0], [], method="probe").save(root / "mlp0.json")
     _plan_file_edit(p, root / "edited.json", skipped_attention=[2])
     _plan_file_edit(p, root / "nullmlp.json", skipped_mlp=None)
-    _format_1(p, root / "v1null.json", skipped_mlp=None)
-    _format_1(p, root / "v1all.json", skipped_attention=[0, 1, 2, 3])
+    _plan_file_edit(p, root / "v1.json", format="hopscotch-plan/1", checksums=None, checksum=None)
     from transformers import LlamaConfig
 
     SkipPlan.for_model(LlamaConfig(**{**model.config.to_dict(), "num_hidden_layers": 5}), [1]).save(root / "other5.json")

@@ -10,17 +10,18 @@ from ..errors import HopscotchError
 from ..plan import SkipPlan
 from .fold import norm_eps, stream_scale_range
 
-__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "LEGACY_PLAN_FILE", "PLAN_SUBDIR", "decilm_config",
+__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "HOPSCOTCH_FORMAT", "PLAN_SUBDIR", "decilm_config",
            "decilm_problems", "export_plan_path", "format_problems", "gguf_problems", "hopscotch_config",
            "llama_layer_problems", "rope_settings", "warn_single_eps"]
 
 FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
+# The version of the config entry a format="hopscotch" export carries: 2, the first released (0.1.0), which holds
+# every stream-reading norm's eps; the only one read.
+HOPSCOTCH_FORMAT = 2
 # The plan's provenance inside an export directory: a subfolder (plan.json + scalars.safetensors), because weight
-# loaders (vLLM, llama.cpp's converter) take every top-level *.safetensors for weights. Exports written before
-# this held it at the top level as LEGACY_PLAN_FILE (+ hopscotch_plan.safetensors); both are read.
+# loaders (vLLM, llama.cpp's converter) take every top-level *.safetensors for weights.
 PLAN_SUBDIR = "hopscotch_plan"
-LEGACY_PLAN_FILE = "hopscotch_plan.json"
 
 
 class ExportError(HopscotchError, ValueError):
@@ -28,8 +29,9 @@ class ExportError(HopscotchError, ValueError):
 
 
 def hopscotch_config(cfg: dict, plan: SkipPlan) -> dict:
-    """Format 2: format 1 plus ``norm_eps``, the eps of every stream-reading norm (``fold.norm_eps``: exact)."""
-    return {**cfg, HOPSCOTCH_CONFIG_KEY: {"format": 2, "skipped_attention": plan.skipped_attention,
+    """The config with the export's entry: the skipped blocks, the plan's method and fingerprint, and ``norm_eps``,
+    the eps of every stream-reading norm (``fold.norm_eps``: exact)."""
+    return {**cfg, HOPSCOTCH_CONFIG_KEY: {"format": HOPSCOTCH_FORMAT, "skipped_attention": plan.skipped_attention,
                                           "skipped_mlp": plan.skipped_mlp,
                                           "method": plan.provenance.get("method"),
                                           "fingerprint": plan.fingerprint["config_hash"],
@@ -48,14 +50,10 @@ def warn_single_eps(plan: SkipPlan, format: str) -> None:
 
 
 def export_plan_path(export_dir: str | os.PathLike) -> Path | None:
-    """The plan an export directory carries, for ``SkipPlan.load``: ``<dir>/hopscotch_plan/`` (current layout) or
-    ``<dir>/hopscotch_plan.json`` (exports written before it); None when it carries none."""
+    """The plan an export directory carries, for ``SkipPlan.load``: ``<dir>/hopscotch_plan/``; None when it
+    carries none."""
     d = Path(export_dir)
-    if (d / PLAN_SUBDIR / "plan.json").is_file():
-        return d / PLAN_SUBDIR
-    if (d / LEGACY_PLAN_FILE).is_file():
-        return d / LEGACY_PLAN_FILE
-    return None
+    return d / PLAN_SUBDIR if (d / PLAN_SUBDIR / "plan.json").is_file() else None
 
 
 def _find_multiple(n: int, k: int) -> int:
