@@ -10,7 +10,8 @@ import torch
 import hopscotch
 from hopscotch import SkipPlan, apply_plan, export_model, from_pretrained
 from hopscotch.hf_compat import FROM_PRETRAINED_KWARGS, output_cache
-from hopscotch.export import ExportError, FoldError
+from hopscotch.export import ExportError
+from hopscotch.export.fold import FoldError
 from hopscotch.export.formats import PLAN_SUBDIR, export_plan_path
 from hopscotch.patch import kv_cache_bytes, patched_layers
 from tests.helpers import DATA

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bench.choices import FILLS, PROVIDERS
+from ..bench.choices import FILLS, PROVIDERS, RANDOM_SHAPES
 from ..utils import model_dtype
 from .common import CliError, add_model_args, emit, load_from_args, resolve_device, resolve_dtype
 
@@ -20,14 +20,6 @@ with k = 0, 4 and L/2 attention blocks skipped by default (the last k). Ratios a
 Rows are appended to benchmarks/results/<--csv> with device, torch version, commit and time; a PNG plot is
 written next to it. Defaults on CPU: SmolLM2, batch 1 and 8, context 512, 64 new tokens. On CUDA: bf16, batch 1
 and 16, contexts 512 and 4096; add --random-shape llama3-8b for a Llama-3-8B-shaped model with random weights."""
-
-RANDOM_SHAPES = {
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=256, max_position_embeddings=1024),
-}
-
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="end-to-end speed and memory benchmark", description=DESCRIPTION,
@@ -88,18 +80,8 @@ def _ks(text: str, num_layers: int) -> list[int]:
     return sorted(set(ks))
 
 
-def _random_model(shape: str, device, dtype):
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(**RANDOM_SHAPES[shape])
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()
-
-
 def run(args) -> int:
-    from ..bench.e2e import E2EConfig, attention_gain, run_e2e
+    from ..bench.e2e import E2EConfig, attention_gain, random_model, run_e2e
     from ..bench.results import append_results
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
@@ -125,7 +107,7 @@ def run(args) -> int:
     batches = _ints(args.batches or ("1,16" if cuda else "1,8"), "batches")
     contexts = _ints(args.contexts or ("512,4096" if cuda else "512"), "contexts")
     if args.random_shape:
-        model = _random_model(args.random_shape, device, resolve_dtype(args.dtype, device))
+        model = random_model(args.random_shape, device, resolve_dtype(args.dtype, device))
         name = f"random {args.random_shape}"
     else:
         model, _, _ = load_from_args(args, with_tokenizer=False)

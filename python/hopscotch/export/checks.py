@@ -18,13 +18,11 @@ from torch import nn
 from ..atomic import MANIFEST, check_destination, manifest_files
 from ..errors import as_path, check_arg, parse_size
 from ..plan import SkipPlan
-from .formats import FORMATS, ExportError, format_problems
-from .info import read_export_info
+from .formats import FORMATS, ExportError, check_format
+from .info import export_info, read_export_info
 
 __all__ = ["check_cli_destination", "check_export_args", "export_inputs", "foreign_entries", "foreign_gguf"]
 
-_FORMAT_NAMES = {"decilm": "the decilm format",
-                 "gguf": "llama.cpp's deci architecture (format='gguf')"}
 
 
 def foreign_entries(out: Path) -> list[str]:
@@ -76,16 +74,13 @@ def check_export_args(model, plan, out_dir, *, format, tokenizer, overwrite, max
               "None or a transformers tokenizer")
     if gguf_tokenizer is not None:
         as_path(gguf_tokenizer, f, "gguf_tokenizer")
-    exported = getattr(model, "hopscotch_export", None)  # set by hopscotch.models on a model loaded from an export
+    exported = export_info(model)  # set by hopscotch.models on a model loaded from an export
     if exported is not None:
         raise ExportError(f"the model is a {exported.describe()} ({exported.path}): its plan is already in its "
                           "weights; export the original model with the plan instead")
     check_supported(model)
     plan.validate(model)
-    problems = format_problems(format, causal_lm(model).config, plan)
-    if problems:
-        raise ExportError(f"{_FORMAT_NAMES.get(format, format)} cannot represent this model exactly: "
-                          + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
+    check_format(format, causal_lm(model).config, plan)
     gguf = format == "gguf"
     if gguf and out.suffix != ".gguf":
         raise ExportError(f"format='gguf' writes one file: {out} should end in .gguf")

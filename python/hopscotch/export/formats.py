@@ -6,11 +6,12 @@ import os
 import warnings
 from pathlib import Path
 
-from ..errors import HopscotchError
+from ..errors import ExportError
 from ..plan import SkipPlan
 from .fold import norm_eps, stream_scale_range
 
-__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "HOPSCOTCH_FORMAT", "PLAN_SUBDIR", "decilm_config",
+__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "HOPSCOTCH_FORMAT", "PLAN_SUBDIR", "check_format",
+           "decilm_config",
            "decilm_problems", "export_plan_path", "format_problems", "gguf_problems", "hopscotch_config",
            "llama_layer_problems", "rope_settings", "warn_single_eps"]
 
@@ -22,10 +23,6 @@ HOPSCOTCH_FORMAT = 2
 # The plan's provenance inside an export directory: a subfolder (plan.json + scalars.safetensors), because weight
 # loaders (vLLM, llama.cpp's converter) take every top-level *.safetensors for weights.
 PLAN_SUBDIR = "hopscotch_plan"
-
-
-class ExportError(HopscotchError, ValueError):
-    """The model, plan or destination cannot be exported as asked."""
 
 
 def hopscotch_config(cfg: dict, plan: SkipPlan) -> dict:
@@ -132,6 +129,17 @@ def format_problems(format: str, config, plan: SkipPlan) -> list[str]:
     raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
 
 
+_FORMAT_NAMES = {"decilm": "the decilm format", "gguf": "llama.cpp's deci architecture (format='gguf')"}
+
+
+def check_format(format: str, config, plan: SkipPlan) -> None:
+    """Raise ExportError listing ``format_problems`` when there are any: the one refusal every writer makes."""
+    problems = format_problems(format, config, plan)
+    if problems:
+        raise ExportError(f"{_FORMAT_NAMES.get(format, format)} cannot represent this model exactly: "
+                          + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
+
+
 def decilm_config(config, plan: SkipPlan) -> dict:
     """The DeciLM (``nemotron-nas``) config entries for this model and plan; refuses what the format cannot hold.
 
@@ -139,10 +147,7 @@ def decilm_config(config, plan: SkipPlan) -> dict:
     (intermediate = multiple of 256 at or above int(2 * ffn_mult * hidden / 3)), KV heads per layer
     ``num_attention_heads / n_heads_in_group``.
     """
-    problems = decilm_problems(config, plan)
-    if problems:
-        raise ExportError("the decilm format cannot represent this model exactly: " + "; ".join(problems)
-                          + ". Use format='hopscotch' or 'vanilla'.")
+    check_format("decilm", config, plan)
     if 0 in plan.skipped_attention:  # vLLM serves it (layer 0 skipped entirely, or the refusal above)
         warnings.warn("attention block 0 is skipped: llama.cpp does not load such a DeciLM checkpoint once "
                       "converted (it reads the head size from layer 0); vLLM and transformers do", stacklevel=3)

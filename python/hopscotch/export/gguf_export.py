@@ -12,8 +12,8 @@ windows, non-default RoPE, a skipped MLP block whose attention is kept or in the
 ``continue``s before carrying the layer's output forward: only a fully skipped inner layer comes out right) and a
 skipped attention block 0 (llama.cpp takes the head size from layer 0's head count: it refuses to load such a
 file). The tokenizer and chat template are GGUF metadata copied from a GGUF file (the packaged model's own, or
-``tokenizer_gguf``); an HF tokenizer is not converted (llama.cpp's convert_hf_to_gguf.py does that, on a
-``format="decilm"`` export).
+``gguf_tokenizer``: the GGUF file the model was loaded from); an HF tokenizer is not converted (llama.cpp's
+convert_hf_to_gguf.py does that, on a ``format="decilm"`` export).
 
 Weight types (``dtype``):
 - f32, f16, bf16 (1-D tensors stay f32), and q8_0, q4_0, q4_1, q5_0, q5_1: the folded weights quantised anew by
@@ -44,9 +44,9 @@ from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
 from .fold import folded_weights, output_scales, weight_factor
 from .gguf_blocks import QuantFoldError, check_source_tensor, scale_blocks
-from .formats import ExportError, gguf_problems, rope_settings, warn_single_eps
+from .formats import ExportError, check_format, rope_settings, warn_single_eps
 
-__all__ = ["GGUF_DTYPES", "export_gguf", "source_gguf"]
+__all__ = ["GGUF_DTYPES", "export_gguf", "tokenizer_source"]
 
 ARCH = "deci"
 # name -> (GGML type of 2-D tensors, llama.cpp file type)
@@ -71,13 +71,13 @@ def _gguf_dtype(dtype, loaded: torch.dtype) -> str:
     return name
 
 
-def source_gguf(model, tokenizer_gguf=None) -> Path:
-    """The GGUF file whose tokenizer metadata the export carries: ``tokenizer_gguf``, else the packaged
-    SmolLM2's when ``model`` was loaded from it; refuses otherwise."""
-    if tokenizer_gguf is not None:
-        path = Path(tokenizer_gguf)
+def tokenizer_source(model, gguf_tokenizer=None) -> Path:
+    """The GGUF file whose tokenizer metadata the export carries (and, for ``dtype="source"``, whose blocks):
+    ``gguf_tokenizer``, else the packaged SmolLM2's when ``model`` was loaded from it; refuses otherwise."""
+    if gguf_tokenizer is not None:
+        path = Path(gguf_tokenizer)
         if not path.is_file():
-            raise ExportError(f"tokenizer_gguf {path}: no such file")
+            raise ExportError(f"gguf_tokenizer {path}: no such file")
         return path
     loaded_from = getattr(causal_lm(model).config, "_name_or_path", "") or ""
     if loaded_from and Path(loaded_from).resolve() == converted_model_dir().resolve():
@@ -116,25 +116,22 @@ def _permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, overwrite: bool = False,
-                tokenizer_gguf=None) -> Path:
+                gguf_tokenizer=None) -> Path:
     """Write ``model`` with ``plan`` to one llama.cpp GGUF file ``out`` (``*.gguf``); returns its path."""
     import gguf
 
     out = Path(out)
     if out.suffix != ".gguf":
         raise ExportError(f"format='gguf' writes one file: {out} should end in .gguf")
-    check_destination(out, overwrite=overwrite, inputs=export_inputs(model, plan, None, tokenizer_gguf),
+    check_destination(out, overwrite=overwrite, inputs=export_inputs(model, plan, None, gguf_tokenizer),
                       foreign=foreign_gguf, name="out", file=True, error=ExportError)
     check_supported(model)
     plan.validate(model)
     lm = causal_lm(model)
     config = lm.config
-    problems = gguf_problems(config, plan)
-    if problems:
-        raise ExportError("llama.cpp's deci architecture (format='gguf') cannot represent this model exactly: "
-                          + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
+    check_format("gguf", config, plan)
     weight_dtype, file_type = GGUF_DTYPES[_gguf_dtype(dtype, model_dtype(lm))]
-    src_path = source_gguf(model, tokenizer_gguf)
+    src_path = tokenizer_source(model, gguf_tokenizer)
     src = gguf.GGUFReader(src_path)
     n_vocab_src = len(src.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in src.fields else None
     if n_vocab_src != config.vocab_size:

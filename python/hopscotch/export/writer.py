@@ -85,7 +85,7 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
                                                 overwrite=overwrite, max_shard_size=max_shard_size, dtype=dtype,
                                                 gguf_tokenizer=gguf_tokenizer)
     if format == "gguf":
-        return export_gguf(model, plan, out_dir, dtype=dtype, overwrite=overwrite, tokenizer_gguf=gguf_tokenizer)
+        return export_gguf(model, plan, out_dir, dtype=dtype, overwrite=overwrite, gguf_tokenizer=gguf_tokenizer)
     if isinstance(dtype, str):
         raise ExportError(f"dtype {dtype!r} is for format='gguf' only; give a torch dtype for {format!r}")
     check_supported(model)
