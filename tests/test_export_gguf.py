@@ -156,7 +156,7 @@ def test_gguf_refuses_a_foreign_tokenizer_and_bad_destinations(tmp_path):
     plan = SkipPlan.for_model(model, [1])
     with pytest.raises(ExportError, match=r"carries the tokenizer over from a GGUF file.*pass gguf_tokenizer="):
         export_model(model, plan, tmp_path / "m.gguf", format="gguf")  # it names the argument export_model takes
-    with pytest.raises(ExportError, match=r"gguf_tokenizer \S*no\.gguf: no such file"):
+    with pytest.raises(ExportError, match=r"gguf_tokenizer \S*no\.gguf: no such file; expected the GGUF file"):
         export_model(model, plan, tmp_path / "m.gguf", format="gguf", gguf_tokenizer=tmp_path / "no.gguf")
     with pytest.raises(ExportError, match=r"has 50 tokenizer tokens, the model 97"):
         export_model(model, plan, tmp_path / "m.gguf", format="gguf",

@@ -135,7 +135,8 @@ def _corrupt(tmp_path, model, how):
 
 
 @pytest.mark.parametrize("how,pattern", [
-    ("truncated json", r"p\.json is not a valid plan file \(corrupt or truncated JSON"),
+    ("truncated json", r"p\.json is not a valid plan file \(not valid JSON at line \d+, column \d+: corrupt or "
+                       r"truncated"),
     ("truncated scalars", r"p\.safetensors does not match p\.json"),
     ("garbage scalars", r"checksum differs"),
     ("missing scalars", r"cannot read the plan's scalars .*p\.safetensors"),

@@ -44,6 +44,10 @@ __all__ = [
     "smollm2_gguf_path",
 ]
 
+# What an HF model directory holds its weights in (one of them; shards come with an index).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
 def _resolve(model: str | os.PathLike | None) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model argument."""
     if model is None:
@@ -51,10 +55,18 @@ def _resolve(model: str | os.PathLike | None) -> tuple[Path, str | None]:
         return gguf.parent, gguf.name
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ModelLoadError(f"{path} is not a GGUF file (it does not start with GGUF's magic bytes: corrupt, "
+                                 "truncated or another format)")
         return path.parent, path.name
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a directory but has no config.json; expected an HF model directory")
+        if not any((path / name).is_file() for name in _WEIGHT_FILES):
+            raise ModelNotFoundError(f"{path} holds no weights ({', '.join(_WEIGHT_FILES)}); expected an HF model "
+                                     "directory")
         return path, None
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither an HF model directory nor a .gguf file")
@@ -109,6 +121,19 @@ def _transformers_errors_only():
         hf_logging.set_verbosity(verbosity)
 
 
+def _bad_safetensors(folder: Path) -> Path | str:
+    """The first weights file of ``folder`` whose safetensors header cannot be read (else the folder)."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return f
+    return f"a weights file of {folder}"
+
+
 def _from_pretrained_checked(folder: Path, dtype: torch.dtype, **kwargs):
     """AutoModelForCausalLM.from_pretrained, refusing a checkpoint that lacks weights (transformers would
     initialise them at random and only log it)."""
@@ -116,9 +141,19 @@ def _from_pretrained_checked(folder: Path, dtype: torch.dtype, **kwargs):
 
     from .hf_compat import FROM_PRETRAINED_KWARGS
 
-    with _transformers_errors_only():  # its load report is a warning; missing weights are an error here
-        lm, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True,
-                                                        trust_remote_code=False, **kwargs, **FROM_PRETRAINED_KWARGS)
+    from safetensors import SafetensorError
+
+    try:
+        with _transformers_errors_only():  # its load report is a warning; missing weights are an error here
+            lm, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True,
+                                                            trust_remote_code=False, **kwargs,
+                                                            **FROM_PRETRAINED_KWARGS)
+    except SafetensorError:
+        raise ModelLoadError(f"{_bad_safetensors(folder)} is not a valid safetensors file (corrupt or truncated)") \
+            from None
+    except ValueError as exc:  # transformers' refusals (an unknown model_type ...): its first sentence, named
+        first = (str(exc).strip().split(". ")[0] or type(exc).__name__).rstrip(".")
+        raise ModelLoadError(f"{kwargs.get('gguf_file') or folder}: transformers cannot load it: {first}") from None
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
     if missing or mismatched:

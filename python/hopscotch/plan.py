@@ -29,6 +29,7 @@ from ._version import __version__
 from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import PlanError, as_index_list, as_path
 from .limits import check_skip_lists
+from .paths import json_problem, os_reason
 
 __all__ = ["SCALAR_NAMES", "PlanError", "SkipPlan", "architecture_fingerprint", "FINGERPRINT_FIELDS",
            "package_versions"]
@@ -224,8 +225,8 @@ class SkipPlan:
             raise PlanError(f"no plan at {json_path}")
         try:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PlanError(f"{json_path} is not a valid plan file (corrupt or truncated JSON: {exc})") from None
+        except ValueError as exc:
+            raise PlanError(f"{json_path} is not a valid plan file ({json_problem(exc)})") from None
         fmt = doc.get("format") if isinstance(doc, dict) else None
         if fmt != _FORMAT:
             raise PlanError(f"{json_path} is not a hopscotch plan (format {fmt!r}; expected {_FORMAT!r})")
@@ -238,7 +239,7 @@ class SkipPlan:
         try:
             blob = st_path.read_bytes()
         except OSError as exc:
-            raise PlanError(f"cannot read the plan's scalars {st_path}: {exc}") from None
+            raise PlanError(f"cannot read the plan's scalars {st_path}: {os_reason(exc)}") from None
         _check_signature(doc, blob, json_path, st_path)
         return cls._from_doc(doc, blob, json_path, st_path)
 
@@ -254,8 +255,9 @@ class SkipPlan:
         try:
             tensors = st_load(blob)
             scalars = torch.stack([tensors[k].float() for k in SCALAR_NAMES], dim=1)
-        except Exception as exc:  # safetensors raises its own error types
-            raise PlanError(f"{st_path} is not a valid scalars file ({exc})") from None
+        except Exception:  # safetensors raises its own error types; a missing scalar is a KeyError
+            raise PlanError(f"{st_path} is not a valid scalars file (a safetensors file holding "
+                            f"{', '.join(SCALAR_NAMES)})") from None
         plan = cls(doc["fingerprint"], list(doc["skipped_attention"]), list(doc["skipped_mlp"]), scalars,
                    doc.get("provenance", {}), source=json_path)
         try:

@@ -93,11 +93,15 @@ def _nvidia_driver() -> str:
         return "unknown"
 
 
+def results_path(csv_path: str | os.PathLike) -> Path:
+    """Where ``append_results`` writes ``csv_path``: a bare file name goes to ``results_dir()``."""
+    path = Path(csv_path)
+    return results_dir() / path if not path.is_absolute() and path.parent == Path(".") else path
+
+
 def append_results(csv_path: str | os.PathLike, rows: Iterable[dict], device: str | torch.device = "cpu") -> Path:
     """Append ``rows`` (dicts) to a CSV, each with the metadata columns; new columns extend the header."""
-    path = Path(csv_path)
-    if not path.is_absolute() and path.parent == Path("."):
-        path = results_dir() / path
+    path = results_path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(device)
     rows = [{**r, **meta} for r in rows]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..bench.choices import FILLS, PROVIDERS, RANDOM_SHAPES
 from ..utils import model_dtype
-from .common import CliError, add_model_args, emit, load_from_args, resolve_device, resolve_dtype
+from .common import CliError, about, add_model_args, emit, load_from_args, path_arg, resolve_device, resolve_dtype
 
 DESCRIPTION = """Prefill latency, decode tokens/s, KV-cache bytes and (on CUDA) peak memory for
   hf                  the unpatched transformers model (its DynamicCache)
@@ -75,7 +74,8 @@ def _ks(text: str, num_layers: int) -> list[int]:
     for x in _ks_tokens(text):
         k = num_layers // 2 if x in ("half", "L/2") else num_layers if x in ("all", "L") else int(x)
         if not 0 <= k <= num_layers:
-            raise CliError(f"--ks: {k} is out of range for a model with {num_layers} layers")
+            raise CliError(f"--ks {text!r}: {k} is out of range; expected 0 to {num_layers} for a model with "
+                           f"{num_layers} layers")
         ks.append(k)
     return sorted(set(ks))
 
@@ -89,7 +89,8 @@ def run(args) -> int:
         providers.append("hopscotch_compiled")
     bad = [p for p in providers if p not in PROVIDERS]
     if bad:
-        raise CliError(f"--providers: unknown {bad}; expected some of {', '.join(PROVIDERS)}")
+        raise CliError(f"--providers {args.providers!r}: unknown {', '.join(bad)}; expected some of "
+                       f"{', '.join(PROVIDERS)}")
     _ks_tokens(args.ks)
     if args.rounds < 1:
         raise CliError(f"--rounds {args.rounds}: expected 1 or more")
@@ -99,9 +100,9 @@ def run(args) -> int:
         raise CliError(f"--budget {args.budget}: expected a positive number of seconds")
     if args.max_kv_fraction is not None and not 0 < args.max_kv_fraction <= 1:
         raise CliError(f"--max-kv-fraction {args.max_kv_fraction}: expected a fraction in (0, 1]")
-    csv_dir = Path(args.csv).parent
-    if csv_dir.exists() and not csv_dir.is_dir():
-        raise CliError(f"--csv {args.csv}: {csv_dir} is not a directory")
+    from ..bench.results import results_path
+
+    path_arg("--csv", results_path(args.csv), output=True)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     batches = _ints(args.batches or ("1,16" if cuda else "1,8"), "batches")
@@ -139,7 +140,8 @@ def run(args) -> int:
             r.update({"context": ctx, "model": name, "dtype": str(model_dtype(model))})
         rows += part
         gains += [{**g, "context": ctx} for g in attention_gain(part, L)]
-    path = append_results(args.csv, rows, device)
+    with about("--csv", args.csv, "write", refusals=False):
+        path = append_results(args.csv, rows, device)
     plot = None
     if not args.no_plot:
         from ..bench.plot import plot_e2e

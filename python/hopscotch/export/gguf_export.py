@@ -39,6 +39,7 @@ import torch
 from ..arch import causal_lm, check_supported
 from ..atomic import check_destination, clean_stale_partials, partial_path
 from ..packaged import converted_model_dir, smollm2_gguf_path
+from ..paths import PathError, check_input
 from ..plan import SkipPlan
 from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
@@ -75,10 +76,11 @@ def tokenizer_source(model, gguf_tokenizer=None) -> Path:
     """The GGUF file whose tokenizer metadata the export carries (and, for ``dtype="source"``, whose blocks):
     ``gguf_tokenizer``, else the packaged SmolLM2's when ``model`` was loaded from it; refuses otherwise."""
     if gguf_tokenizer is not None:
-        path = Path(gguf_tokenizer)
-        if not path.is_file():
-            raise ExportError(f"gguf_tokenizer {path}: no such file")
-        return path
+        try:
+            return check_input(gguf_tokenizer, "gguf_tokenizer", expected="the GGUF file the model was loaded from",
+                               suffixes=(".gguf",))
+        except PathError as exc:
+            raise ExportError(str(exc)) from None
     loaded_from = getattr(causal_lm(model).config, "_name_or_path", "") or ""
     if loaded_from and Path(loaded_from).resolve() == converted_model_dir().resolve():
         return smollm2_gguf_path()

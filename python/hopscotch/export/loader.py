@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ArgumentError, as_path, check_arg
+from ..paths import json_problem
 from ..patch import apply_plan
 from ..plan import PlanError, SkipPlan
 from .fold import skipped_weight
@@ -29,17 +30,37 @@ _NORMS = ("input_layernorm", "post_attention_layernorm")  # the per-layer norms 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from safetensors import SafetensorError
+
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = json_problem(exc) if isinstance(exc, ValueError) else "without a weight_map of file names"
+            raise ExportError(f"{index} is {what}") from None
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
         raise ExportError(f"{path} holds no model.safetensors or model.safetensors.index.json")
     sd = {}
     for f in files:
-        sd.update(load_file(str(path / f)))
+        try:
+            sd.update(load_file(str(path / f)))
+        except SafetensorError:
+            raise ExportError(f"{path / f} is not a valid safetensors file (corrupt or truncated)") from None
     return sd
+
+
+def _read_config(cfg_path: Path) -> dict:
+    """config.json as a dict; ExportError when it is not a JSON object (an OSError reading it propagates)."""
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ExportError(f"{cfg_path} is {json_problem(exc)}") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{cfg_path} holds a JSON {type(cfg).__name__}; expected a config (a JSON object)")
+    return cfg
 
 
 def _check_entry(entry, cfg_path: Path) -> dict:
@@ -131,7 +152,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise ExportError(f"{path} has no config.json; expected a directory written by export_model")
-    entry = _check_entry(json.loads(cfg_path.read_text()).get(HOPSCOTCH_CONFIG_KEY), cfg_path)
+    entry = _check_entry(_read_config(cfg_path).get(HOPSCOTCH_CONFIG_KEY), cfg_path)
     config = AutoConfig.from_pretrained(path)
     model, plan = _build_skipped(path, config, entry.get("skipped_attention"), entry.get("skipped_mlp"), dtype)
     _set_norm_eps(model, entry["norm_eps"], cfg_path)
@@ -177,10 +198,9 @@ def load_decilm(path: str | os.PathLike, *, dtype: torch.dtype | str | None = No
 
     path = _check_load_args("load_decilm", path, dtype, device)
     cfg_path = path / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{cfg_path} cannot be read as a config ({exc})") from None
+    if not cfg_path.is_file():
+        raise ExportError(f"{path} has no config.json; expected a directory written by export_model")
+    cfg = _read_config(cfg_path)
     if cfg.get("model_type") != "nemotron-nas" or "block_configs" not in cfg:
         raise ExportError(f"{cfg_path} is not a DeciLM (nemotron-nas) config with block_configs")
     attn, mlp = _decilm_skips(cfg, path)
