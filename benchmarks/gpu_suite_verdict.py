@@ -48,7 +48,7 @@ def step_bytes(shape: str, dtype: torch.dtype, k: int) -> int:
     """Weight bytes one decode step reads at batch 1 with the last k attention blocks skipped."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hopscotch.cli.bench_cmd import RANDOM_SHAPES
+    from hopscotch.bench.choices import RANDOM_SHAPES
 
     with torch.device("meta"):
         model = LlamaForCausalLM(LlamaConfig(**RANDOM_SHAPES[shape]))

@@ -29,8 +29,8 @@ p.add_argument("--contexts", default="512"); p.add_argument("--steps", type=int,
 p.add_argument("--reps", type=int, default=3); p.add_argument("--tag", default="")
 a = p.parse_args()
 if a.model == "tiny":
-    from hopscotch.cli.bench_cmd import _random_model
-    model = _random_model("tiny", torch.device("cpu"), torch.float32)
+    from hopscotch.bench.e2e import random_model
+    model = random_model("tiny", torch.device("cpu"), torch.float32)
 else:
     from hopscotch.models import load_model
     model, _ = load_model(None)

@@ -38,7 +38,8 @@ import torch
 
 from hopscotch import unpatch_model
 from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
-from hopscotch.bench.results import append_row, metadata, read_rows
+from hopscotch.bench.results import metadata
+from rows import append_row, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import FastConfig, search
 from hopscotch.evaluate import mean_nll

@@ -51,7 +51,8 @@ import torch
 from hopscotch import SkipPlan, apply_plan, unpatch_model
 from hopscotch.atomic import atomic_write_text
 from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
-from hopscotch.bench.results import append_row, metadata, read_rows
+from hopscotch.bench.results import metadata
+from rows import append_row, read_rows
 from hopscotch.models import load_model
 from hopscotch.search import data_digest, search
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
@@ -147,7 +148,8 @@ class Study:
     # ---- data --------------------------------------------------------------------------------------------
     def task_data(self, task, fold=0):
         if (task, fold) not in self.data:
-            from hopscotch.data import DEFAULT_VARIANT, load_task
+            from hopscotch.data import load_task
+            from hopscotch.data.olmo_eval_tasks import DEFAULT_VARIANT
 
             a = self.args
             from hopscotch.models import cache_dir
@@ -353,7 +355,8 @@ class Study:
 def estimate(args) -> None:
     """The full study's run time on this machine: per task, from the full study's own finished rows where it has
     them (its work folder), else scaled by the task's characters per item from the tasks measured (or the smoke)."""
-    from hopscotch.data import DEFAULT_VARIANT, load_task
+    from hopscotch.data import load_task
+    from hopscotch.data.olmo_eval_tasks import DEFAULT_VARIANT
 
     full = parse_args([])
     smoke = list(read_rows(args.work / "rows.jsonl", lambda r: r["key"]).values())

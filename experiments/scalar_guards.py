@@ -31,7 +31,8 @@ from study_report import paired_p_cells, value_cell  # noqa: E402
 
 from hopscotch import SkipPlan, unpatch_model  # noqa: E402
 from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
-from hopscotch.bench.results import append_row, metadata, read_rows  # noqa: E402
+from hopscotch.bench.results import metadata  # noqa: E402
+from rows import append_row, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
 from hopscotch.search import search, train_final_scalars  # noqa: E402
 from hopscotch.search.guards import ScalarGuard  # noqa: E402

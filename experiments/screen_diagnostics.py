@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
-from hopscotch.bench.results import append_row, metadata, read_rows
+from hopscotch.bench.results import metadata
+from rows import append_row, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch import patch_model, patched_layers, set_scalars, set_skips
 from hopscotch.search.runner import step_schedule

@@ -35,7 +35,8 @@ import torch
 
 from hopscotch import SkipPlan, apply_plan, unpatch_model
 from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
-from hopscotch.bench.results import append_row, metadata, read_rows
+from hopscotch.bench.results import metadata
+from rows import append_row, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
 from hopscotch.search import search, train_final_scalars

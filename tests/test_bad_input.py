@@ -33,6 +33,11 @@ class Case:
     code: int = 2
 
 
+# A search of the tiny model that writes nothing in the working directory but its state and plan.
+TINY_SEARCH = ("--model", "tiny", "--num-skip", "1", "--method", "random", "--objective", "nll", "--data", "qa.jsonl",
+               "--calibration", "2", "--evaluation", "0", "--no-eval", "--no-speed", "--quiet")
+
+
 def _c(id, *argv, says=(), code=2):
     return Case(id, [str(a) for a in argv], (says,) if isinstance(says, str) else tuple(says), code)
 
@@ -50,7 +55,7 @@ CASES = [
     _c("search: --max-new-tokens 0", "search", "--max-new-tokens", "0", says="--max-new-tokens 0: expected 1 or more"),
     _c("search: --margin negative", "search", "--margin", "-0.1", says="--margin -0.1: expected 0 or more"),
     _c("search: --final-epochs negative", "search", "--final-epochs", "-1", says="--final-epochs -1"),
-    _c("search: --calibration 0", "search", "--calibration", "0", says="--calibration must be at least 1"),
+    _c("search: --calibration 0", "search", "--calibration", "0", says="--calibration 0: expected 1 or more"),
     _c("search: --nproc 0", "search", "--nproc", "0", says="--nproc 0: expected 1 or more"),
     _c("search: --dist-timeout nan", "search", "--dist-timeout", "nan",
        says="--dist-timeout nan: expected a number of seconds above 0"),
@@ -80,17 +85,16 @@ CASES = [
     _c("eval: --evaluation 0", "eval", "--evaluation", "0", says="--evaluation 0: expected 1 or more"),
     _c("eval: --wiki-blocks negative", "eval", "--wiki-blocks", "-1", says="--wiki-blocks -1: expected 0 or more"),
     _c("eval: --plan missing", "eval", "--plan", "missing.json", says="--plan missing.json: no such file"),
-    _c("eval: --plan not a plan file", "eval", "--plan", "notes.txt", says="notes.txt is not a plan file"),
+    _c("eval: --plan not a plan file", "eval", "--plan", "notes.txt",
+       says="--plan notes.txt is not a .json file; expected a plan: PLAN.json"),
     _c("eval: --plan corrupt JSON", "eval", "--plan", "corrupt.json",
-       says="corrupt.json is not a valid plan file (corrupt or truncated JSON"),
+       says="--plan corrupt.json is not a valid plan file (not valid JSON at line 1, column 3: corrupt or truncated)"),
     _c("eval: --plan skipped_attention edited", "eval", "--plan", "edited.json",
        says="edited.json: skipped_attention changed after the plan was saved"),
     _c("eval: --plan skipped_mlp null (signed)", "eval", "--plan", "nullmlp.json",
        says="nullmlp.json: skipped_mlp changed after the plan was saved"),
-    _c("eval: --plan skipped_mlp null (format 1)", "eval", "--plan", "v1null.json",
-       says="v1null.json: skipped_mlp is null; expected a list of integer block indices"),
-    _c("eval: --plan skipping every attention block", "eval", "--plan", "v1all.json",
-       says="skipped_attention skips all 4 attention blocks; at most 3 may be skipped"),
+    _c("eval: --plan of another format", "eval", "--plan", "v1.json",
+       says="v1.json is not a hopscotch plan (format 'hopscotch-plan/1'; expected 'hopscotch-plan/2')"),
     _c("eval: --compare missing", "eval", "--compare", "missing.json", says="--compare missing.json: no such file"),
     _c("eval: --plan on a hopscotch export", "eval", "--model", "hop", "--plan", "p.json",
        says=("--plan p.json: --model hop is a hopscotch export", "its plan already in its weights")),
@@ -99,13 +103,55 @@ CASES = [
     _c("eval: --data missing", "eval", "--data", "missing.jsonl", says="--data missing.jsonl: no such file"),
     _c("eval: --model missing", "eval", "--model", "no/such", says="--model no/such: no such file or directory"),
     _c("eval: --model a text file", "eval", "--model", "notes.txt", "--quiet",
-       says="--model notes.txt: notes.txt is neither an HF model directory nor a .gguf file"),
+       says="--model notes.txt is neither an HF model directory nor a .gguf file"),
     _c("eval: --model a directory without config", "eval", "--model", "emptydir", "--quiet",
-       says="--model emptydir: emptydir is a directory but has no config.json"),
+       says="--model emptydir is a directory but has no config.json"),
     _c("eval: --model missing weights", "eval", "--model", "broken", "--quiet",
        says=("broken: 1 weights missing", "would initialise them at random", "model.layers.2.mlp.down_proj.weight")),
     _c("eval: plan for a 5-layer model", "eval", "--model", "tiny", "--plan", "other5.json", "--quiet",
-       says="this plan is for a 5-layer llama model; this model has 4 layers"),
+       says="--plan other5.json: this plan is for a 5-layer llama model; this model has 4 layers"),
+    # issue 48: every path option checked by one helper, every refusal of a plan naming its option, a library's or
+    # the OS's error on a user's file said as what happened to that file
+    _c("eval: --data a directory", "eval", "--data", "somedir",
+       says="--data somedir is a directory; expected a data file"),
+    _c("eval: --compare for another layer count", "eval", "--model", "tiny", "--compare", "other5.json", "--quiet",
+       says="--compare other5.json: this plan is for a 5-layer llama model; this model has 4 layers"),
+    _c("eval: --compare for another architecture", "eval", "--model", "tiny", "--compare", "qwen.json", "--quiet",
+       says="--compare qwen.json: plan is for model_type='qwen2' but the model has model_type='llama'"),
+    _c("eval: --compare not a plan file", "eval", "--compare", "notes.txt",
+       says="--compare notes.txt is not a .json file"),
+    _c("eval: --compare edited", "eval", "--compare", "edited.json",
+       says="--compare edited.json: skipped_attention changed after the plan was saved"),
+    _c("eval: --plan a directory without a plan", "eval", "--plan", "emptydir",
+       says="--plan emptydir: no plan at emptydir/plan.json"),
+    _c("eval: --plan a broken link", "eval", "--plan", "link.json", says="--plan link.json is a broken symbolic link"),
+    _c("eval: --plan under a file", "eval", "--plan", "file.txt/p.json",
+       says="--plan file.txt/p.json: file.txt is a file, not a directory"),
+    _c("eval: --data not UTF-8", "eval", "--model", "tiny", "--data", "latin1.jsonl", "--quiet",
+       says="--data latin1.jsonl, line 1: bytes that are not UTF-8 at column"),
+    _c("eval: --model config not JSON", "eval", "--model", "badcfg", "--quiet",
+       says="--model badcfg: badcfg/config.json is not valid JSON at line 1, column 3: corrupt or truncated"),
+    _c("eval: --model a .gguf that is not one", "eval", "--model", "bad.gguf", "--quiet",
+       says="--model bad.gguf is not a GGUF file (it does not start with GGUF's magic bytes"),
+    _c("eval: --model weights corrupt", "eval", "--model", "badst", "--quiet",
+       says="--model badst: badst/model.safetensors is not a valid safetensors file (corrupt or truncated)"),
+    _c("eval: --model without weights", "eval", "--model", "cfgonly", "--quiet",
+       says="--model cfgonly holds no weights (model.safetensors,"),
+    _c("eval: --model an unknown architecture", "eval", "--model", "unknown", "--quiet",
+       says="--model unknown: transformers cannot load it: The checkpoint you are trying to load has model type"),
+    _c("search: --data a directory", "search", "--data", "somedir", says="--data somedir is a directory; expected a"),
+    _c("search: --data under a file", "search", "--data", "file.txt/qa.jsonl",
+       says="--data file.txt/qa.jsonl: file.txt is a file, not a directory"),
+    _c("search: --out where nothing may be written", "search", *TINY_SEARCH, "--out", "/sys/p.json",
+       says="--out /sys/p.json: cannot write the search state beside it (/sys/p.state.json): permission denied"),
+    _c("search: --state where nothing may be written", "search", *TINY_SEARCH, "--state", "/sys/s.json",
+       says="--state /sys/s.json: cannot write it: permission denied"),
+    _c("export: --plan a directory without a plan", "export", "--plan", "emptydir", "--out", "x",
+       says="--plan emptydir: no plan at emptydir/plan.json"),
+    _c("export: --out under a file", "export", "--plan", "p.json", "--out", "file.txt/x",
+       says="--out file.txt/x: file.txt is a file, not a directory"),
+    _c("export: --out where nothing may be written", "export", "--model", "tiny", "--plan", "p.json", "--out",
+       "/sys/x", "--quiet", says="--out /sys/x: cannot write it: permission denied"),
     # export
     _c("export: --max-shard-size banana", "export", "--plan", "p.json", "--out", "x", "--max-shard-size", "banana",
        says="--max-shard-size 'banana': expected a size such as 5GB"),
@@ -147,21 +193,26 @@ CASES = [
     _c("export: --model an export", "export", "--model", "hop", "--plan", "p.json", "--out", "x",
        says=("--model hop is a hopscotch export", "`hopscotch export` needs the original model")),
     _c("export: decilm a plan vLLM cannot run", "export", "--model", "tiny", "--plan", "mlp0.json", "--out", "x",
-       "--format", "decilm", "--quiet", says=("the decilm format cannot represent this model exactly",
-                                             "MLP block 0 runs with no attention block before it")),
+       "--format", "decilm", "--quiet", says=("--plan mlp0.json: --format decilm cannot represent this model with this "
+                                             "plan exactly", "MLP block 0 runs with no attention block before it")),
     _c("export: gguf without a GGUF tokenizer", "export", "--model", "tiny", "--plan", "p.json", "--out", "x.gguf",
-       "--format", "gguf", "--quiet", says="format='gguf' carries the tokenizer over from a GGUF file"),
+       "--format", "gguf", says="--model tiny: --format gguf carries the tokenizer over from the GGUF file"),
     # bench (its own options are cli/bench_cmd.py's; --model goes through the shared loader)
     _c("bench: --ks not integers", "bench", "--ks", "0,x", says="--ks '0,x': expected integers"),
     _c("bench: --rounds 0", "bench", "--rounds", "0", says="--rounds 0: expected 1 or more"),
     _c("bench: --new-tokens 0", "bench", "--new-tokens", "0", says="--new-tokens 0: expected 1 or more"),
     _c("bench: --budget -1", "bench", "--budget", "-1", says="--budget -1.0: expected a positive number"),
-    _c("bench: --csv under a file", "bench", "--csv", "/dev/null/x.csv", says="/dev/null is not a directory"),
+    _c("bench: --csv under a file", "bench", "--csv", "/dev/null/x.csv",
+       says="--csv /dev/null/x.csv: /dev/null is not a directory"),
+    _c("bench: --csv a directory", "bench", "--csv", "nest/tiny",
+       says="--csv nest/tiny is a directory; expected a file"),
     _c("bench: --max-kv-fraction 2", "bench", "--max-kv-fraction", "2", says="--max-kv-fraction 2.0: expected a"),
     _c("bench: --model an export", "bench", "--model", "hop", "--quiet",
        says="--model hop is a hopscotch export of a plan"),
     # info, doctor, the top level
     _c("info: --partials-in missing", "info", "--partials-in", "no/such", says="--partials-in no/such: no such directory"),
+    _c("info: --partials-in a file", "info", "--partials-in", "notes.txt",
+       says="--partials-in notes.txt is a file, not a directory; expected a directory"),
     _c("info: unknown option", "info", "--bogus", says="unrecognized arguments: --bogus"),
     _c("doctor: unknown --arch", "doctor", "--arch", "gpt2", says="--arch 'gpt2'; expected one of"),
     _c("no command", says="the following arguments are required: COMMAND"),
@@ -179,15 +230,6 @@ def _plan_file_edit(src: Path, dst: Path, **changes) -> Path:
             doc[k] = v
     dst.write_text(json.dumps(doc, indent=1))
     return dst
-
-
-def _format_1(src: Path, dst: Path, **changes) -> Path:
-    """The plan as hopscotch 0.1 wrote it (format 1: a checksum over the scalars only), fields replaced."""
-    import hashlib
-
-    blob = src.with_suffix(".safetensors").read_bytes()
-    return _plan_file_edit(src, dst, format="hopscotch-plan/1", checksums=None, checksum=None,
-                           scalars_sha256=hashlib.sha256(blob).hexdigest(), **changes)
 
 
 def _tiny_dir(path: Path, num_layers: int = 4) -> Path:
@@ -225,13 +267,30 @@ def workdir(tmp_path_factory):
     SkipPlan.for_model(model, [0], [], method="probe").save(root / "mlp0.json")
     _plan_file_edit(p, root / "edited.json", skipped_attention=[2])
     _plan_file_edit(p, root / "nullmlp.json", skipped_mlp=None)
-    _format_1(p, root / "v1null.json", skipped_mlp=None)
-    _format_1(p, root / "v1all.json", skipped_attention=[0, 1, 2, 3])
+    _plan_file_edit(p, root / "v1.json", format="hopscotch-plan/1", checksums=None, checksum=None)
     from transformers import LlamaConfig
 
     SkipPlan.for_model(LlamaConfig(**{**model.config.to_dict(), "num_hidden_layers": 5}), [1]).save(root / "other5.json")
+    from transformers import Qwen2Config
+
+    qwen = {k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "architectures")}
+    SkipPlan.for_model(Qwen2Config(**qwen), [1]).save(root / "qwen.json")
     (root / "notes.txt").write_text("the user's notes")
     (root / "corrupt.json").write_text("{ not json")
+    (root / "link.json").symlink_to(root / "gone.json")
+    (root / "bad.gguf").write_bytes(b"not a gguf file")
+    (root / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9", "answer": " x"}\n'.encode("latin-1"))
+    for name, change in (("badcfg", "config"), ("badst", "weights"), ("cfgonly", "no weights"), ("unknown", "type")):
+        shutil.copytree(tiny, root / name)
+        if change == "config":
+            (root / name / "config.json").write_text("{ nope")
+        elif change == "weights":
+            (root / name / "model.safetensors").write_bytes(b"\0" * 20)
+        elif change == "no weights":
+            (root / name / "model.safetensors").unlink()
+        else:
+            cfg = json.loads((root / name / "config.json").read_text())
+            (root / name / "config.json").write_text(json.dumps({**cfg, "model_type": "frobnicator"}))
     (root / "user.json").write_text('{"mine": true}')
     (root / "file.txt").write_text("a file")
     (root / "user.gguf").write_bytes(b"not a gguf of ours")

@@ -41,7 +41,7 @@ def test_search_eval_export_round(tiny_dir, tmp_path, capsys):
     assert code == 2 and "is not empty; pass --overwrite" in err
     code, _, err = run_cli(capsys, "export", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / "d",
                         "--format", "decilm", "--quiet")
-    assert code == 2 and "decilm format cannot represent this model exactly" in err
+    assert code == 2 and "--format decilm cannot represent this model with this plan exactly" in err
 
 
 def test_search_baselines_and_local_data(tiny_dir, tmp_path, capsys):
@@ -86,7 +86,7 @@ def test_bench_and_info(tmp_path, capsys):
     (["export", "--plan", "/no/plan.json", "--out", "x"], "--plan /no/plan.json: no such file"),
     (["bench", "--ks", "0,x"], "--ks '0,x': expected integers"),
     (["bench", "--batches", "0"], "--batches '0': expected positive integers"),
-    (["bench", "--providers", "vllm"], "--providers: unknown ['vllm']"),
+    (["bench", "--providers", "vllm"], "--providers 'vllm': unknown vllm; expected some of hf"),
     (["bench", "--rounds", "0"], "--rounds 0: expected 1 or more"),
 ])
 def test_bad_arguments_give_one_line_and_a_nonzero_exit(argv, message, capsys):

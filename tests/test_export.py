@@ -10,7 +10,8 @@ import torch
 import hopscotch
 from hopscotch import SkipPlan, apply_plan, export_model, from_pretrained
 from hopscotch.hf_compat import FROM_PRETRAINED_KWARGS, output_cache
-from hopscotch.export import ExportError, FoldError
+from hopscotch.export import ExportError
+from hopscotch.export.fold import FoldError
 from hopscotch.export.formats import PLAN_SUBDIR, export_plan_path
 from hopscotch.patch import kv_cache_bytes, patched_layers
 from tests.helpers import DATA
@@ -147,20 +148,23 @@ def test_hopscotch_format_folds_each_norms_eps_exactly(arch, tmp_path):
     assert one_eps > 100 * max(exact, 1e-7)  # the error the per-norm eps removes is real
 
 
-def test_hopscotch_format_1_exports_still_load_and_unknown_formats_are_refused(tmp_path):
+@pytest.mark.parametrize("fmt", [1, 3, None])
+def test_a_hopscotch_export_of_another_format_is_refused(fmt, tmp_path):
+    """Format 2 is the first released (0.1.0) and the only one read: a format-1 entry (no per-norm eps) is refused
+    like a newer one, naming the file and the format."""
     model = tiny_model("llama")
-    plan = _plan(model)
-    out = export_model(model, plan, tmp_path / "h")
+    out = export_model(model, _plan(model), tmp_path / "h")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["hopscotch"]["format"] == 2
-    del cfg["hopscotch"]["norm_eps"]
-    cfg["hopscotch"]["format"] = 1
+    cfg["hopscotch"]["format"] = fmt
     (out / "config.json").write_text(json.dumps(cfg))
-    loaded = from_pretrained(out)  # the original eps everywhere, as format 1 had it
-    assert loaded.model.norm.variance_epsilon == model.config.rms_norm_eps
-    cfg["hopscotch"]["format"] = 3
+    with pytest.raises(ExportError, match=rf"h/config.json: hopscotch export format {fmt}; this version reads "
+                                          r"format 2 \(written by another hopscotch version"):
+        from_pretrained(out)
+    cfg["hopscotch"]["format"] = 2
+    del cfg["hopscotch"]["norm_eps"]["norm"]
     (out / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ExportError, match=r"hopscotch export format 3; this version reads formats 1 and 2"):
+    with pytest.raises(ExportError, match=r"h/config.json: its 'hopscotch' entry lacks norm_eps"):
         from_pretrained(out)
 
 
@@ -176,23 +180,6 @@ def test_export_holds_only_what_weight_loaders_expect_at_the_top_level(format, t
     assert weights == sorted(set(index["weight_map"].values())) and len(weights) > 1
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [PLAN_SUBDIR]
     assert export_plan_path(out) == out / PLAN_SUBDIR and SkipPlan.load(export_plan_path(out)) == plan
-
-
-def test_exports_with_the_plan_at_the_top_level_still_load(tmp_path):
-    """Exports written before the plan moved to its subfolder: hopscotch_plan.json + .safetensors beside the weights."""
-    model = tiny_model("llama")
-    plan = _plan(model, attn=(1, 3))
-    ids = torch.randint(3, 97, (1, 7))
-    out = export_model(model, plan, tmp_path / "old")
-    assert export_plan_path(tmp_path) is None
-    import shutil
-
-    shutil.rmtree(out / PLAN_SUBDIR)
-    plan.save(out / "hopscotch_plan.json")
-    assert (out / "hopscotch_plan.safetensors").is_file()
-    assert export_plan_path(out) == out / "hopscotch_plan.json" and SkipPlan.load(export_plan_path(out)) == plan
-    apply_plan(model, plan)
-    torch.testing.assert_close(_logits(from_pretrained(out), ids), _logits(model, ids), **FOLD_TOL)
 
 
 def test_export_never_overwrites_and_leaves_nothing_half_written(tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def test_gguf_metadata_and_tensors_read_back(tmp_path):
     np.testing.assert_array_equal(_unpermute(k, 2), sd["model.layers.2.self_attn.k_proj.weight"].numpy())
     np.testing.assert_array_equal(np.asarray(tensors["blk.2.attn_v.weight"].data).reshape(32, 64),
                                   sd["model.layers.2.self_attn.v_proj.weight"].numpy())
-    from hopscotch.export import output_scales
+    from hopscotch.export.fold import output_scales
 
     attn_scale, mlp_scale = output_scales(plan.scalar_tensor(), plan.skipped_attention, [])
     o = np.asarray(tensors["blk.2.attn_output.weight"].data).reshape(64, 64)
@@ -154,8 +154,10 @@ def test_gguf_refuses_what_llama_cpp_cannot_run(arch, attn, mlp, kwargs, pattern
 def test_gguf_refuses_a_foreign_tokenizer_and_bad_destinations(tmp_path):
     model = tiny_model("llama")
     plan = SkipPlan.for_model(model, [1])
-    with pytest.raises(ExportError, match=r"carries the tokenizer over from a GGUF file.*convert_hf_to_gguf"):
-        export_model(model, plan, tmp_path / "m.gguf", format="gguf")
+    with pytest.raises(ExportError, match=r"carries the tokenizer over from a GGUF file.*pass gguf_tokenizer="):
+        export_model(model, plan, tmp_path / "m.gguf", format="gguf")  # it names the argument export_model takes
+    with pytest.raises(ExportError, match=r"gguf_tokenizer \S*no\.gguf: no such file; expected the GGUF file"):
+        export_model(model, plan, tmp_path / "m.gguf", format="gguf", gguf_tokenizer=tmp_path / "no.gguf")
     with pytest.raises(ExportError, match=r"has 50 tokenizer tokens, the model 97"):
         export_model(model, plan, tmp_path / "m.gguf", format="gguf",
                      gguf_tokenizer=_tokenizer_gguf(tmp_path / "small.gguf", 50))

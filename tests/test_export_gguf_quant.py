@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from hopscotch import SkipPlan, apply_plan, export_model, unpatch_model
-from hopscotch.export import ExportError, output_scales
+from hopscotch.export import ExportError
+from hopscotch.export.fold import output_scales
 from tests.test_export_gguf import THIN, _need_llama_cpp
 
 gguf = pytest.importorskip("gguf")

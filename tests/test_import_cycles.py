@@ -1,5 +1,6 @@
 """No import cycles inside the installed packages: every import counts, at module level or inside a function (an
-import moved into a function hides a cycle from Python, not from this test)."""
+import moved into a function hides a cycle from Python, not from this test), and so does every package ``__init__``
+an import runs (``from .export.info import x`` runs ``export/__init__.py`` first, and whatever that imports)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import pytest
 from tests.helpers import ROOT
 
 
+def parents(module: str) -> list[str]:
+    """The packages whose ``__init__`` Python runs before ``module``: ``a.b.c`` -> ``a``, ``a.b``."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def import_graph(package_dir: Path) -> dict[str, set[str]]:
     """Module -> the package's modules it imports. ``from .x import y`` names module x, and x.y when y is a
-    submodule; a package's own ``__init__`` is the package's name."""
+    submodule; a package's own ``__init__`` is the package's name. Importing a module also imports its parent
+    packages (their ``__init__``), except those of the importer itself (Python has entered them already)."""
     modules = {}
     for path in package_dir.rglob("*.py"):
         parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
@@ -35,6 +43,7 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
                 targets = subs + ([module] if len(subs) < len(node.names) else [])
             else:
                 continue
+            targets += [p for t in targets for p in parents(t) if p not in parents(name) and p != name]
             graph[name] |= {t for t in targets if t in modules and t != name}
     return graph
 
@@ -70,15 +79,32 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _package(root: Path, files: dict[str, str]) -> Path:
+    """A package ``pkg`` under ``root`` holding ``files`` (relative path -> source)."""
+    for rel, text in files.items():
+        (root / "pkg" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "pkg" / rel).write_text(text)
+    return root / "pkg"
+
+
 def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path):
-    pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("from .a import f\n")
-    (pkg / "a.py").write_text("from .sub.b import g\n\ndef f():\n    return g()\n")
-    (pkg / "sub" / "__init__.py").write_text("")
-    (pkg / "sub" / "b.py").write_text("def g():\n    from ..a import f\n    return f\n")
-    (pkg / "c.py").write_text("from . import a\n")
+    pkg = _package(tmp_path, {"__init__.py": "from .a import f\n",
+                              "a.py": "from .sub.b import g\n\ndef f():\n    return g()\n", "sub/__init__.py": "",
+                              "sub/b.py": "def g():\n    from ..a import f\n    return f\n",
+                              "c.py": "from . import a\n"})
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.sub.b"]]
+
+
+def test_the_cycle_finder_counts_the_parent_packages_an_import_runs(tmp_path):
+    """models imports export.info, whose package __init__ imports the writer, which imports models in a function:
+    a cycle through export/__init__ (issue 48), though no module names another that names it."""
+    pkg = _package(tmp_path, {"__init__.py": "", "models.py": "from .export.info import info\n",
+                              "export/__init__.py": "from .writer import write\n",
+                              "export/info.py": "def info():\n    pass\n",
+                              "export/writer.py": "def write():\n    from .. import models\n"})
+    assert cycles(import_graph(pkg)) == [["pkg.export", "pkg.export.writer", "pkg.models"]]
+    _package(tmp_path, {"export/writer.py": "from . import info\n"})  # a sibling: its package is already entered
+    assert cycles(import_graph(pkg)) == []
 
 
 @pytest.mark.parametrize("package", ["hopscotch", "hopscotch_ext"])

@@ -144,13 +144,14 @@ def test_partials_of_running_writers_and_other_files_are_left_alone(tmp_path):
 
     mine = tmp_path / f".x.json.hopscotch-partial-{os.getpid()}-abcd1234"
     mine.write_text("being written")
-    lookalike = tmp_path / ".x.json.partial-notapid"
-    lookalike.write_text("not ours")
-    old = tmp_path / ".x.json.partial-999999999"  # hopscotch 0.1's name, a pid that cannot exist
-    old.write_text("left by an old export")
-    assert {p.path for p in find_partials(tmp_path)} == {mine, old}
+    ended = tmp_path / ".x.json.hopscotch-partial-999999999"  # a pid that cannot exist
+    ended.write_text("left by a killed writer")
+    lookalikes = [tmp_path / ".x.json.partial-notapid", tmp_path / ".x.json.partial-999999999"]
+    for p in lookalikes:
+        p.write_text("not ours")
+    assert {p.path for p in find_partials(tmp_path)} == {mine, ended}
     atomic_write_text(tmp_path / "x.json", "{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", mine.name, lookalike.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", mine.name] + [p.name for p in lookalikes])
 
 
 @pytest.mark.slow

@@ -135,7 +135,8 @@ def _corrupt(tmp_path, model, how):
 
 
 @pytest.mark.parametrize("how,pattern", [
-    ("truncated json", r"p\.json is not a valid plan file \(corrupt or truncated JSON"),
+    ("truncated json", r"p\.json is not a valid plan file \(not valid JSON at line \d+, column \d+: corrupt or "
+                       r"truncated"),
     ("truncated scalars", r"p\.safetensors does not match p\.json"),
     ("garbage scalars", r"checksum differs"),
     ("missing scalars", r"cannot read the plan's scalars .*p\.safetensors"),
@@ -212,26 +213,12 @@ def test_a_hand_edited_plan_is_refused_naming_what_changed(tmp_path, changes, pa
         SkipPlan.load(path)
 
 
-def test_a_format_1_plan_loads_with_a_warning_and_is_signed_when_saved_again(tmp_path):
-    model = tiny_model("llama")
-    plan = _plan(model, attn=(1, 3))
-    path = plan.save(tmp_path / "p.json")
-    import hashlib
-
-    blob = path.with_suffix(".safetensors").read_bytes()
-    _edit(path, format="hopscotch-plan/1", checksums=_DELETE, checksum=_DELETE,
-          scalars_sha256=hashlib.sha256(blob).hexdigest())
-    from hopscotch.plan import PlanWarning
-
-    with pytest.warns(PlanWarning, match=r"p\.json is a format-1 plan.*Re-save it"):
-        old = SkipPlan.load(path)
-    assert old == plan
-    _edit(path, skipped_attention=[1, 2])  # undetectable in format 1 (the reason for format 2) ...
-    with pytest.warns(PlanWarning):
-        assert SkipPlan.load(path).skipped_attention == [1, 2]
-    old.save(path)  # ... detectable once re-saved
-    _edit(path, skipped_attention=[1, 2])
-    with pytest.raises(PlanError, match="skipped_attention changed"):
+def test_a_plan_of_another_format_is_refused(tmp_path):
+    """Format 2 is the first released (0.1.0) and the only one read: an unsigned format-1 plan is refused."""
+    path = _plan(tiny_model("llama"), attn=(1, 3)).save(tmp_path / "p.json")
+    _edit(path, format="hopscotch-plan/1", checksums=_DELETE, checksum=_DELETE)
+    with pytest.raises(PlanError, match=r"p\.json is not a hopscotch plan \(format 'hopscotch-plan/1'; expected "
+                                        r"'hopscotch-plan/2'\)"):
         SkipPlan.load(path)
 
 

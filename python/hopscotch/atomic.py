@@ -8,9 +8,7 @@ Every temporary is named ``.<destination name>.hopscotch-partial-<pid>[-<suffix>
 that is SIGKILLed cannot remove its own, so the next writer of the same destination removes the partials of
 processes that no longer exist and says so in one line (a warning on the ``hopscotch`` logger, which Python prints
 to stderr when logging is not configured). ``find_partials`` lists them under a directory with the bytes they
-hold (``hopscotch info`` reports them). Exports written by hopscotch 0.1 named theirs ``.<name>.partial-<pid>``;
-those are recognised too, and so are its converted-model temporaries (``.<name>.<random>.partial``, no pid:
-abandoned once idle for an hour).
+hold (``hopscotch info`` reports them).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -38,12 +35,8 @@ PARTIAL_TAG = ".hopscotch-partial-"
 # The marker a directory written by finish_directory(..., manifest=...) carries: what wrote it and every file it
 # wrote, so that a later --overwrite replaces only what hopscotch wrote.
 MANIFEST = ".hopscotch-written.json"
-# .<name>.hopscotch-partial-<pid>[-<suffix>], and hopscotch 0.1's export temporaries .<name>.partial-<pid>
-_PARTIAL = re.compile(r"^\.(?P<name>.+?)\.(?:hopscotch-)?partial-(?P<pid>\d+)(?:-[0-9a-z]+)?$")
-# hopscotch 0.1's atomic_directory (a converted model): .<name>.<8 random characters>.partial, no pid; counted as
-# abandoned once nothing has written to it for an hour.
-_LEGACY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.partial$")
-_LEGACY_IDLE_S = 3600
+# .<name>.hopscotch-partial-<pid>[-<suffix>]
+_PARTIAL = re.compile(r"^\.(?P<name>.+?)\.hopscotch-partial-(?P<pid>\d+)(?:-[0-9a-z]+)?$")
 
 
 @dataclass(frozen=True)
@@ -52,13 +45,12 @@ class Partial:
 
     path: Path
     destination: Path
-    pid: int | None  # None: an older hopscotch's, without one
+    pid: int
     bytes: int
     alive: bool
 
     def describe(self) -> str:
-        ended = f"process {self.pid} has ended" if self.pid is not None else "an older hopscotch's, idle over an hour"
-        state = "its writer is still running" if self.alive else ended
+        state = "its writer is still running" if self.alive else f"process {self.pid} has ended"
         return f"{self.path} ({self.bytes / 1e6:.1f} MB; {state})"
 
 
@@ -101,17 +93,10 @@ def _size(path: Path) -> int:
 
 def _as_partial(path: Path) -> Partial | None:
     m = _PARTIAL.match(path.name)
-    if m is not None:
-        pid = int(m.group("pid"))
-        return Partial(path, path.parent / m.group("name"), pid, _size(path), pid_alive(pid))
-    m = _LEGACY.match(path.name)
-    if m is not None and path.is_dir():
-        try:
-            idle = time.time() - max(os.path.getmtime(r) for r, _, _ in os.walk(path))
-        except (OSError, ValueError):
-            idle = 0.0
-        return Partial(path, path.parent / m.group("name"), None, _size(path), idle < _LEGACY_IDLE_S)
-    return None
+    if m is None:
+        return None
+    pid = int(m.group("pid"))
+    return Partial(path, path.parent / m.group("name"), pid, _size(path), pid_alive(pid))
 
 
 def find_partials(root: str | os.PathLike, *, max_depth: int = 4,

@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ArgumentError", "HopscotchError", "ModelLoadError", "ModelNotFoundError", "PlanError", "as_index_list",
-           "as_path", "check_arg", "parse_size", "show_value"]
+__all__ = ["ArgumentError", "ExportError", "HopscotchError", "ModelLoadError", "ModelNotFoundError", "PlanError",
+           "as_index_list", "as_path", "check_arg", "parse_size", "show_value"]
 
 
 class HopscotchError(Exception):
@@ -31,6 +31,10 @@ class ArgumentError(HopscotchError, TypeError, ValueError):
 
 class PlanError(HopscotchError, ValueError):
     """A plan that cannot be read, or that does not fit the model it is applied to."""
+
+
+class ExportError(HopscotchError, ValueError):
+    """The model, plan or destination cannot be exported as asked (``export_model``, ``hopscotch export``)."""
 
 
 class ModelNotFoundError(HopscotchError, FileNotFoundError):

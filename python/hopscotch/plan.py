@@ -7,7 +7,7 @@ them; ``validate(model)`` says, in one error naming the mismatch, why a plan doe
 A plan is one signed whole (format 2): the JSON holds a SHA-256 of each part (fingerprint, skip lists,
 provenance, scalars file) and one checksum over those, so a plan edited by hand is refused with the name of the
 part that changed. This guards against edits and corruption, not against someone who recomputes the checksums.
-Format-1 plans (checksum over the scalars only) still load, with a warning saying how to re-save them.
+Format 2 is the first format released (0.1.0); no other is read.
 
 ``path`` is either a ``.json`` file (the scalars go beside it, same stem, ``.safetensors``) or a directory
 (``plan.json`` + ``scalars.safetensors`` inside it).
@@ -19,7 +19,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,12 @@ from ._version import __version__
 from .atomic import atomic_write_bytes, atomic_write_text
 from .errors import PlanError, as_index_list, as_path
 from .limits import check_skip_lists
+from .paths import json_problem, os_reason
 
-__all__ = ["SCALAR_NAMES", "PlanError", "PlanWarning", "SkipPlan", "architecture_fingerprint", "FINGERPRINT_FIELDS",
+__all__ = ["SCALAR_NAMES", "PlanError", "SkipPlan", "architecture_fingerprint", "FINGERPRINT_FIELDS",
            "package_versions"]
 
 _FORMAT = "hopscotch-plan/2"
-_FORMAT_V1 = "hopscotch-plan/1"  # checksum over the scalars only; still read
 # The parts of a plan each checksum covers, in the order an edit is reported.
 _SIGNED = ("fingerprint", "skipped_attention", "skipped_mlp", "provenance", "scalars")
 # The four scalars of every layer, in the paper's order (b_att, s_att, b_mlp, s_mlp): the patched layers'
@@ -46,10 +45,6 @@ FINGERPRINT_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "interme
                       "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps", "max_position_embeddings",
                       "tie_word_embeddings", "attention_bias", "mlp_bias", "hidden_act", "sliding_window",
                       "layer_types", "rope_parameters", "rope_theta", "rope_scaling")
-
-
-class PlanWarning(UserWarning):
-    """A plan that loads but should be re-saved (an older format)."""
 
 
 def _digest(value) -> str:
@@ -230,10 +225,10 @@ class SkipPlan:
             raise PlanError(f"no plan at {json_path}")
         try:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PlanError(f"{json_path} is not a valid plan file (corrupt or truncated JSON: {exc})") from None
+        except ValueError as exc:
+            raise PlanError(f"{json_path} is not a valid plan file ({json_problem(exc)})") from None
         fmt = doc.get("format") if isinstance(doc, dict) else None
-        if fmt not in (_FORMAT, _FORMAT_V1):
+        if fmt != _FORMAT:
             raise PlanError(f"{json_path} is not a hopscotch plan (format {fmt!r}; expected {_FORMAT!r})")
         missing = [k for k in ("fingerprint", "skipped_attention", "skipped_mlp", "scalars_file") if k not in doc]
         if missing:
@@ -244,20 +239,9 @@ class SkipPlan:
         try:
             blob = st_path.read_bytes()
         except OSError as exc:
-            raise PlanError(f"cannot read the plan's scalars {st_path}: {exc}") from None
-        if fmt == _FORMAT:
-            _check_signature(doc, blob, json_path, st_path)
-        else:
-            if doc.get("scalars_sha256") and hashlib.sha256(blob).hexdigest() != doc["scalars_sha256"]:
-                raise PlanError(f"{st_path} does not match {json_path.name} (checksum differs: corrupt, truncated "
-                                "or from another plan)")
-        plan = cls._from_doc(doc, blob, json_path, st_path)
-        if fmt == _FORMAT_V1:  # once it is known to be a valid plan otherwise
-            warnings.warn(PlanWarning(
-                f"{json_path} is a format-1 plan, whose checksum covers only its scalars: an edit to its skip lists "
-                "or fingerprint cannot be detected. Re-save it (signed whole) after checking it: python -c "
-                f"\"import hopscotch; p = '{json_path}'; hopscotch.SkipPlan.load(p).save(p)\""), stacklevel=2)
-        return plan
+            raise PlanError(f"cannot read the plan's scalars {st_path}: {os_reason(exc)}") from None
+        _check_signature(doc, blob, json_path, st_path)
+        return cls._from_doc(doc, blob, json_path, st_path)
 
     @classmethod
     def _from_doc(cls, doc: dict, blob: bytes, json_path: Path, st_path: Path) -> "SkipPlan":
@@ -271,8 +255,9 @@ class SkipPlan:
         try:
             tensors = st_load(blob)
             scalars = torch.stack([tensors[k].float() for k in SCALAR_NAMES], dim=1)
-        except Exception as exc:  # safetensors raises its own error types
-            raise PlanError(f"{st_path} is not a valid scalars file ({exc})") from None
+        except Exception:  # safetensors raises its own error types; a missing scalar is a KeyError
+            raise PlanError(f"{st_path} is not a valid scalars file (a safetensors file holding "
+                            f"{', '.join(SCALAR_NAMES)})") from None
         plan = cls(doc["fingerprint"], list(doc["skipped_attention"]), list(doc["skipped_mlp"]), scalars,
                    doc.get("provenance", {}), source=json_path)
         try:

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import (DEFAULT_VARIANT, Document, MultipleChoice, calibration_fold, chat_prompts, has_chat_template,
-                   load_task, pack_texts, prompt_answer_batches, self_distill_targets, split_items, wikipedia_split)
+from .data import (Document, MultipleChoice, load_task, pack_texts, prompt_answer_batches, self_distill_targets,
+                   split_items, wikipedia_split)
+from .data.chat import chat_prompts, has_chat_template
+from .data.olmo_eval_tasks import DEFAULT_VARIANT
+from .data.split import with_calibration_fold
 
 __all__ = ["TaskData", "prepare_task", "evaluate_task", "compare_results", "METRICS", "EVAL_OBJECTIVES"]
 
@@ -96,7 +99,7 @@ def _prepare(model, tokenizer, task, objective, calibration, evaluation, seed, v
     split = split_items(items, calibration=calibration * (fold + 1), evaluation=evaluation, seed=seed,
                         source=source, task=name, variant=variant)
     if fold:
-        split = calibration_fold(split, calibration, fold, seed)
+        split = with_calibration_fold(split, calibration, fold, seed)
     if split.calibration and isinstance(split.calibration[0], Document):
         return _text_task(name, split, tokenizer, objective, seq_len, batch_size, wiki)
     info = {"split": split.info, "objective": objective, "batch_size": batch_size}

@@ -26,11 +26,13 @@ import torch
 from ..hf_compat import cache_kwargs
 from ..patch import HopscotchCache, kv_cache_bytes, patch_model, set_skips, unpatch_model
 from ..testing import zeroed_attention
+from .choices import RANDOM_SHAPES
 from ..utils import model_dtype
 from .choices import FILLS, PROVIDERS
 from .results import summarize_ms, synchronize, time_fn
 
-__all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "speed_ratio", "PROVIDERS", "FILLS"]
+__all__ = ["E2EConfig", "run_e2e", "attention_gain", "kv_bytes_per_token", "random_model", "speed_ratio", "PROVIDERS",
+           "FILLS"]
 
 
 @dataclass
@@ -291,3 +293,14 @@ def speed_ratio(model, skipped_attention: list[int], *, prompt_len: int = 128, n
     out["decode_speedup"] = out["hopscotch"]["decode_tokens_per_s"] / out["hf"]["decode_tokens_per_s"]
     out["setting"] = {"prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch, "device": str(device)}
     return out
+
+
+def random_model(shape: str, device, dtype):
+    """A Llama model of the ``RANDOM_SHAPES[shape]`` configuration with random weights (SDPA attention), in eval
+    mode: what ``hopscotch bench --random-shape`` times."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(**RANDOM_SHAPES[shape])
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()

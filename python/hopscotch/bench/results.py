@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
 import subprocess
 import time
-import warnings
 from pathlib import Path
-from typing import Callable, Hashable, Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -95,11 +93,15 @@ def _nvidia_driver() -> str:
         return "unknown"
 
 
+def results_path(csv_path: str | os.PathLike) -> Path:
+    """Where ``append_results`` writes ``csv_path``: a bare file name goes to ``results_dir()``."""
+    path = Path(csv_path)
+    return results_dir() / path if not path.is_absolute() and path.parent == Path(".") else path
+
+
 def append_results(csv_path: str | os.PathLike, rows: Iterable[dict], device: str | torch.device = "cpu") -> Path:
     """Append ``rows`` (dicts) to a CSV, each with the metadata columns; new columns extend the header."""
-    path = Path(csv_path)
-    if not path.is_absolute() and path.parent == Path("."):
-        path = results_dir() / path
+    path = results_path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(device)
     rows = [{**r, **meta} for r in rows]
@@ -120,52 +122,6 @@ def append_results(csv_path: str | os.PathLike, rows: Iterable[dict], device: st
         writer.writerows(existing)
         writer.writerows(rows)
     return path
-
-
-def read_rows(path: str | os.PathLike, key: Callable[[dict], Hashable]) -> dict:
-    """The rows a resumable run has recorded in ``path`` (one JSON object per line, as ``append_row`` writes
-    them), keyed by ``key(row)``; a later row replaces an earlier one with the same key. A missing file is an
-    empty run. A last line cut short by an interrupted write is dropped with a warning (its work is redone; the
-    next ``append_row`` removes it); an unreadable line anywhere else is an error naming the file and line."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    lines = path.read_text().splitlines()
-    rows = {}
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):
-                warnings.warn(f"{path}: line {i} is cut short (an interrupted write?); ignoring it", stacklevel=2)
-                break
-            raise ValueError(f"{path}: line {i} is not a JSON object ({e}); fix or remove that line") from e
-        rows[key(row)] = row
-    return rows
-
-
-def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append ``row`` to a resumable run's ``path`` as one JSON line, flushed to disk before returning. A last line
-    cut short by an interrupted write (unreadable: ``read_rows`` has dropped it) is removed first, one missing only
-    its newline is closed, so the file holds whole lines only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    with path.open("r+b") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            start = data.rfind(b"\n") + 1
-            try:  # whole but for its newline: keep it
-                json.loads(data[start:])
-                f.write(b"\n")
-            except json.JSONDecodeError:
-                f.truncate(start)
-        f.seek(0, os.SEEK_END)
-        f.write((json.dumps(row) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def synchronize(device: str | torch.device) -> None:

@@ -15,7 +15,7 @@ import warnings
 from . import launch
 from .common import CliError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main"]
 
 _EPILOG = """examples:
   hopscotch search                               # 4 attention blocks of the packaged SmolLM2, ARC-Easy

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..bench.choices import FILLS, PROVIDERS
+from ..bench.choices import FILLS, PROVIDERS, RANDOM_SHAPES
 from ..utils import model_dtype
-from .common import CliError, add_model_args, emit, load_from_args, resolve_device, resolve_dtype
+from .common import CliError, about, add_model_args, emit, load_from_args, path_arg, resolve_device, resolve_dtype
 
 DESCRIPTION = """Prefill latency, decode tokens/s, KV-cache bytes and (on CUDA) peak memory for
   hf                  the unpatched transformers model (its DynamicCache)
@@ -20,14 +19,6 @@ with k = 0, 4 and L/2 attention blocks skipped by default (the last k). Ratios a
 Rows are appended to benchmarks/results/<--csv> with device, torch version, commit and time; a PNG plot is
 written next to it. Defaults on CPU: SmolLM2, batch 1 and 8, context 512, 64 new tokens. On CUDA: bf16, batch 1
 and 16, contexts 512 and 4096; add --random-shape llama3-8b for a Llama-3-8B-shaped model with random weights."""
-
-RANDOM_SHAPES = {
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=256, max_position_embeddings=1024),
-}
-
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="end-to-end speed and memory benchmark", description=DESCRIPTION,
@@ -83,23 +74,14 @@ def _ks(text: str, num_layers: int) -> list[int]:
     for x in _ks_tokens(text):
         k = num_layers // 2 if x in ("half", "L/2") else num_layers if x in ("all", "L") else int(x)
         if not 0 <= k <= num_layers:
-            raise CliError(f"--ks: {k} is out of range for a model with {num_layers} layers")
+            raise CliError(f"--ks {text!r}: {k} is out of range; expected 0 to {num_layers} for a model with "
+                           f"{num_layers} layers")
         ks.append(k)
     return sorted(set(ks))
 
 
-def _random_model(shape: str, device, dtype):
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(**RANDOM_SHAPES[shape])
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()
-
-
 def run(args) -> int:
-    from ..bench.e2e import E2EConfig, attention_gain, run_e2e
+    from ..bench.e2e import E2EConfig, attention_gain, random_model, run_e2e
     from ..bench.results import append_results
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
@@ -107,7 +89,8 @@ def run(args) -> int:
         providers.append("hopscotch_compiled")
     bad = [p for p in providers if p not in PROVIDERS]
     if bad:
-        raise CliError(f"--providers: unknown {bad}; expected some of {', '.join(PROVIDERS)}")
+        raise CliError(f"--providers {args.providers!r}: unknown {', '.join(bad)}; expected some of "
+                       f"{', '.join(PROVIDERS)}")
     _ks_tokens(args.ks)
     if args.rounds < 1:
         raise CliError(f"--rounds {args.rounds}: expected 1 or more")
@@ -117,15 +100,15 @@ def run(args) -> int:
         raise CliError(f"--budget {args.budget}: expected a positive number of seconds")
     if args.max_kv_fraction is not None and not 0 < args.max_kv_fraction <= 1:
         raise CliError(f"--max-kv-fraction {args.max_kv_fraction}: expected a fraction in (0, 1]")
-    csv_dir = Path(args.csv).parent
-    if csv_dir.exists() and not csv_dir.is_dir():
-        raise CliError(f"--csv {args.csv}: {csv_dir} is not a directory")
+    from ..bench.results import results_path
+
+    path_arg("--csv", results_path(args.csv), output=True)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     batches = _ints(args.batches or ("1,16" if cuda else "1,8"), "batches")
     contexts = _ints(args.contexts or ("512,4096" if cuda else "512"), "contexts")
     if args.random_shape:
-        model = _random_model(args.random_shape, device, resolve_dtype(args.dtype, device))
+        model = random_model(args.random_shape, device, resolve_dtype(args.dtype, device))
         name = f"random {args.random_shape}"
     else:
         model, _, _ = load_from_args(args, with_tokenizer=False)
@@ -157,7 +140,8 @@ def run(args) -> int:
             r.update({"context": ctx, "model": name, "dtype": str(model_dtype(model))})
         rows += part
         gains += [{**g, "context": ctx} for g in attention_gain(part, L)]
-    path = append_results(args.csv, rows, device)
+    with about("--csv", args.csv, "write", refusals=False):
+        path = append_results(args.csv, rows, device)
     plot = None
     if not args.no_plot:
         from ..bench.plot import plot_e2e

@@ -1,27 +1,84 @@
-"""What every subcommand shares: the model options, loading, errors as one line, and output."""
+"""What every subcommand shares: the model options, loading, the paths options name, errors as one line, output.
+
+Every option that takes a path checks it with ``path_arg`` (``paths.check_input`` / ``check_output``: one message
+for a missing path, a directory, a file of the wrong kind, an unreadable one), and the work on that file runs
+``with about(option, value)``: a refusal raised meanwhile (a plan that does not fit, bad data, a file that cannot
+be read or written) is printed naming the option and its value, an OSError as what happened to that file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from typing import Iterator
 
 import torch
 
 from ..errors import HopscotchError
+from ..paths import PathError, check_input, check_output, os_reason
 
-__all__ = ["CliError", "add_model_args", "check_model_arg", "load_from_args", "model_export_info", "emit",
-           "resolve_device", "resolve_dtype"]
+__all__ = ["CliError", "DATA_PATH", "MODEL_PATH", "PLAN_PATH", "about", "add_model_args", "check_model_arg",
+           "load_from_args", "load_plan_arg", "model_export_info", "emit", "path_arg", "resolve_device",
+           "resolve_dtype"]
+
+# What each kind of path option takes, as its messages say it.
+MODEL_PATH = "an HF model directory or a .gguf file"
+PLAN_PATH = "a plan: PLAN.json (its scalars PLAN.safetensors beside it) or a directory holding plan.json"
+DATA_PATH = ("a data file: plain text, JSONL with 'text', JSONL with 'prompt' and 'answer', or multiple-choice JSONL "
+             "('query', 'choices', 'gold')")
 
 
 class CliError(HopscotchError):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
+def _named(flag: str, value, message: str) -> str:
+    """``message`` as said of ``flag value``: prefixed with them unless it starts with the flag, or with the value
+    itself (``p.json: skipped_attention changed ...`` -> ``--plan p.json: skipped_attention changed ...``)."""
+    if message.startswith(f"{flag} "):
+        return message
+    text = str(value)
+    if message.startswith(text) and message[len(text):len(text) + 1] in (":", " ", ","):
+        return f"{flag} {message}"
+    return f"{flag} {value}: {message}"
+
+
+@contextlib.contextmanager
+def about(flag: str, value, action: str = "read", *, what: str = "it", refusals: bool = True) -> Iterator[None]:
+    """What goes wrong meanwhile is about ``flag value``: an OSError is what happened to that file (``--out x:
+    cannot write it: no space left on the device``, ``what`` naming another file the option gave), never the
+    library's raw text or the name of a temporary; with ``refusals``, a ``HopscotchError`` (a plan that does not
+    fit, bad data, a model that cannot load) is named by the option too."""
+    try:
+        yield
+    except HopscotchError as exc:
+        if not refusals or isinstance(exc, CliError):
+            raise
+        raise CliError(_named(flag, value, str(exc).strip().splitlines()[0] if str(exc).strip() else "")) from None
+    except OSError as exc:
+        raise CliError(f"{flag} {value}: cannot {action} {what}: {os_reason(exc)}") from None
+
+
+def path_arg(flag: str, value, *, kind: str = "file", expected: str = "", suffixes: tuple[str, ...] = (),
+             output: bool = False):
+    """``value`` as a Path after the one check every path option gets (``paths.check_input``, or
+    ``check_output`` for a destination with ``output=True``); None stays None."""
+    if value is None:
+        return None
+    try:
+        if output:
+            return check_output(value, flag, kind=kind)
+        return check_input(value, flag, kind=kind, expected=expected, suffixes=suffixes)
+    except PathError as exc:
+        raise CliError(str(exc)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="PATH", default=None,
-                   help="an HF model directory or a .gguf file (default: the packaged SmolLM2-135M-Instruct)")
+                   help=f"{MODEL_PATH} (default: the packaged SmolLM2-135M-Instruct)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--dtype", default="auto",
                    help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)")
@@ -54,10 +111,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def check_model_arg(args) -> None:
     """--model names something that exists (before anything slow runs)."""
-    from pathlib import Path
+    path_arg("--model", args.model, kind="any", expected=MODEL_PATH)
 
-    if args.model is not None and not Path(args.model).expanduser().exists():
-        raise CliError(f"--model {args.model}: no such file or directory (an HF model directory or a .gguf file)")
+
+def load_plan_arg(flag: str, value):
+    """The plan an option names (None for None); any refusal names the option."""
+    if value is None:
+        return None
+    from ..plan import SkipPlan
+
+    with about(flag, value):
+        return SkipPlan.load(value)
 
 
 def model_export_info(args):
@@ -65,7 +129,10 @@ def model_export_info(args):
     from ..models import read_export_info
 
     check_model_arg(args)
-    return read_export_info(args.model) if args.model is not None else None
+    if args.model is None:
+        return None
+    with about("--model", args.model):
+        return read_export_info(args.model)
 
 
 def load_from_args(args, *, with_tokenizer: bool = True, accept_export: bool = False):
@@ -74,7 +141,7 @@ def load_from_args(args, *, with_tokenizer: bool = True, accept_export: bool = F
     A --model that export_model wrote is refused unless ``accept_export`` (the plan is already in its weights:
     searching, exporting or benchmarking it again would stack a second plan on the first); when accepted it loads
     as what it is (``models.load_model``) and the model carries its ExportInfo."""
-    from ..models import ModelNotFoundError, load_model
+    from ..models import load_model
 
     info = model_export_info(args)
     if info is not None and not accept_export:
@@ -89,10 +156,9 @@ def load_from_args(args, *, with_tokenizer: bool = True, accept_export: bool = F
     else:
         what = f"{args.model} ({info.describe()})" if info else args.model or "the packaged SmolLM2-135M-Instruct"
         print(f"loading {what} ({dtype}, {device})", file=sys.stderr, flush=True)
-    try:
+    # the packaged model's own errors (not installed, a failed conversion) say so without an option to name
+    with about("--model", args.model) if args.model is not None else contextlib.nullcontext():
         out = load_model(args.model, dtype=dtype, device=device, with_tokenizer=with_tokenizer)
-    except ModelNotFoundError as exc:
-        raise CliError(f"--model {args.model}: {exc}") from None
     model, tok = out if with_tokenizer else (out, None)
     return model, tok, device
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import contextlib
 
 from ..tasks import EVAL_OBJECTIVES
-from .common import CliError, add_model_args, emit, load_from_args, model_export_info
+from .common import (DATA_PATH, PLAN_PATH, CliError, about, add_model_args, emit, load_from_args, load_plan_arg,
+                     model_export_info, path_arg)
 
 DESCRIPTION = """Evaluate a model (optionally with a skip plan applied) on the evaluation split of a task: held-out
 loss (NLL of the original model's answers, or of the gold answers with --objective nll), 0-shot accuracy by
@@ -71,15 +72,12 @@ def format_comparison(comparison: dict, name_a: str, name_b: str) -> str:
 
 def run(args) -> int:
     from ..patch import apply_plan
-    from ..plan import SkipPlan
     from ..tasks import evaluate_task, prepare_task
 
-    if args.plan and not Path(args.plan).exists():
-        raise CliError(f"--plan {args.plan}: no such file")
-    if args.data and not Path(args.data).is_file():
-        raise CliError(f"--data {args.data}: no such file")
-    if args.compare and args.compare != "original" and not Path(args.compare).exists():
-        raise CliError(f"--compare {args.compare}: no such file (a plan, or 'original')")
+    compare = args.compare if args.compare != "original" else None
+    path_arg("--plan", args.plan, kind="any", expected=PLAN_PATH, suffixes=(".json",))
+    path_arg("--compare", compare, kind="any", expected=f"{PLAN_PATH}, or 'original'", suffixes=(".json",))
+    path_arg("--data", args.data, expected=DATA_PATH)
     if args.resamples < 100:
         raise CliError(f"--resamples {args.resamples}: expected at least 100")
     for flag, value, low in (("--calibration", args.calibration, 0), ("--evaluation", args.evaluation, 1),
@@ -91,16 +89,17 @@ def run(args) -> int:
         flag, value = ("--plan", args.plan) if args.plan else ("--compare", args.compare)
         raise CliError(f"{flag} {value}: --model {args.model} is a {exported.describe()}, its plan already in its "
                        "weights; evaluate it without --plan / --compare, or evaluate the original model with the plan")
-    plan = SkipPlan.load(args.plan) if args.plan else None
-    other = SkipPlan.load(args.compare) if args.compare and args.compare != "original" else None
+    plan, other = load_plan_arg("--plan", args.plan), load_plan_arg("--compare", compare)
     model, tok, _ = load_from_args(args, accept_export=True)
     progress = not (args.quiet or args.json)
-    for p in (plan, other):
+    for flag, value, p in (("--plan", args.plan, plan), ("--compare", compare, other)):
         if p is not None:
-            p.validate(model)  # fail before the (slow) target generation
-    data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
-                        evaluation=args.evaluation, seed=args.seed, data_file=args.data, progress=progress,
-                        wiki_blocks=args.wiki_blocks, text_blocks=0)
+            with about(flag, value):
+                p.validate(model)  # fail before the (slow) target generation
+    with about("--data", args.data) if args.data else contextlib.nullcontext():
+        data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
+                            evaluation=args.evaluation, seed=args.seed, data_file=args.data, progress=progress,
+                            wiki_blocks=args.wiki_blocks, text_blocks=0)
     if plan is not None:
         apply_plan(model, plan)
     keep = args.compare is not None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export.formats import FORMATS
-from .common import CliError, add_model_args, check_model_arg, emit, load_from_args
+from ..export.formats import FORMATS, format_problems
+from .common import (PLAN_PATH, CliError, about, add_model_args, check_model_arg, emit, load_from_args, load_plan_arg,
+                     path_arg)
 
 DESCRIPTION = """Write the model with a plan applied as a checkpoint that loads elsewhere. The plan's scalars are
 folded into the output projections; skipped blocks are not written.
@@ -49,18 +50,23 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..arch import causal_lm
     from ..errors import parse_size
     from ..export import export_model
     from ..export.checks import check_cli_destination
-    from ..plan import SkipPlan
     from ..utils import parse_dtype
 
-    if not Path(args.plan).exists():
-        raise CliError(f"--plan {args.plan}: no such file")
-    out = Path(args.out)
+    path_arg("--plan", args.plan, kind="any", expected=PLAN_PATH, suffixes=(".json",))
+    check_model_arg(args)
     gguf = args.format == "gguf"
+    out = path_arg("--out", args.out, kind="file" if gguf else "dir", output=True)
     if gguf and out.suffix != ".gguf":
         raise CliError(f"--out {out}: --format gguf writes one file; give a path ending in .gguf")
+    if gguf and args.model is not None and Path(args.model).suffix != ".gguf":
+        raise CliError(f"--model {args.model}: --format gguf carries the tokenizer over from the GGUF file the model "
+                       "was loaded from; give --model MODEL.gguf, or no --model for the packaged SmolLM2 (an HF "
+                       "model's tokenizer is not converted: export --format decilm and run llama.cpp's "
+                       "convert_hf_to_gguf.py on it)")
     max_shard_size = parse_size(args.max_shard_size, "--max-shard-size")
     if gguf:
         from ..export.gguf_export import GGUF_DTYPES
@@ -73,16 +79,22 @@ def run(args) -> int:
             save_dtype = parse_dtype(args.save_dtype) if args.save_dtype else None
         except ValueError as exc:
             raise CliError(f"--save-dtype: {exc}") from None
-    check_model_arg(args)
     plan_json = Path(args.plan) if Path(args.plan).suffix == ".json" else Path(args.plan) / "plan.json"
     check_cli_destination(out, overwrite=args.overwrite, gguf=gguf,
                           inputs={"plan": args.plan, "plan's scalars": plan_json.with_suffix(".safetensors"),
                                   "model": args.model})
-    plan = SkipPlan.load(args.plan)
+    plan = load_plan_arg("--plan", args.plan)
     model, tok, _ = load_from_args(args)
-    source = args.model if gguf and args.model and str(args.model).endswith(".gguf") else None
-    path = export_model(model, plan, out, format=args.format, tokenizer=tok, overwrite=args.overwrite,
-                        max_shard_size=max_shard_size, dtype=save_dtype, gguf_tokenizer=source)
+    with about("--plan", args.plan):
+        plan.validate(model)
+    problems = format_problems(args.format, causal_lm(model).config, plan)
+    if problems:
+        raise CliError(f"--plan {args.plan}: --format {args.format} cannot represent this model with this plan "
+                       f"exactly: {'; '.join(problems)}; use --format hopscotch or vanilla")
+    gguf_tokenizer = args.model if gguf else None  # the GGUF file the model was loaded from (None: the packaged)
+    with about("--out", out, "write", refusals=False):
+        path = export_model(model, plan, out, format=args.format, tokenizer=tok, overwrite=args.overwrite,
+                            max_shard_size=max_shard_size, dtype=save_dtype, gguf_tokenizer=gguf_tokenizer)
     files = [path.name] if gguf else sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     size = path.stat().st_size if gguf else sum(
         p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))

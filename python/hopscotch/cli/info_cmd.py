@@ -34,13 +34,12 @@ def _partials(args) -> tuple[list, list, list[str]]:
     import shutil
 
     from ..atomic import find_partials
-    from ..models import cache_dir
-    from .common import CliError
+    from ..packaged import cache_dir
+    from .common import path_arg
 
     roots = [cache_dir().resolve(), Path.cwd().resolve()]
     for d in args.partials_in:
-        if not Path(d).is_dir():
-            raise CliError(f"--partials-in {d}: no such directory")
+        path_arg("--partials-in", d, kind="dir", expected="a directory to look for partial files under")
         if Path(d).resolve() not in roots:
             roots.append(Path(d).resolve())
     found, seen = [], set()

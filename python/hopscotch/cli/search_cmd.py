@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
@@ -15,7 +16,7 @@ from ..search.distributed import DEFAULT_TIMEOUT_S
 from ..search.fields import ConfigError
 from ..search.objectives import OBJECTIVES
 from ..utils import model_dtype
-from .common import CliError, add_model_args, emit, load_from_args, model_export_info
+from .common import DATA_PATH, CliError, about, add_model_args, emit, load_from_args, model_export_info, path_arg
 
 HELP = "find attention blocks to skip and save the plan (resumable)"
 DESCRIPTION = """Search which attention blocks of a model a task does not need.
@@ -118,25 +119,18 @@ def config_from_args(args) -> SearchConfig:
 
 def _check(args) -> SearchConfig:
     config = config_from_args(args)
-    if args.calibration < 1 or args.evaluation < 0:
-        raise CliError("--calibration must be at least 1 and --evaluation at least 0")
-    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
-                        ("--nproc", args.nproc)):
-        if value < 1:
-            raise CliError(f"{flag} {value}: expected 1 or more")
+    for flag, value, low in (("--calibration", args.calibration, 1), ("--evaluation", args.evaluation, 0),
+                             ("--batch-size", args.batch_size, 1), ("--max-new-tokens", args.max_new_tokens, 1),
+                             ("--nproc", args.nproc, 1)):
+        if value < low:
+            raise CliError(f"{flag} {value}: expected {low} or more")
     if not args.dist_timeout > 0:
         raise CliError(f"--dist-timeout {args.dist_timeout:g}: expected a number of seconds above 0")
-    if args.data and not Path(args.data).is_file():
-        raise CliError(f"--data {args.data}: no such file")
-    for flag, value in (("--out", args.out), ("--state", args.state)):
-        if value is None:
-            continue
-        if Path(value).parent.exists() and not Path(value).parent.is_dir():
-            raise CliError(f"{flag} {value}: {Path(value).parent} is a file, not a directory")
-        if flag == "--state" and Path(value).is_dir():
-            raise CliError(f"--state {value} is a directory; expected a file path")
-    if args.out is not None:
-        _check_plan_destination(args)
+    path_arg("--data", args.data, expected=DATA_PATH)
+    out = Path(args.out) if args.out else _default_out(args)
+    _check_plan_destination(args, out)
+    path_arg("--out", out, kind="file" if out.suffix == ".json" else "dir", output=True)
+    path_arg("--state", args.state, output=True)
     info = model_export_info(args)
     if info is not None:
         raise CliError(f"--model {args.model} is a {info.describe()}: its plan is already in its weights; "
@@ -150,15 +144,14 @@ def _check(args) -> SearchConfig:
     return config
 
 
-def _check_plan_destination(args) -> None:
+def _check_plan_destination(args, out: Path) -> None:
     """--out may replace a plan, never another file (the data, a model, the user's own JSON)."""
     import json
 
-    out = Path(args.out)
     plan_json = out if out.suffix == ".json" else out / "plan.json"
     for flag, value in (("--data", args.data), ("--model", args.model)):
         if value is not None and Path(value).exists() and plan_json.resolve().is_relative_to(Path(value).resolve()):
-            raise CliError(f"--out {args.out} would write over or into {flag} {value}; choose another --out")
+            raise CliError(f"--out {out} would write over or into {flag} {value}; choose another --out")
     if not plan_json.exists():
         return
     try:
@@ -166,7 +159,7 @@ def _check_plan_destination(args) -> None:
     except (OSError, ValueError, AttributeError):
         fmt = ""
     if not str(fmt).startswith("hopscotch-plan/"):
-        raise CliError(f"--out {args.out}: {plan_json} exists and is not a hopscotch plan; the search replaces only a "
+        raise CliError(f"--out {out}: {plan_json} exists and is not a hopscotch plan; the search replaces only a "
                        "plan: choose another --out")
 
 
@@ -194,19 +187,25 @@ def run(args) -> int:
     model, tok, device = load_from_args(args)
     check_num_skip(config.num_skip, model.config.num_hidden_layers, config.skip_kind, name="--num-skip")
     progress = not (args.quiet or args.json) and main
-    data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
-                        evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size, data_file=args.data, progress=progress)
+    with about("--data", args.data) if args.data else contextlib.nullcontext():
+        data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
+                            evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size, data_file=args.data, progress=progress)
     before = {} if args.no_eval or not main else evaluate_task(model, tok, data, progress=progress, keep_items=True)
     if progress:
         print(f"search state: {state} (resumable)", file=sys.stderr)
     similarity = data.text_calibration if args.similarity_data == "wikipedia" else None
-    plan = search(model, data.calibration, config.replace(objective=data.objective), similarity_batches=similarity,
-                  generic_batches=data.text_calibration, state_path=state, data_info=data.info, progress=progress)
+    # the state file is the option's, or lies beside --out's plan: an OSError writing it names the one given
+    state_flag = ("--state", state, "it") if args.state else ("--out", out, f"the search state beside it ({state})")
+    with about(state_flag[0], state_flag[1], "write", what=state_flag[2], refusals=False):
+        plan = search(model, data.calibration, config.replace(objective=data.objective),
+                      similarity_batches=similarity, generic_batches=data.text_calibration, state_path=state,
+                      data_info=data.info, progress=progress)
     if not main:
         return 0
     plan.provenance["model"] = args.model or "packaged SmolLM2-135M-Instruct"
-    path = plan.save(out)
+    with about("--out", out, "write", refusals=False):
+        path = plan.save(out)
     after = {} if args.no_eval else evaluate_task(model, tok, data, progress=progress, keep_items=True)
     comparison = {}
     if before and after:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ..errors import HopscotchError
+
 __all__ = ["DataError", "where"]
 
 
@@ -14,7 +16,7 @@ def where(path: str | os.PathLike | None, line: int | None = None) -> str | None
     return f"{path}, line {line}" if line is not None else str(path)
 
 
-class DataError(ValueError):
+class DataError(HopscotchError, ValueError):
     """Calibration or evaluation data that cannot be used.
 
     The message starts with where the problem is (``"<file>, line <n>: "`` when known) and says what was expected.

@@ -59,7 +59,7 @@ def _iter_jsonl(path: str | os.PathLike, expected: str) -> Iterator[tuple[int, d
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON ({e.msg} at column {e.colno}); expected {expected}",
+            raise DataError(f"not valid JSON (at column {e.colno}); expected {expected}",
                             where(path, n)) from None
         if not isinstance(obj, dict):
             raise DataError(f"a JSON {type(obj).__name__}, not an object; expected {expected}", where(path, n))

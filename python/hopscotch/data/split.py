@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .errors import DataError
 
-__all__ = ["DataSplit", "split_items", "calibration_fold", "ids_digest"]
+__all__ = ["DataSplit", "split_items", "with_calibration_fold", "ids_digest"]
 
 SPLIT_RULE = "rank by sha256('<seed>:<id>'); calibration = lowest-ranked, evaluation = highest-ranked"
 
@@ -87,7 +87,7 @@ def split_items(items: Sequence, *, calibration: float | int = 0.5, evaluation: 
     return DataSplit(cal, ev, info)
 
 
-def calibration_fold(split: DataSplit, calibration: int, fold: int, seed: int) -> DataSplit:
+def with_calibration_fold(split: DataSplit, calibration: int, fold: int, seed: int) -> DataSplit:
     """The ``fold``-th block of ``calibration`` items of ``split``'s calibration part, by split rank (fold 0: the
     lowest-ranked ``calibration`` items); the evaluation part is kept as it is. Take it from a split whose
     calibration part holds at least ``calibration * (fold + 1)`` items, made with the same ``seed``."""

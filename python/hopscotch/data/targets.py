@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from ..atomic import atomic_write_text
-from ..models import cache_dir
+from ..packaged import cache_dir
 from ..utils import model_device
 from .batching import pad_id, resolve_max_length
 from .errors import DataError

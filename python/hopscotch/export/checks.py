@@ -3,14 +3,13 @@
 Everything here runs before a weight is folded or a file written. The destination rules (``atomic.check_destination``):
 ``out_dir`` may not be the working directory or a parent of it, nor hold an input of the export (the plan file,
 the model's directory, the tokenizer's, the GGUF file the tokenizer comes from); ``overwrite`` replaces only what
-hopscotch wrote: a directory whose marker (``atomic.MANIFEST``) lists every file in it, an export written before
-the marker existed whose entries are all an export's own, or a gguf file hopscotch wrote.
+hopscotch wrote: a directory whose marker (``atomic.MANIFEST``) lists every file in it, or a gguf file hopscotch
+wrote.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -19,31 +18,21 @@ from torch import nn
 from ..atomic import MANIFEST, check_destination, manifest_files
 from ..errors import as_path, check_arg, parse_size
 from ..plan import SkipPlan
-from .formats import FORMATS, ExportError, export_plan_path, format_problems
-from .info import read_export_info
+from .formats import FORMATS, ExportError, check_format
+from .info import export_info, read_export_info
 
 __all__ = ["check_cli_destination", "check_export_args", "export_inputs", "foreign_entries", "foreign_gguf"]
 
-# What an export written before the marker (hopscotch 0.1) holds at its top level.
-_EXPORT_NAMES = re.compile(
-    r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
-    r"configuration_decilm\.py|tokenizer[\w.-]*|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|"
-    r"merges\.txt|chat_template\.(jinja|json)|hopscotch_plan(\.json|\.safetensors)?)$")
-_FORMAT_NAMES = {"decilm": "the decilm format",
-                 "gguf": "llama.cpp's deci architecture (format='gguf')"}
 
 
 def foreign_entries(out: Path) -> list[str]:
     """What in the directory ``out`` hopscotch did not write (relative paths; empty: all of it is an export's)."""
     manifest = manifest_files(out)
-    if manifest is not None:
-        listed = set(manifest["files"]) | {MANIFEST}
-        return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and
-                      str(p.relative_to(out)) not in listed)
-    names = sorted(p.name for p in out.iterdir())
-    if export_plan_path(out) is None or not (out / "config.json").is_file():
-        return names  # not an export at all
-    return [n for n in names if not _EXPORT_NAMES.match(n)]
+    if manifest is None:
+        return sorted(p.name for p in out.iterdir())  # not written by hopscotch at all
+    listed = set(manifest["files"]) | {MANIFEST}
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and
+                  str(p.relative_to(out)) not in listed)
 
 
 def foreign_gguf(out: Path) -> list[str]:
@@ -85,16 +74,13 @@ def check_export_args(model, plan, out_dir, *, format, tokenizer, overwrite, max
               "None or a transformers tokenizer")
     if gguf_tokenizer is not None:
         as_path(gguf_tokenizer, f, "gguf_tokenizer")
-    exported = getattr(model, "hopscotch_export", None)  # set by hopscotch.models on a model loaded from an export
+    exported = export_info(model)  # set by hopscotch.models on a model loaded from an export
     if exported is not None:
         raise ExportError(f"the model is a {exported.describe()} ({exported.path}): its plan is already in its "
                           "weights; export the original model with the plan instead")
     check_supported(model)
     plan.validate(model)
-    problems = format_problems(format, causal_lm(model).config, plan)
-    if problems:
-        raise ExportError(f"{_FORMAT_NAMES.get(format, format)} cannot represent this model exactly: "
-                          + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
+    check_format(format, causal_lm(model).config, plan)
     gguf = format == "gguf"
     if gguf and out.suffix != ".gguf":
         raise ExportError(f"format='gguf' writes one file: {out} should end in .gguf")

@@ -28,6 +28,7 @@ import re
 
 import torch
 
+from ..errors import ExportError
 from ..plan import SCALAR_NAMES
 
 __all__ = ["FoldError", "base_state_dict", "folded_weights", "norm_eps", "output_scales", "skipped_weight",
@@ -39,8 +40,9 @@ _ATTN_PARTS = ("self_attn.", "input_layernorm.")
 _MLP_PARTS = ("mlp.", "post_attention_layernorm.")
 
 
-class FoldError(ValueError):
-    """The scalars cannot be folded (a non-positive cumulative residual scale)."""
+class FoldError(ExportError):
+    """The scalars cannot be folded (a non-positive cumulative residual scale): an ExportError like every refusal of
+    an export."""
 
 
 def _walk(scalars: torch.Tensor, skipped_attention, skipped_mlp):

@@ -6,30 +6,29 @@ import os
 import warnings
 from pathlib import Path
 
-from ..errors import HopscotchError
+from ..errors import ExportError
 from ..plan import SkipPlan
 from .fold import norm_eps, stream_scale_range
 
-__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "LEGACY_PLAN_FILE", "PLAN_SUBDIR", "decilm_config",
+__all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "HOPSCOTCH_FORMAT", "PLAN_SUBDIR", "check_format",
+           "decilm_config",
            "decilm_problems", "export_plan_path", "format_problems", "gguf_problems", "hopscotch_config",
            "llama_layer_problems", "rope_settings", "warn_single_eps"]
 
 FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
+# The version of the config entry a format="hopscotch" export carries: 2, the first released (0.1.0), which holds
+# every stream-reading norm's eps; the only one read.
+HOPSCOTCH_FORMAT = 2
 # The plan's provenance inside an export directory: a subfolder (plan.json + scalars.safetensors), because weight
-# loaders (vLLM, llama.cpp's converter) take every top-level *.safetensors for weights. Exports written before
-# this held it at the top level as LEGACY_PLAN_FILE (+ hopscotch_plan.safetensors); both are read.
+# loaders (vLLM, llama.cpp's converter) take every top-level *.safetensors for weights.
 PLAN_SUBDIR = "hopscotch_plan"
-LEGACY_PLAN_FILE = "hopscotch_plan.json"
-
-
-class ExportError(HopscotchError, ValueError):
-    """The model, plan or destination cannot be exported as asked."""
 
 
 def hopscotch_config(cfg: dict, plan: SkipPlan) -> dict:
-    """Format 2: format 1 plus ``norm_eps``, the eps of every stream-reading norm (``fold.norm_eps``: exact)."""
-    return {**cfg, HOPSCOTCH_CONFIG_KEY: {"format": 2, "skipped_attention": plan.skipped_attention,
+    """The config with the export's entry: the skipped blocks, the plan's method and fingerprint, and ``norm_eps``,
+    the eps of every stream-reading norm (``fold.norm_eps``: exact)."""
+    return {**cfg, HOPSCOTCH_CONFIG_KEY: {"format": HOPSCOTCH_FORMAT, "skipped_attention": plan.skipped_attention,
                                           "skipped_mlp": plan.skipped_mlp,
                                           "method": plan.provenance.get("method"),
                                           "fingerprint": plan.fingerprint["config_hash"],
@@ -48,14 +47,10 @@ def warn_single_eps(plan: SkipPlan, format: str) -> None:
 
 
 def export_plan_path(export_dir: str | os.PathLike) -> Path | None:
-    """The plan an export directory carries, for ``SkipPlan.load``: ``<dir>/hopscotch_plan/`` (current layout) or
-    ``<dir>/hopscotch_plan.json`` (exports written before it); None when it carries none."""
+    """The plan an export directory carries, for ``SkipPlan.load``: ``<dir>/hopscotch_plan/``; None when it
+    carries none."""
     d = Path(export_dir)
-    if (d / PLAN_SUBDIR / "plan.json").is_file():
-        return d / PLAN_SUBDIR
-    if (d / LEGACY_PLAN_FILE).is_file():
-        return d / LEGACY_PLAN_FILE
-    return None
+    return d / PLAN_SUBDIR if (d / PLAN_SUBDIR / "plan.json").is_file() else None
 
 
 def _find_multiple(n: int, k: int) -> int:
@@ -134,6 +129,17 @@ def format_problems(format: str, config, plan: SkipPlan) -> list[str]:
     raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
 
 
+_FORMAT_NAMES = {"decilm": "the decilm format", "gguf": "llama.cpp's deci architecture (format='gguf')"}
+
+
+def check_format(format: str, config, plan: SkipPlan) -> None:
+    """Raise ExportError listing ``format_problems`` when there are any: the one refusal every writer makes."""
+    problems = format_problems(format, config, plan)
+    if problems:
+        raise ExportError(f"{_FORMAT_NAMES.get(format, format)} cannot represent this model exactly: "
+                          + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
+
+
 def decilm_config(config, plan: SkipPlan) -> dict:
     """The DeciLM (``nemotron-nas``) config entries for this model and plan; refuses what the format cannot hold.
 
@@ -141,10 +147,7 @@ def decilm_config(config, plan: SkipPlan) -> dict:
     (intermediate = multiple of 256 at or above int(2 * ffn_mult * hidden / 3)), KV heads per layer
     ``num_attention_heads / n_heads_in_group``.
     """
-    problems = decilm_problems(config, plan)
-    if problems:
-        raise ExportError("the decilm format cannot represent this model exactly: " + "; ".join(problems)
-                          + ". Use format='hopscotch' or 'vanilla'.")
+    check_format("decilm", config, plan)
     if 0 in plan.skipped_attention:  # vLLM serves it (layer 0 skipped entirely, or the refusal above)
         warnings.warn("attention block 0 is skipped: llama.cpp does not load such a DeciLM checkpoint once "
                       "converted (it reads the head size from layer 0); vLLM and transformers do", stacklevel=3)

@@ -12,8 +12,8 @@ windows, non-default RoPE, a skipped MLP block whose attention is kept or in the
 ``continue``s before carrying the layer's output forward: only a fully skipped inner layer comes out right) and a
 skipped attention block 0 (llama.cpp takes the head size from layer 0's head count: it refuses to load such a
 file). The tokenizer and chat template are GGUF metadata copied from a GGUF file (the packaged model's own, or
-``tokenizer_gguf``); an HF tokenizer is not converted (llama.cpp's convert_hf_to_gguf.py does that, on a
-``format="decilm"`` export).
+``gguf_tokenizer``: the GGUF file the model was loaded from); an HF tokenizer is not converted (llama.cpp's
+convert_hf_to_gguf.py does that, on a ``format="decilm"`` export).
 
 Weight types (``dtype``):
 - f32, f16, bf16 (1-D tensors stay f32), and q8_0, q4_0, q4_1, q5_0, q5_1: the folded weights quantised anew by
@@ -38,14 +38,16 @@ import torch
 
 from ..arch import causal_lm, check_supported
 from ..atomic import check_destination, clean_stale_partials, partial_path
+from ..packaged import converted_model_dir, smollm2_gguf_path
+from ..paths import PathError, check_input
 from ..plan import SkipPlan
 from ..utils import model_dtype
 from .checks import foreign_gguf, export_inputs
 from .fold import folded_weights, output_scales, weight_factor
 from .gguf_blocks import QuantFoldError, check_source_tensor, scale_blocks
-from .formats import ExportError, gguf_problems, rope_settings, warn_single_eps
+from .formats import ExportError, check_format, rope_settings, warn_single_eps
 
-__all__ = ["GGUF_DTYPES", "export_gguf", "source_gguf"]
+__all__ = ["GGUF_DTYPES", "export_gguf", "tokenizer_source"]
 
 ARCH = "deci"
 # name -> (GGML type of 2-D tensors, llama.cpp file type)
@@ -70,19 +72,18 @@ def _gguf_dtype(dtype, loaded: torch.dtype) -> str:
     return name
 
 
-def source_gguf(model, tokenizer_gguf=None) -> Path:
-    """The GGUF file whose tokenizer metadata the export carries: ``tokenizer_gguf``, else the packaged
-    SmolLM2's when ``model`` was loaded from it; refuses otherwise."""
-    if tokenizer_gguf is not None:
-        path = Path(tokenizer_gguf)
-        if not path.is_file():
-            raise ExportError(f"tokenizer_gguf {path}: no such file")
-        return path
-    from .. import models
-
+def tokenizer_source(model, gguf_tokenizer=None) -> Path:
+    """The GGUF file whose tokenizer metadata the export carries (and, for ``dtype="source"``, whose blocks):
+    ``gguf_tokenizer``, else the packaged SmolLM2's when ``model`` was loaded from it; refuses otherwise."""
+    if gguf_tokenizer is not None:
+        try:
+            return check_input(gguf_tokenizer, "gguf_tokenizer", expected="the GGUF file the model was loaded from",
+                               suffixes=(".gguf",))
+        except PathError as exc:
+            raise ExportError(str(exc)) from None
     loaded_from = getattr(causal_lm(model).config, "_name_or_path", "") or ""
-    if loaded_from and Path(loaded_from).resolve() == models.converted_model_dir().resolve():
-        return models.smollm2_gguf_path()
+    if loaded_from and Path(loaded_from).resolve() == converted_model_dir().resolve():
+        return smollm2_gguf_path()
     raise ExportError(
         "format='gguf' carries the tokenizer over from a GGUF file, and this model was not loaded from the packaged "
         f"one (loaded from {loaded_from or 'an unknown place'!r}): pass gguf_tokenizer='model.gguf' (hopscotch "
@@ -117,25 +118,22 @@ def _permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def export_gguf(model, plan: SkipPlan, out: str | os.PathLike, *, dtype=None, overwrite: bool = False,
-                tokenizer_gguf=None) -> Path:
+                gguf_tokenizer=None) -> Path:
     """Write ``model`` with ``plan`` to one llama.cpp GGUF file ``out`` (``*.gguf``); returns its path."""
     import gguf
 
     out = Path(out)
     if out.suffix != ".gguf":
         raise ExportError(f"format='gguf' writes one file: {out} should end in .gguf")
-    check_destination(out, overwrite=overwrite, inputs=export_inputs(model, plan, None, tokenizer_gguf),
+    check_destination(out, overwrite=overwrite, inputs=export_inputs(model, plan, None, gguf_tokenizer),
                       foreign=foreign_gguf, name="out", file=True, error=ExportError)
     check_supported(model)
     plan.validate(model)
     lm = causal_lm(model)
     config = lm.config
-    problems = gguf_problems(config, plan)
-    if problems:
-        raise ExportError("llama.cpp's deci architecture (format='gguf') cannot represent this model exactly: "
-                          + "; ".join(problems) + ". Use format='hopscotch' or 'vanilla'.")
+    check_format("gguf", config, plan)
     weight_dtype, file_type = GGUF_DTYPES[_gguf_dtype(dtype, model_dtype(lm))]
-    src_path = source_gguf(model, tokenizer_gguf)
+    src_path = tokenizer_source(model, gguf_tokenizer)
     src = gguf.GGUFReader(src_path)
     n_vocab_src = len(src.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in src.fields else None
     if n_vocab_src != config.vocab_size:

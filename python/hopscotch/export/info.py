@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from ..paths import json_problem
 from ..plan import SkipPlan
 from .formats import HOPSCOTCH_CONFIG_KEY, export_plan_path
 
@@ -49,8 +50,8 @@ def read_export_info(path: str | os.PathLike) -> ExportInfo | None:
         return None
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{cfg_path} is not a readable config ({exc})") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{cfg_path} is {json_problem(exc)}") from None
     plan_path = export_plan_path(p)
     entry = cfg.get(HOPSCOTCH_CONFIG_KEY) if isinstance(cfg, dict) else None
     if isinstance(entry, dict):

@@ -15,46 +15,79 @@ from pathlib import Path
 import torch
 
 from ..errors import ArgumentError, as_path, check_arg
+from ..paths import json_problem
 from ..patch import apply_plan
 from ..plan import PlanError, SkipPlan
 from .fold import skipped_weight
-from .formats import HOPSCOTCH_CONFIG_KEY, ExportError
+from .formats import HOPSCOTCH_CONFIG_KEY, HOPSCOTCH_FORMAT, ExportError
 from .info import mark_export
 
 __all__ = ["from_pretrained", "load_decilm"]
+
+_NORMS = ("input_layernorm", "post_attention_layernorm")  # the per-layer norms norm_eps lists
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from safetensors import SafetensorError
+
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = json_problem(exc) if isinstance(exc, ValueError) else "without a weight_map of file names"
+            raise ExportError(f"{index} is {what}") from None
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
         raise ExportError(f"{path} holds no model.safetensors or model.safetensors.index.json")
     sd = {}
     for f in files:
-        sd.update(load_file(str(path / f)))
+        try:
+            sd.update(load_file(str(path / f)))
+        except SafetensorError:
+            raise ExportError(f"{path / f} is not a valid safetensors file (corrupt or truncated)") from None
     return sd
 
 
-def _set_norm_eps(model, entry: dict) -> None:
-    """Format 2 holds the eps of every stream-reading norm (the fold is exact with them); format 1 has none."""
-    fmt = entry.get("format", 1)
-    if fmt not in (1, 2):
-        raise ExportError(f"hopscotch export format {fmt!r}; this version reads formats 1 and 2 (upgrade hopscotch)")
+def _read_config(cfg_path: Path) -> dict:
+    """config.json as a dict; ExportError when it is not a JSON object (an OSError reading it propagates)."""
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ExportError(f"{cfg_path} is {json_problem(exc)}") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{cfg_path} holds a JSON {type(cfg).__name__}; expected a config (a JSON object)")
+    return cfg
+
+
+def _check_entry(entry, cfg_path: Path) -> dict:
+    """The config's ``hopscotch`` entry, refused unless it is this version's format."""
+    if not entry:
+        raise ExportError(f"{cfg_path} has no {HOPSCOTCH_CONFIG_KEY!r} entry: not a format='hopscotch' export "
+                          "(a 'vanilla' or 'decilm' export loads with hopscotch.models.load_model)")
+    fmt = entry.get("format") if isinstance(entry, dict) else None
+    if fmt != HOPSCOTCH_FORMAT:
+        raise ExportError(f"{cfg_path}: hopscotch export format {fmt!r}; this version reads format "
+                          f"{HOPSCOTCH_FORMAT} (written by another hopscotch version: export the model again)")
     eps = entry.get("norm_eps")
-    if eps is None:
-        return
+    if not isinstance(eps, dict) or not all(isinstance(eps.get(k), list) for k in _NORMS) or "norm" not in eps:
+        raise ExportError(f"{cfg_path}: its {HOPSCOTCH_CONFIG_KEY!r} entry lacks norm_eps (a list per "
+                          f"{' and '.join(_NORMS)}, and norm)")
+    return entry
+
+
+def _set_norm_eps(model, eps: dict, cfg_path: Path) -> None:
+    """Put the eps of every stream-reading norm on the model's norms (the fold is exact with them)."""
     from ..arch import base_model
 
     base = base_model(model)
     layers = list(base.layers)
-    for name in ("input_layernorm", "post_attention_layernorm"):
+    for name in _NORMS:
         if len(eps[name]) != len(layers):
-            raise ExportError(f"norm_eps[{name!r}] has {len(eps[name])} entries for {len(layers)} layers")
+            raise ExportError(f"{cfg_path}: norm_eps[{name!r}] has {len(eps[name])} entries for {len(layers)} layers")
         for layer, e in zip(layers, eps[name]):
             getattr(layer, name).variance_epsilon = float(e)
     base.norm.variance_epsilon = float(eps["norm"])
@@ -119,13 +152,10 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise ExportError(f"{path} has no config.json; expected a directory written by export_model")
-    entry = json.loads(cfg_path.read_text()).get(HOPSCOTCH_CONFIG_KEY)
-    if not entry:
-        raise ExportError(f"{cfg_path} has no {HOPSCOTCH_CONFIG_KEY!r} entry: not a format='hopscotch' export "
-                          "(a 'vanilla' or 'decilm' export loads with hopscotch.models.load_model)")
+    entry = _check_entry(_read_config(cfg_path).get(HOPSCOTCH_CONFIG_KEY), cfg_path)
     config = AutoConfig.from_pretrained(path)
     model, plan = _build_skipped(path, config, entry.get("skipped_attention"), entry.get("skipped_mlp"), dtype)
-    _set_norm_eps(model, entry)
+    _set_norm_eps(model, entry["norm_eps"], cfg_path)
     apply_plan(model, plan, free_skipped=True)
     mark_export(model, path, "hopscotch", plan.skipped_attention, plan.skipped_mlp, entry.get("method"))
     return model.to(device).eval()
@@ -168,10 +198,9 @@ def load_decilm(path: str | os.PathLike, *, dtype: torch.dtype | str | None = No
 
     path = _check_load_args("load_decilm", path, dtype, device)
     cfg_path = path / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{cfg_path} cannot be read as a config ({exc})") from None
+    if not cfg_path.is_file():
+        raise ExportError(f"{path} has no config.json; expected a directory written by export_model")
+    cfg = _read_config(cfg_path)
     if cfg.get("model_type") != "nemotron-nas" or "block_configs" not in cfg:
         raise ExportError(f"{cfg_path} is not a DeciLM (nemotron-nas) config with block_configs")
     attn, mlp = _decilm_skips(cfg, path)

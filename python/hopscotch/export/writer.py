@@ -15,7 +15,7 @@ directory next to ``out_dir`` and renamed at the end: an interrupted export leav
 A directory export holds only what its loader expects at the top level: the weights (``model*.safetensors``), its
 config and generation config, the tokenizer when given, and for decilm the config class. Engines load every
 top-level ``*.safetensors`` as weights (vLLM does), so the plan's provenance goes to a subfolder,
-``hopscotch_plan/`` (``formats.export_plan_path`` finds it, or an older export's top-level ``hopscotch_plan.json``).
+``hopscotch_plan/`` (``formats.export_plan_path`` finds it).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
                                                 overwrite=overwrite, max_shard_size=max_shard_size, dtype=dtype,
                                                 gguf_tokenizer=gguf_tokenizer)
     if format == "gguf":
-        return export_gguf(model, plan, out_dir, dtype=dtype, overwrite=overwrite, tokenizer_gguf=gguf_tokenizer)
+        return export_gguf(model, plan, out_dir, dtype=dtype, overwrite=overwrite, gguf_tokenizer=gguf_tokenizer)
     if isinstance(dtype, str):
         raise ExportError(f"dtype {dtype!r} is for format='gguf' only; give a torch dtype for {format!r}")
     check_supported(model)

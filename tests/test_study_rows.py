@@ -1,11 +1,17 @@
-"""The resumable-run rows every study script in benchmarks/ keeps (hopscotch.bench.results.read_rows/append_row)."""
+"""The resumable-run rows every study script in experiments/ keeps (experiments/rows.py: read_rows, append_row)."""
 
+import importlib.util
 import json
 import warnings
 
 import pytest
 
-from hopscotch.bench.results import append_row, read_rows
+from tests.helpers import ROOT
+
+_spec = importlib.util.spec_from_file_location("study_rows", ROOT / "experiments" / "rows.py")
+_rows = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_rows)
+append_row, read_rows = _rows.append_row, _rows.read_rows
 
 
 def test_rows_round_trip_and_later_row_wins(tmp_path):
