@@ -280,17 +280,14 @@ def workdir(tmp_path_factory):
     (root / "link.json").symlink_to(root / "gone.json")
     (root / "bad.gguf").write_bytes(b"not a gguf file")
     (root / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9", "answer": " x"}\n'.encode("latin-1"))
-    for name, change in (("badcfg", "config"), ("badst", "weights"), ("cfgonly", "no weights"), ("unknown", "type")):
-        shutil.copytree(tiny, root / name)
-        if change == "config":
-            (root / name / "config.json").write_text("{ nope")
-        elif change == "weights":
-            (root / name / "model.safetensors").write_bytes(b"\0" * 20)
-        elif change == "no weights":
-            (root / name / "model.safetensors").unlink()
+    unknown = json.dumps({**json.loads((tiny / "config.json").read_text()), "model_type": "frobnicator"})
+    for name, file, text in (("badcfg", "config.json", "{ nope"), ("badst", "model.safetensors", "\0" * 20),
+                             ("cfgonly", "model.safetensors", None), ("unknown", "config.json", unknown)):
+        shutil.copytree(tiny, root / name)  # a copy of the tiny model with one file broken, or gone
+        if text is None:
+            (root / name / file).unlink()
         else:
-            cfg = json.loads((root / name / "config.json").read_text())
-            (root / name / "config.json").write_text(json.dumps({**cfg, "model_type": "frobnicator"}))
+            (root / name / file).write_text(text)
     (root / "user.json").write_text('{"mine": true}')
     (root / "file.txt").write_text("a file")
     (root / "user.gguf").write_bytes(b"not a gguf of ours")
