@@ -147,7 +147,7 @@ def evaluate_task(model, tokenizer, data: TaskData, *, progress: bool = False, k
 
     out, ci, items = {}, {}, {}
     if data.eval_batches:
-        r = mean_nll(model, data.eval_batches, progress=progress)
+        r = mean_nll(model, data.eval_batches, progress=progress, desc="held-out loss")
         out["eval_loss"] = r.nll
         ci["eval_loss"] = r.nll_ci(resamples=resamples, seed=seed).to_dict()
         items["eval_loss"] = {"nll": list(r.item_nll), "tokens": list(r.item_tokens)}
@@ -159,7 +159,7 @@ def evaluate_task(model, tokenizer, data: TaskData, *, progress: bool = False, k
             ci[key] = bootstrap_ci(hits, resamples=resamples, seed=seed).to_dict()
             items[key] = hits
     if data.wiki_batches:
-        r = mean_nll(model, data.wiki_batches, progress=progress)
+        r = mean_nll(model, data.wiki_batches, progress=progress, desc="Wikipedia perplexity")
         out["wiki_ppl"] = r.perplexity
         ci["wiki_ppl"] = r.perplexity_ci(resamples=resamples, seed=seed).to_dict()
         items["wiki_ppl"] = {"nll": list(r.item_nll), "tokens": list(r.item_tokens)}

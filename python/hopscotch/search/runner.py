@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..patch import SCALAR_NAMES, get_scalars, patched_layers, reset_scalars, set_scalars
+from ..progress import Progress
 from .distributed import LOCAL, Ranks
 from .screening import screen_candidates, set_attention_skips
 from .state import SearchState
@@ -118,11 +119,7 @@ class GreedyRunner:
     def run(self, strategy: Strategy, num_skip: int) -> list[dict]:
         """``num_skip`` greedy steps of ``strategy``; returns the step log (``self.chosen`` holds the picks)."""
         log: list[dict] = []
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=num_skip, desc=strategy.label)
+        bar = Progress(num_skip, strategy.label, enabled=self.progress, every_step=True, unit="steps")
         for step in range(num_skip):
             t0 = time.perf_counter()
             remaining = [c for c in range(self.num_layers) if c not in self.chosen]
@@ -135,9 +132,6 @@ class GreedyRunner:
             entry.update({"scores": {str(c): round(r["loss"], 6) for c, r in trained.items()}, "picked": pick,
                           "passes_so_far": round(self.counter.total), "seconds": round(time.perf_counter() - t0, 2)})
             log.append(entry)
-            if bar:
-                bar.update()
-                bar.set_postfix(picked=pick, loss=f"{trained[pick]['loss']:.4f}")
-        if bar:
-            bar.close()
+            bar.update(picked=pick, loss=f"{trained[pick]['loss']:.4f}")
+        bar.close()
         return log

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..patch import is_patched, patch_model, patched_layers, reset_scalars, set_skips
 from ..patch.patcher import training_context
+from ..progress import Progress
 from .guards import GenericText, ScalarGuard
 from .objectives import batch_loss, loss_positions, teacher_logprobs
 
@@ -187,11 +188,7 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
     sums: dict[int, list[float]] = {}
     was_training = model.training
     model.eval()  # no dropout: the scalars are fitted to the deterministic model
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(flat), desc=desc or "train scalars", leave=False)
+    bar = Progress(len(flat), desc or "train scalars", enabled=progress, leave=False, unit="batches")
     try:
         # offloaded weights (accelerate): read again for the backward, never all held (patch/offload.py)
         with frozen_base(model), torch.enable_grad(), training_context(model):
@@ -209,12 +206,9 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
                     fwd = cost.forward(batch_tokens(batch), n, 0, skipped)
                     counter.forward += fwd
                     counter.backward += BACKWARD_FACTOR * fwd
-                if bar:
-                    bar.update()
-                    bar.set_postfix(loss=f"{acc[0] / max(acc[1], 1):.4f}")
+                bar.update(loss=f"{acc[0] / max(acc[1], 1):.4f}")
     finally:
-        if bar:
-            bar.close()
+        bar.close()
         model.train(was_training)
     return [[e, v[0], v[1]] for e, v in sorted(sums.items())], opt.state_dict()
 
