@@ -18,6 +18,7 @@ from hopscotch.cli.search_cmd import config_from_args
 from hopscotch.search import (METHODS, OBJECTIVES, ConfigError, FastConfig, ScalarGuard, SearchConfig,
                               StateMismatchError, search)
 from hopscotch.search.state import FORMAT, read_steps
+from hopscotch.search.train import train_final_scalars
 from tests.helpers import DATA
 from tests.helpers.model_testing import calibration_batches as _batches, tiny_model
 
@@ -41,7 +42,7 @@ def test_the_command_line_builds_its_flags_and_defaults_from_the_config():
     assert all(name in actions for _, name, f in SearchConfig.settings() if f.metadata["cli"])  # a flag each
     assert actions["objective"].default == "self-distill"  # the data's flag: it builds the targets
     assert actions["generic_weight"].default == 1.5 and "(default 1.5)" in actions["generic_weight"].help
-    assert config_from_args(_parse("--generic-weight", 0)).guard == ScalarGuard()  # the paper's: one flag away
+    assert config_from_args(_parse("--generic-weight", 0)).guard == ScalarGuard.paper()  # one flag away
     assert tuple(actions["method"].choices) == METHODS and tuple(actions["objective"].choices) == OBJECTIVES
     assert "%" not in actions["method"].help and "faithful picks" not in actions["method"].help
     for gone in ("probe_fraction", "strategy", "first_probe", "first_finish", "pool", "challengers"):
@@ -153,3 +154,71 @@ def test_a_partial_last_line_is_dropped_and_the_search_resumes_to_the_same_plan(
     state.write_bytes(b"".join(lines[:2]) + b"{not json\n" + b"".join(lines[2:]))
     with pytest.raises(StateMismatchError, match=r"s.json, line 3 is not valid JSON"):
         _resume(state, "hopscotch", 2)
+
+
+def _spy(monkeypatch, module, name: str) -> list:
+    """Every call of ``module.name`` (args, kwargs, result), the real function still doing the work."""
+    calls, real = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((args, kwargs, out))
+        return out
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+# A non-default value of each setting a leaf reads (objective: kl, whose teacher the leaf receives).
+RUNNER_READS = {"objective": "kl", "lr": 0.5, "seed": 4, "candidate_epochs": 2}
+FINAL_READS = {"objective": "kl", "final_epochs": 1, "final_lr": 0.5, "final_batch_size": 0, "seed": 5,
+               "generic_weight": 0.5, "pull": 0.3, "holdout": 0.4}
+
+
+def test_every_setting_the_runner_reads_reaches_the_candidates_training(monkeypatch):
+    """GreedyRunner takes the SearchConfig whole: each setting it reads, set apart from the default, changes what
+    the candidate's training (train_schedule) receives."""
+    import hopscotch.search.runner as runner_mod
+    from hopscotch.patch import patch_model
+    from hopscotch.search.objectives import teacher_logprobs
+    from hopscotch.search.runner import GreedyRunner, step_schedule
+    from hopscotch.search.state import SearchState
+
+    calls = _spy(monkeypatch, runner_mod, "train_schedule")
+
+    def received(config: SearchConfig) -> dict:
+        calls.clear()
+        model, batches = tiny_model("llama", num_layers=3), _batches(n=3)
+        patch_model(model)
+        teacher = teacher_logprobs(model, batches) if config.objective == "kl" else None
+        GreedyRunner(model, batches, SearchState(config, {}), config, teacher=teacher).train(0, [1])
+        (args, kw, _), = calls
+        return {"schedule": args[2], "objective": kw["objective"], "lr": kw["lr"], "teacher": kw["teacher"]}
+
+    base = received(SearchConfig())
+    assert base["schedule"] == step_schedule(0, 0, 3, 1) and base["lr"] == SearchConfig().lr
+    for name, value in RUNNER_READS.items():
+        got = received(SearchConfig().replace(**{name: value}))
+        assert got != base, f"{name}={value} did not reach the candidates' training"
+    assert received(SearchConfig(seed=4, candidate_epochs=2))["schedule"] == step_schedule(4, 0, 3, 2)
+
+
+def test_every_setting_the_final_training_reads_reaches_it(monkeypatch):
+    """train_final_scalars takes the SearchConfig whole: each setting it reads, set apart from the default, changes
+    what its training (train_schedule) receives or gives back."""
+    import hopscotch.search.train as train_mod
+
+    calls = _spy(monkeypatch, train_mod, "train_schedule")
+    batches, generic = _batches(n=3, batch=2), _batches(n=2, seed=7)
+
+    def received(config: SearchConfig) -> list:
+        calls.clear()
+        train_final_scalars(tiny_model("llama", num_layers=3), batches, [1], config, generic=generic)
+        return [([tuple(b["input_ids"].shape) for b in args[1]], args[2], kw["objective"], kw["lr"],
+                 kw["teacher"] is not None, kw.get("extra_loss") is not None, out[0]) for args, kw, out in calls]
+
+    base = received(SearchConfig())
+    assert base and all(call[3] == SearchConfig().final_lr for call in base)
+    for name, value in FINAL_READS.items():
+        got = received(SearchConfig().replace(**{name: value}))
+        assert got != base, f"{name}={value} did not reach the final training"

@@ -5,7 +5,9 @@ verbatim) and digests of its inputs (model, data). It is written whole (temporar
 file is made. Every finished step is then appended as one line and fsync'ed before the search goes on, so a kill
 at any moment leaves every finished step on disk and at most a partial last line, which the next run drops. A
 search started again with the same config and inputs replays the finished steps and continues from the first
-unfinished one; every step is seeded by (seed, step, candidate), so it reaches the same plan.
+unfinished one. Every decision depends only on recorded results and on data orders seeded by the search's seed and
+the step (``runner.step_schedule``: every candidate of a step sees the same order, never one of its own), so it
+reaches the same plan.
 
 A resumed search compares configs by ``SearchConfig.identity()`` (the settings that steer the recorded work) and
 the input digests. A state written by an older hopscotch (one JSON object, format 1) is resumed when it maps onto
@@ -14,6 +16,7 @@ a config exactly, and converted to this format; otherwise it is refused, saying 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,8 +25,9 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..errors import HopscotchError
 from .config import ConfigError, SearchConfig
+from .guards import ScalarGuard
 
-__all__ = ["SearchState", "StateMismatchError", "FORMAT", "read_steps"]
+__all__ = ["SearchState", "StateMismatchError", "FORMAT", "data_digest", "read_steps"]
 
 FORMAT = "hopscotch-search-state/2"
 _FORMAT_1 = "hopscotch-search-state/1"
@@ -33,6 +37,16 @@ _AFRESH = "delete it or choose another state file (--state, state_path) to start
 class StateMismatchError(HopscotchError, ValueError):
     """A state file that this search cannot resume: another search's, an unreadable one, or an old one that does
     not map exactly onto the settings of today."""
+
+
+def data_digest(batches: list[dict]) -> str:
+    """A short hash of batches (token ids, attention mask and labels): the state file refuses other data."""
+    h = hashlib.sha256()
+    for b in batches:
+        for key in ("input_ids", "attention_mask", "labels"):
+            if key in b:
+                h.update(b[key].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _normal(value: Any) -> Any:
@@ -183,7 +197,7 @@ def _map_format_1(path: Path, old: dict, current: SearchConfig) -> tuple[SearchC
         values["fast"] = {k: fast[k] for k in _OLD_FAST}
         values["fast"]["budget_ratio"] = values["fast"]["budget_ratio"] or 0.0  # None: no budget
     values["num_skip"] = old.get("num_skip", current.num_skip)  # greedy states serve any k
-    values["guard"] = {}  # format 1 predates the guards: its final training was the paper's (ScalarGuard())
+    values["guard"] = ScalarGuard.paper().as_dict()  # format 1 predates the guards: its training was the paper's
     try:
         config = SearchConfig.from_dict(values)
     except ConfigError as exc:
