@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import metadata
 from rows import append_row, read_rows
 from hopscotch.evaluate import mean_nll
 from hopscotch.models import load_model
-from hopscotch.search import train_final_scalars
+from hopscotch.search import SearchConfig
 from hopscotch.search.state import read_steps
-from hopscotch.search.train import rebatch
+from hopscotch.search.train import train_final_scalars
 from hopscotch.tasks import prepare_task
 
 
@@ -88,7 +88,6 @@ def main(argv=None) -> int:
     # the quality study's fold 0, as fast_vs_faithful.py: the recorded search ran on exactly these batches
     data = prepare_task(model, tok, args.task, calibration=32, evaluation=0, batch_size=4, max_new_tokens=48,
                         wiki_blocks=0, text_blocks=0, progress=False)
-    final_batches = rebatch(data.calibration, 1)
     winners = [min(scores[s], key=lambda c: (scores[s][c], c)) for s in sorted(scores)]
     for step in wanted:
         ranked = sorted(scores[step], key=lambda c: (scores[step][c], c))
@@ -98,7 +97,8 @@ def main(argv=None) -> int:
             if (step, role) in done:
                 continue
             blocks = winners[:step] + [block]
-            train_final_scalars(model, final_batches, blocks, objective=data.objective, seed=seed, progress=False)
+            train_final_scalars(model, data.calibration, blocks, SearchConfig(objective=data.objective, seed=seed,
+                                                                              final_batch_size=1, guard=PAPER))
             row = {"step": step, "role": role, "block": block, "skipped": sorted(blocks), "final_seed": seed,
                    "step_score": scores[step][block], "final_loss": mean_nll(model, data.calibration,
                                                                              progress=False).nll}

@@ -54,7 +54,8 @@ from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to exper
 from hopscotch.bench.results import metadata
 from rows import append_row, read_rows
 from hopscotch.models import load_model
-from hopscotch.search import data_digest, search
+from hopscotch.search import search
+from hopscotch.search.state import data_digest
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
 METHODS = {  # label -> search() arguments (cheap ones first, the faithful search last)

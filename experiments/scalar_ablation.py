@@ -26,12 +26,12 @@ from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
 from study_report import paired_p_cells, value_cell  # noqa: E402
 
 from hopscotch import SkipPlan, unpatch_model  # noqa: E402
-from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import metadata  # noqa: E402
 from rows import append_row, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
-from hopscotch.search import train_final_scalars  # noqa: E402
-from hopscotch.search.train import rebatch  # noqa: E402
+from hopscotch.search import SearchConfig  # noqa: E402
+from hopscotch.search.train import train_final_scalars  # noqa: E402
 
 K = 4
 
@@ -72,10 +72,11 @@ def main(argv=None) -> int:
             else:
                 # Hopscotch's final-scalar recipe (the search's last step; it patches the model) on LLM-Drop's blocks
                 hp = hop.provenance["hyperparameters"]
-                losses = train_final_scalars(model, rebatch(data.calibration, hp["final_batch_size"]),
-                                             drop.skipped_attention, objective=data.objective,
-                                             epochs=hp["final_epochs"], lr=hp["final_lr"],
-                                             seed=hop.provenance["seed"], progress=not args.quiet)
+                config = SearchConfig(objective=data.objective, final_epochs=hp["final_epochs"],
+                                      final_lr=hp["final_lr"], final_batch_size=hp["final_batch_size"],
+                                      seed=hop.provenance["seed"], guard=PAPER)
+                losses = train_final_scalars(model, data.calibration, drop.skipped_attention, config,
+                                             progress=not args.quiet)
                 plan = SkipPlan.for_model(model, drop.skipped_attention, (), get_scalars(model).clone(),
                                           method=variant, final_losses=losses)
                 train = losses

@@ -22,6 +22,7 @@ import argparse
 import csv
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,25 +31,25 @@ from quality_study import TASKS, Study, parse_args as study_args  # noqa: E402
 from study_report import paired_p_cells, value_cell  # noqa: E402
 
 from hopscotch import SkipPlan, unpatch_model  # noqa: E402
-from common import RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
+from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
 from hopscotch.bench.results import metadata  # noqa: E402
 from rows import append_row, read_rows  # noqa: E402
 from hopscotch.patch.patcher import get_scalars  # noqa: E402
-from hopscotch.search import search, train_final_scalars  # noqa: E402
-from hopscotch.search.guards import ScalarGuard  # noqa: E402
-from hopscotch.search.train import rebatch  # noqa: E402
+from hopscotch.search import SearchConfig, search  # noqa: E402
+from hopscotch.search.train import train_final_scalars  # noqa: E402
 
-# name -> (guard, final batch size or None for the plan's); "paper" is the plan's own training, retrained.
+# name -> (guard, final batch size or None for the plan's); "paper" is the plan's own training, retrained. Each
+# variant turns one guard on over the paper's training (PAPER: every guard off).
 VARIANTS = {
-    "paper": (ScalarGuard(), None),
-    "generic0.5": (ScalarGuard(generic_weight=0.5), None),
-    "generic1": (ScalarGuard(generic_weight=1.0), None),
-    "generic1.5": (ScalarGuard(generic_weight=1.5), None),
-    "generic2": (ScalarGuard(generic_weight=2.0), None),
-    "pull0.03": (ScalarGuard(pull=0.03), None),
-    "pull0.3": (ScalarGuard(pull=0.3), None),
-    "holdout0.25": (ScalarGuard(holdout=0.25), None),
-    "batch4": (ScalarGuard(), 4),  # the final batch size before 2026-12-01: the calibration batch size
+    "paper": (PAPER, None),
+    "generic0.5": (replace(PAPER, generic_weight=0.5), None),
+    "generic1": (replace(PAPER, generic_weight=1.0), None),
+    "generic1.5": (replace(PAPER, generic_weight=1.5), None),
+    "generic2": (replace(PAPER, generic_weight=2.0), None),
+    "pull0.03": (replace(PAPER, pull=0.03), None),
+    "pull0.3": (replace(PAPER, pull=0.3), None),
+    "holdout0.25": (replace(PAPER, holdout=0.25), None),
+    "batch4": (PAPER, 4),  # the final batch size before 2026-12-01: the calibration batch size
 }
 # Rows of the generic guard's first scheme, kept in the table (the code no longer makes them): each step added a
 # whole generic batch (4 x 256 tokens), which would have made the final training ~13x the paper's and broken the
@@ -117,10 +118,10 @@ def run_one(study, work: Path, key: str, task: str, k: int, variant: str, quiet:
     model = study.model
     unpatch_model(model)
     info: dict = {}
-    losses = train_final_scalars(model, rebatch(data.calibration, batch_size or hp["final_batch_size"]),
-                                 hop.skipped_attention, objective=data.objective, epochs=hp["final_epochs"],
-                                 lr=hp["final_lr"], seed=seed, guard=guard, generic=data.text_calibration,
-                                 info=info, progress=not quiet)
+    config = SearchConfig(objective=data.objective, final_epochs=hp["final_epochs"], final_lr=hp["final_lr"],
+                          final_batch_size=batch_size or hp["final_batch_size"], seed=seed, guard=guard)
+    losses = train_final_scalars(model, data.calibration, hop.skipped_attention, config,
+                                 generic=data.text_calibration, info=info, progress=not quiet)
     scalars = get_scalars(model).clone()
     plan = SkipPlan.for_model(model, hop.skipped_attention, (), scalars, method=f"hopscotch, final scalars {variant}",
                               guard=guard.as_dict(), final_batch_size=batch_size or hp["final_batch_size"],

@@ -39,9 +39,9 @@ from hopscotch.bench.results import metadata
 from rows import append_row, read_rows
 from hopscotch.models import load_model
 from hopscotch.patch.patcher import get_scalars
-from hopscotch.search import search, train_final_scalars
+from hopscotch.search import SearchConfig, search
 from hopscotch.search.state import read_steps
-from hopscotch.search.train import PassCounter, rebatch
+from hopscotch.search.train import PassCounter, rebatch, train_final_scalars
 from hopscotch.tasks import compare_results, evaluate_task, prepare_task
 
 DEFAULT_CONFIGS = "n32-b4-e1:3,10;n32-b1-e1:3,10;n32-b4-e4:3"  # the configurations in results/search_budget.txt
@@ -118,8 +118,10 @@ def main(argv=None) -> int:
             final_passes = None
             if f_epochs != 3:  # train the final scalars again, for f_epochs, from 1
                 work_done, t2 = PassCounter(), time.perf_counter()
-                train_final_scalars(model, batches, plan.skipped_attention, objective=data.objective,
-                                    epochs=f_epochs, lr=3e-3, seed=0, counter=work_done, progress=not args.quiet)
+                config = SearchConfig(objective=data.objective, final_epochs=f_epochs, final_lr=3e-3, seed=0,
+                                      final_batch_size=0, guard=PAPER)
+                train_final_scalars(model, batches, plan.skipped_attention, config, counter=work_done,
+                                    progress=not args.quiet)
                 final_seconds = round(time.perf_counter() - t2, 1)
                 final_passes = round(work_done.total)
                 plan = SkipPlan.for_model(model, plan.skipped_attention, (), get_scalars(model), **prov)

@@ -25,10 +25,8 @@ PUBLIC_API = {
     "hopscotch.data": ["DataError", "DataSplit", "Document", "MultipleChoice", "PromptAnswer", "load_task",
                        "pack_texts", "packaged_tasks", "prompt_answer_batches", "read_data_file",
                        "self_distill_targets", "split_items", "wikipedia_split"],
-    # search.__all__ as it stands; helper h48s trims it (issue 48) and the lead updates this line at the merge
-    "hopscotch.search": ["ConfigError", "DEFAULT_GUARD", "FastConfig", "METHODS", "OBJECTIVES", "ScalarGuard",
-                         "SearchConfig", "StateMismatchError", "TokenPassCost", "data_digest", "rebatch", "search",
-                         "train_final_scalars", "worst_case"],
+    "hopscotch.search": ["ConfigError", "FastConfig", "METHODS", "OBJECTIVES", "ScalarGuard", "SearchConfig",
+                         "StateMismatchError", "search"],
     "hopscotch.bench": [],
     "hopscotch.cli": ["main"],
     "hopscotch_ext": ["EXTENSION_LOADED", "add_rms_norm", "functional", "info", "ops", "reference", "reference_calls",

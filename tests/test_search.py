@@ -18,12 +18,12 @@ from hopscotch.patch import patch_model, set_skips
 from hopscotch.patch.patcher import get_scalars
 from hopscotch.errors import ArgumentError
 from hopscotch.limits import SkipLimitError
-from hopscotch.search import (METHODS, ConfigError, FastConfig, StateMismatchError, TokenPassCost, search,
-                              train_final_scalars, worst_case)
+from hopscotch.search import METHODS, ConfigError, FastConfig, ScalarGuard, SearchConfig, StateMismatchError, search
 from hopscotch.search.runner import step_schedule
-from hopscotch.search.screening import screen_candidates, screen_cost
+from hopscotch.search.screening import screen_candidates, screen_cost, worst_case
 from hopscotch.search.state import read_steps
-from hopscotch.search.train import PassCounter, batch_tokens, rebatch, scalar_parameters
+from hopscotch.search.train import (PassCounter, TokenPassCost, batch_tokens, rebatch, scalar_parameters,
+                                    train_final_scalars)
 from tests.helpers import ROOT
 from tests.helpers.model_testing import calibration_batches as _batches, tiny_model
 
@@ -213,6 +213,8 @@ def test_llm_drop_variants_and_targets():
             if target == "attn":
                 assert plan.skipped_attention == [1, 3]  # the near-zero blocks are the most similar
             assert plan.provenance["steps"][0]["scores"]
+            assert [s["name"] for s in plan.provenance["steps"]] == (["llm_drop_0", "llm_drop_1"] if iterative
+                                                                     else ["llm_drop_0"])
             assert plan.provenance["token_passes"]["total"] > 0
 
 
@@ -221,6 +223,7 @@ def test_similarity_baselines_score_the_text_batches_when_given():
     text = _batches(n=3, seed=9)
     plan = search(model, _batches(), method="shortgpt", num_skip=1, similarity_batches=text, progress=False)
     assert plan.provenance["similarity_data"] == "separate text batches"
+    assert [s["name"] for s in plan.provenance["steps"]] == ["shortgpt_0"]  # its own name, not LLM-Drop's
     assert plan.provenance["similarity_tokens"] == sum(int(b["attention_mask"].sum()) for b in text)
 
 
@@ -286,21 +289,25 @@ def test_train_final_scalars_is_the_search_final_step(objective):
         for p in scalar_parameters(model):
             p.fill_(0.5)
     counter = PassCounter()
-    losses = train_final_scalars(model, rebatch(batches, 1), plan.skipped_attention, objective=objective, epochs=2,
-                                 lr=3e-3, seed=3, counter=counter)
+    config = SearchConfig(objective=objective, seed=3, final_epochs=2, final_batch_size=1, guard=ScalarGuard.paper())
+    losses = train_final_scalars(model, batches, plan.skipped_attention, config, counter=counter)
     assert losses == plan.provenance["final_losses"] and len(losses) == 2
     assert torch.equal(get_scalars(model), plan.scalar_tensor())
     assert current_plan(model).skipped_attention == plan.skipped_attention
     # 2 epochs forward + backward over the rows, and for kl the teacher's forward computed here
     assert counter.backward > 0 and (counter.forward > counter.backward / 2) == (objective == "kl")
     # nothing skipped or no epochs: scalars at 1, no training
-    assert train_final_scalars(model, batches, [], objective=objective, epochs=2, lr=3e-3, seed=0) == []
+    assert train_final_scalars(model, batches, [], config) == []
     assert torch.equal(get_scalars(model), torch.ones_like(get_scalars(model)))
-    assert train_final_scalars(model, batches, [1], objective=objective, epochs=0, lr=3e-3, seed=0) == []
+    assert train_final_scalars(model, batches, [1], config.replace(final_epochs=0)) == []
     assert current_plan(model).skipped_attention == [1]
     fresh = tiny_model("llama", num_layers=4)  # an unpatched model is patched; defaults are the search's
-    assert len(train_final_scalars(fresh, batches, [2])) == 3 and is_patched(fresh)
+    with pytest.raises(ArgumentError, match=r"train_final_scalars: generic_weight=1.5 .* needs generic=: packed"):
+        train_final_scalars(fresh, batches, [2])  # the search's default guard mixes in generic text
+    assert len(train_final_scalars(fresh, batches, [2], generic=_batches(n=2, seed=9))) == 3 and is_patched(fresh)
     assert current_plan(fresh).skipped_attention == [2]
+    with pytest.raises(ArgumentError, match=r"train_final_scalars: config=\{\} \(dict\); expected a SearchConfig"):
+        train_final_scalars(fresh, batches, [2], {})
 
 
 def test_bad_arguments_are_refused():

@@ -1,13 +1,11 @@
 """The search's one home for settings (SearchConfig) and its state file: the command line's flags come from the
 config, bad values are named, a resumed search compares configs; the state file is appended to, survives a partial
-last line, and states written by an older hopscotch resume when they map exactly (tests/data_fixtures/search_state_v1/: written
-by hopscotch at commit 22ddc95 for a 4-layer tiny Llama, k = 2) and are refused, saying why, when they do not."""
+last line, and a file in another format is refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import pytest
 import torch
@@ -18,13 +16,10 @@ from hopscotch.cli.search_cmd import config_from_args
 from hopscotch.search import (METHODS, OBJECTIVES, ConfigError, FastConfig, ScalarGuard, SearchConfig,
                               StateMismatchError, search)
 from hopscotch.search.state import FORMAT, read_steps
-from tests.helpers import DATA
+from hopscotch.search.train import train_final_scalars
 from tests.helpers.model_testing import calibration_batches as _batches, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-V1 = DATA / "search_state_v1"
-
 
 def _parse(*argv):
     return build_parser().parse_args(["search", *map(str, argv)])
@@ -41,7 +36,7 @@ def test_the_command_line_builds_its_flags_and_defaults_from_the_config():
     assert all(name in actions for _, name, f in SearchConfig.settings() if f.metadata["cli"])  # a flag each
     assert actions["objective"].default == "self-distill"  # the data's flag: it builds the targets
     assert actions["generic_weight"].default == 1.5 and "(default 1.5)" in actions["generic_weight"].help
-    assert config_from_args(_parse("--generic-weight", 0)).guard == ScalarGuard()  # the paper's: one flag away
+    assert config_from_args(_parse("--generic-weight", 0)).guard == ScalarGuard.paper()  # one flag away
     assert tuple(actions["method"].choices) == METHODS and tuple(actions["objective"].choices) == OBJECTIVES
     assert "%" not in actions["method"].help and "faithful picks" not in actions["method"].help
     for gone in ("probe_fraction", "strategy", "first_probe", "first_finish", "pool", "challengers"):
@@ -90,52 +85,21 @@ def _resume(state, method, k):
                   state_path=state, progress=False, generic_weight=0)
 
 
-@pytest.mark.parametrize("method, picked", [("hopscotch-fast", [0, 3]), ("hopscotch", [0, 1])])
-def test_an_old_state_resumes_exactly_and_is_converted(method, picked, tmp_path):
+def test_a_file_in_another_format_is_refused(tmp_path):
+    """The first released format is the only one read: an older hopscotch's state (one JSON object) or any other
+    file is refused, naming the file and the way out."""
     state = tmp_path / "old.json"
-    shutil.copy(V1 / f"{method}.json", state)
-    old = json.loads(state.read_text())
-    k2 = _resume(state, method, 2)  # every step and the final scalars come from the old file
-    assert k2.skipped_attention == picked
-    final = next(s for s in old["steps"] if s["name"] == "final/k2")
-    assert torch.equal(k2.scalar_tensor(), torch.tensor(final["scalars"]))
-    header = json.loads(state.read_text().splitlines()[0])
-    assert header["format"] == FORMAT and header["config"]["fast"]["margin"] == 0.0125
-    assert [s["name"] for s in read_steps(state)] == [s["name"] for s in old["steps"]]
-    k3 = _resume(state, method, 3)  # one more step, on the converted file
-    fresh = search(tiny_model("llama", num_layers=4), _batches(n=2), method=method, num_skip=3, final_epochs=1,
-                   progress=False, generic_weight=0)
-    assert k3.skipped_attention == fresh.skipped_attention
-    assert torch.equal(k3.scalar_tensor(), fresh.scalar_tensor())
-
-
-def test_an_old_state_is_the_papers_training_not_todays_default(tmp_path):
-    """Format-1 states predate the guards: their final scalars were trained on the task alone, so a search under
-    today's default guard (generic text mixed in) does not take them as its own."""
-    state = tmp_path / "old.json"
-    shutil.copy(V1 / "hopscotch.json", state)
-    with pytest.raises(StateMismatchError, match=r"guard.generic_weight: 0.0 in the file, 1.5 now"):
-        search(tiny_model("llama", num_layers=4), _batches(n=2), method="hopscotch", num_skip=2, final_epochs=1,
-               state_path=state, generic_batches=_batches(n=2, seed=7), progress=False)
-
-
-@pytest.mark.parametrize("edit, says", [
-    (lambda s: s["settings"]["fast"].update(strategy="lazy"), "its fast search used the lazy strategy, which was "
-                                                              "retired"),
-    (lambda s: s["settings"]["fast"].update(probe_fraction=0.25), "probed widened shortlists (probe_fraction 0.25)"),
-    (lambda s: s["settings"].update(candidate_epochs=2), "on one of its 2 candidate epochs"),
-    (lambda s: s["settings"].pop("final_batch_size"), "it does not record final_batch_size"),
-])
-def test_an_old_state_that_does_not_map_exactly_is_refused(edit, says, tmp_path):
-    data = json.loads((V1 / "hopscotch-fast.json").read_text())
-    edit(data)
-    state = tmp_path / "old.json"
-    state.write_text(json.dumps(data))
+    state.write_text(json.dumps({"format": "hopscotch-search-state/1", "settings": {"method": "hopscotch"},
+                                 "steps": []}, indent=1))
     with pytest.raises(StateMismatchError) as info:
-        _resume(state, "hopscotch-fast", 2)
-    message = str(info.value)
-    assert "written by an older hopscotch and cannot be resumed exactly" in message and says in message
-    assert "delete it or choose another state file" in message and "\n" not in message
+        _resume(state, "hopscotch", 2)
+    assert str(info.value) == (f"search state {state} is in format 'hopscotch-search-state/1'; this hopscotch reads "
+                               f"'{FORMAT}' only; delete it or choose another state file (--state, state_path) to "
+                               "start afresh")
+    assert json.loads(state.read_text())["format"] == "hopscotch-search-state/1"  # left as it was
+    state.write_text("plan, not state\n")
+    with pytest.raises(StateMismatchError, match=r"old.json is not a hopscotch search state \(no header of format "):
+        _resume(state, "hopscotch", 2)
 
 
 def test_a_partial_last_line_is_dropped_and_the_search_resumes_to_the_same_plan(tmp_path):
@@ -153,3 +117,71 @@ def test_a_partial_last_line_is_dropped_and_the_search_resumes_to_the_same_plan(
     state.write_bytes(b"".join(lines[:2]) + b"{not json\n" + b"".join(lines[2:]))
     with pytest.raises(StateMismatchError, match=r"s.json, line 3 is not valid JSON"):
         _resume(state, "hopscotch", 2)
+
+
+def _spy(monkeypatch, module, name: str) -> list:
+    """Every call of ``module.name`` (args, kwargs, result), the real function still doing the work."""
+    calls, real = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((args, kwargs, out))
+        return out
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+# A non-default value of each setting a leaf reads (objective: kl, whose teacher the leaf receives).
+RUNNER_READS = {"objective": "kl", "lr": 0.5, "seed": 4, "candidate_epochs": 2}
+FINAL_READS = {"objective": "kl", "final_epochs": 1, "final_lr": 0.5, "final_batch_size": 0, "seed": 5,
+               "generic_weight": 0.5, "pull": 0.3, "holdout": 0.4}
+
+
+def test_every_setting_the_runner_reads_reaches_the_candidates_training(monkeypatch):
+    """GreedyRunner takes the SearchConfig whole: each setting it reads, set apart from the default, changes what
+    the candidate's training (train_schedule) receives."""
+    import hopscotch.search.runner as runner_mod
+    from hopscotch.patch import patch_model
+    from hopscotch.search.objectives import teacher_logprobs
+    from hopscotch.search.runner import GreedyRunner, step_schedule
+    from hopscotch.search.state import SearchState
+
+    calls = _spy(monkeypatch, runner_mod, "train_schedule")
+
+    def received(config: SearchConfig) -> dict:
+        calls.clear()
+        model, batches = tiny_model("llama", num_layers=3), _batches(n=3)
+        patch_model(model)
+        teacher = teacher_logprobs(model, batches) if config.objective == "kl" else None
+        GreedyRunner(model, batches, SearchState(config, {}), config, teacher=teacher).train(0, [1])
+        (args, kw, _), = calls
+        return {"schedule": args[2], "objective": kw["objective"], "lr": kw["lr"], "teacher": kw["teacher"]}
+
+    base = received(SearchConfig())
+    assert base["schedule"] == step_schedule(0, 0, 3, 1) and base["lr"] == SearchConfig().lr
+    for name, value in RUNNER_READS.items():
+        got = received(SearchConfig().replace(**{name: value}))
+        assert got != base, f"{name}={value} did not reach the candidates' training"
+    assert received(SearchConfig(seed=4, candidate_epochs=2))["schedule"] == step_schedule(4, 0, 3, 2)
+
+
+def test_every_setting_the_final_training_reads_reaches_it(monkeypatch):
+    """train_final_scalars takes the SearchConfig whole: each setting it reads, set apart from the default, changes
+    what its training (train_schedule) receives or gives back."""
+    import hopscotch.search.train as train_mod
+
+    calls = _spy(monkeypatch, train_mod, "train_schedule")
+    batches, generic = _batches(n=3, batch=2), _batches(n=2, seed=7)
+
+    def received(config: SearchConfig) -> list:
+        calls.clear()
+        train_final_scalars(tiny_model("llama", num_layers=3), batches, [1], config, generic=generic)
+        return [([tuple(b["input_ids"].shape) for b in args[1]], args[2], kw["objective"], kw["lr"],
+                 kw["teacher"] is not None, kw.get("extra_loss") is not None, out[0]) for args, kw, out in calls]
+
+    base = received(SearchConfig())
+    assert base and all(call[3] == SearchConfig().final_lr for call in base)
+    for name, value in FINAL_READS.items():
+        got = received(SearchConfig().replace(**{name: value}))
+        assert got != base, f"{name}={value} did not reach the final training"

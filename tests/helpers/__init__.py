@@ -16,4 +16,4 @@ from pathlib import Path
 
 HELPERS = Path(__file__).resolve().parent
 ROOT = HELPERS.parents[1]  # the checkout: holds the ``tests`` package
-DATA = ROOT / "tests" / "data_fixtures"  # committed files the tests read (plans, old search states)
+DATA = ROOT / "tests" / "data_fixtures"  # committed files the tests read (plans)

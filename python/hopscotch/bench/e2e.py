@@ -25,6 +25,7 @@ import torch
 
 from ..hf_compat import cache_kwargs
 from ..patch import HopscotchCache, kv_cache_bytes, patch_model, set_skips, unpatch_model
+from ..progress import Progress
 from ..testing import zeroed_attention
 from .choices import RANDOM_SHAPES
 from ..utils import model_dtype
@@ -184,18 +185,14 @@ def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
         raise ValueError(f"rounds={cfg.rounds}: expected 1 or more")
     per_seq = (cfg.prompt_len + cfg.new_tokens) * kv_bytes_per_token(model.config, model_dtype(model), L)
     batches = [b for b in cfg.decode_batches if cfg.max_kv_bytes is None or b * per_seq <= cfg.max_kv_bytes]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.rounds * len(cases) * (1 + len(batches)), desc="e2e benchmark")
+    bar = Progress(cfg.rounds * len(cases) * (1 + len(batches)), "e2e benchmark", enabled=progress,
+                   unit="measurement")
     found: dict[tuple, dict] = {}  # (provider, k, phase, batch) -> row without timings, plus pooled samples
 
     def record(row, t):
         key = (row["provider"], row["k"], row["phase"], row["batch"])
         found.setdefault(key, {**row, "samples": []})["samples"] += t["samples"]
-        if bar:
-            bar.update()
+        bar.update()
 
     if cfg.fill not in FILLS:
         raise ValueError(f"fill={cfg.fill!r}: expected one of {', '.join(FILLS)}")
@@ -229,8 +226,7 @@ def run_e2e(model, cfg: E2EConfig, progress: bool = True) -> list[dict]:
                             "peak_mem_bytes": _peak(device)}, t)
                     del cache
                     gc.collect()
-    if bar:
-        bar.close()
+    bar.close()
     rows = []
     for row in found.values():
         t = summarize_ms(row.pop("samples"))

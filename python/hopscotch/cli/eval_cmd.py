@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from ..tasks import EVAL_OBJECTIVES
+from ..tasks import EVAL_OBJECTIVES, TaskConfig
 from .common import (DATA_PATH, PLAN_PATH, CliError, about, add_model_args, emit, load_from_args, load_plan_arg,
                      model_export_info, path_arg)
 
 DESCRIPTION = """Evaluate a model (optionally with a skip plan applied) on the evaluation split of a task: held-out
 loss (NLL of the original model's answers, or of the gold answers with --objective nll), 0-shot accuracy by
 log-likelihood of each choice (raw and per-character normalised), and Wikipedia perplexity. The split is the same
-deterministic split `hopscotch search` uses (same --task, --calibration, --evaluation and --seed), so the
+deterministic split `hopscotch search` uses (same --task, --calibration, --evaluation and --data-seed), so the
 evaluation items are never ones the plan was calibrated on. --lm-eval scores the same items through lm-eval.
 
 Every figure comes with its 95% confidence interval (percentile bootstrap over the evaluation items; over packed
@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--evaluation", type=int, default=100, help="evaluation items (default 100)")
     p.add_argument("--objective", default="self-distill", choices=EVAL_OBJECTIVES,
                    help="what the held-out loss measures (default: the original model's own answers)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=TaskConfig.seed,
+                   help="seed of the split into calibration and evaluation items, as `hopscotch search --data-seed` "
+                        f"(default {TaskConfig.seed})")
     p.add_argument("--compare", metavar="B.json", default=None,
                    help="a second plan (or 'original') evaluated on the same items; prints paired tests of B vs A")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for intervals and tests")
@@ -96,10 +98,10 @@ def run(args) -> int:
         if p is not None:
             with about(flag, value):
                 p.validate(model)  # fail before the (slow) target generation
+    task = TaskConfig(objective=args.objective, calibration=args.calibration, evaluation=args.evaluation,
+                      seed=args.data_seed, data_file=args.data, wiki_blocks=args.wiki_blocks, text_blocks=0)
     with about("--data", args.data) if args.data else contextlib.nullcontext():
-        data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
-                            evaluation=args.evaluation, seed=args.seed, data_file=args.data, progress=progress,
-                            wiki_blocks=args.wiki_blocks, text_blocks=0)
+        data = prepare_task(model, tok, args.task, task, progress=progress)
     if plan is not None:
         apply_plan(model, plan)
     keep = args.compare is not None

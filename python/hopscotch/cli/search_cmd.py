@@ -15,6 +15,7 @@ from ..search.config import SearchConfig
 from ..search.distributed import DEFAULT_TIMEOUT_S
 from ..search.fields import ConfigError
 from ..search.objectives import OBJECTIVES
+from ..tasks import TaskConfig
 from ..utils import model_dtype
 from .common import DATA_PATH, CliError, about, add_model_args, emit, load_from_args, model_export_info, path_arg
 
@@ -44,6 +45,7 @@ def register(sub) -> None:
     p = sub.add_parser("search", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
+    task = TaskConfig()
     d = p.add_argument_group("data")
     d.add_argument("--task", default="arc_easy",
                    help="a packaged task (arc_easy, arc_challenge, boolq, piqa, hellaswag, ... see `hopscotch info`)"
@@ -51,14 +53,20 @@ def register(sub) -> None:
     d.add_argument("--data", metavar="FILE", default=None,
                    help="a local file instead of --task: plain text, JSONL with 'text', JSONL with 'prompt' and "
                         "'answer', or multiple-choice JSONL ('query', 'choices', 'gold')")
-    d.add_argument("--calibration", type=int, default=32, help="calibration items (default 32)")
-    d.add_argument("--evaluation", type=int, default=100,
-                   help="evaluation items, disjoint from calibration (default 100)")
-    d.add_argument("--objective", default="self-distill", choices=OBJECTIVES,
+    d.add_argument("--calibration", type=int, default=task.calibration,
+                   help=f"calibration items (default {task.calibration})")
+    d.add_argument("--evaluation", type=int, default=task.evaluation,
+                   help=f"evaluation items, disjoint from calibration (default {task.evaluation})")
+    d.add_argument("--data-seed", type=int, default=task.seed,
+                   help="seed of the split into calibration and evaluation items (`hopscotch eval --data-seed` takes "
+                        f"the same; --seed seeds the search; default {task.seed})")
+    d.add_argument("--objective", default=task.objective, choices=OBJECTIVES,
                    help="self-distill: NLL of the original model's own greedy answers (Hopscotch's); nll: of the "
                         "gold answers / the text; kl: to the original model's next-token distribution")
-    d.add_argument("--max-new-tokens", type=int, default=48, help="length of the self-distillation answers")
-    d.add_argument("--batch-size", type=int, default=4, help="calibration batch size (default 4)")
+    d.add_argument("--max-new-tokens", type=int, default=task.max_new_tokens,
+                   help=f"length of the self-distillation answers (default {task.max_new_tokens})")
+    d.add_argument("--batch-size", type=int, default=task.batch_size,
+                   help=f"calibration batch size (default {task.batch_size})")
     d.add_argument("--similarity-data", default="wikipedia", choices=["wikipedia", "task"],
                    help="llm-drop / shortgpt: score similarities on packed Wikipedia text (default, as the papers "
                         "score C4) or on the task's calibration batches")
@@ -187,10 +195,11 @@ def run(args) -> int:
     model, tok, device = load_from_args(args)
     check_num_skip(config.num_skip, model.config.num_hidden_layers, config.skip_kind, name="--num-skip")
     progress = not (args.quiet or args.json) and main
+    task = TaskConfig(objective=args.objective, calibration=args.calibration, evaluation=args.evaluation,
+                      seed=args.data_seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      data_file=args.data)
     with about("--data", args.data) if args.data else contextlib.nullcontext():
-        data = prepare_task(model, tok, args.task, objective=args.objective, calibration=args.calibration,
-                            evaluation=args.evaluation, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size, data_file=args.data, progress=progress)
+        data = prepare_task(model, tok, args.task, task, progress=progress)
     before = {} if args.no_eval or not main else evaluate_task(model, tok, data, progress=progress, keep_items=True)
     if progress:
         print(f"search state: {state} (resumable)", file=sys.stderr)

@@ -16,6 +16,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..packaged import cache_dir
+from ..progress import track
 from ..utils import model_device
 from .batching import pad_id, resolve_max_length
 from .errors import DataError
@@ -82,7 +83,6 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def _generate(model, prompts: list[list[int]], eos: list[int], pad: int, max_new_tokens: int,
               batch_size: int, progress: bool) -> list[list[int]]:
-    from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
@@ -92,8 +92,8 @@ def _generate(model, prompts: list[list[int]], eos: list[int], pad: int, max_new
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="self-distillation targets",
-                          disable=not progress, unit="batch"):
+        for start in track(range(0, len(prompts), batch_size), "self-distillation targets", enabled=progress,
+                           unit="batch"):
             chunk = prompts[start:start + batch_size]
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)

@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..progress import track
 from ..utils import model_device
 
 __all__ = ["batch_nll", "batch_nll_rows", "continuation_logprobs"]
@@ -52,15 +53,13 @@ def continuation_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[i
     the same tokens (a question's one-token answers: BoolQ's yes / no) share one forward. Fed sequences run
     longest first in right-padded batches of ``batch_size``, and the results are put back in input order.
     """
-    from tqdm.auto import tqdm
-
     fed: dict[tuple[int, ...], list[int]] = {}  # tokens fed -> the pairs reading their logits
     for i, (ctx, cont) in enumerate(pairs):
         fed.setdefault(tuple(ctx) + tuple(cont)[:-1], []).append(i)
     seqs = sorted(fed, key=lambda t: -len(t))
     out = [0.0] * len(pairs)
     starts: Iterable[int] = range(0, len(seqs), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+    for start in track(starts, desc, enabled=progress, unit="batch"):
         chunk = seqs[start:start + batch_size]
         width = max(len(s) for s in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)

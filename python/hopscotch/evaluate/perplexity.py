@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ..progress import track
 from .loglik import batch_nll_rows
 from .stats import DEFAULT_RESAMPLES, Estimate, bootstrap_ci
 
@@ -77,12 +78,10 @@ def by_length(batches: Sequence[dict]) -> tuple[list[dict], list[int]]:
 def mean_nll(model, batches: Sequence[dict], *, progress: bool = True, desc: str = "nll") -> LossResult:
     """Token-weighted mean next-token NLL over the labelled positions of ``batches`` (no_grad). Rows are
     regrouped by length (:func:`by_length`); per-item values come back in input order."""
-    from tqdm.auto import tqdm
-
     batches, order = by_length(batches)
     row_sums, row_counts = [0.0] * len(order), [0] * len(order)
     done = 0
-    for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+    for batch in track(batches, desc, enabled=progress, unit="batch"):
         s, n = batch_nll_rows(model, batch)
         for j, (x, c) in enumerate(zip(s, n)):
             row_sums[order[done + j]], row_counts[order[done + j]] = x, c

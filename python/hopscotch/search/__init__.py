@@ -17,7 +17,6 @@ defines the unit) next to its wall time, and the config it ran with.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
@@ -30,26 +29,14 @@ from ..plan import PlanError, SkipPlan, architecture_fingerprint
 from . import distributed
 from .baselines import select_random
 from .config import GREEDY_METHODS, METHODS, SIMILARITY_METHODS, ConfigError, FastConfig, SearchConfig
-from .guards import DEFAULT_GUARD, ScalarGuard
+from .guards import ScalarGuard
 from .methods import run_hopscotch, run_similarity
 from .objectives import OBJECTIVES
-from .screening import worst_case
-from .state import StateMismatchError
-from .train import TokenPassCost, batch_tokens, rebatch, train_final_scalars
+from .state import StateMismatchError, data_digest
+from .train import batch_tokens
 
-__all__ = ["METHODS", "OBJECTIVES", "search", "data_digest", "SearchConfig", "FastConfig", "ScalarGuard",
-           "DEFAULT_GUARD", "ConfigError", "StateMismatchError", "worst_case", "TokenPassCost", "train_final_scalars",
-           "rebatch"]
-
-
-def data_digest(batches: list[dict]) -> str:
-    """A short hash of the calibration batches (token ids and labels): the state file refuses other data."""
-    h = hashlib.sha256()
-    for b in batches:
-        for key in ("input_ids", "attention_mask", "labels"):
-            if key in b:
-                h.update(b[key].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+__all__ = ["search", "SearchConfig", "FastConfig", "ScalarGuard", "ConfigError", "StateMismatchError", "METHODS",
+           "OBJECTIVES"]
 
 
 def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = None, *,
@@ -64,9 +51,10 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
     continues from its last finished step. Under torchrun (a default process group of several ranks, e.g. from
     ``distributed.init_from_env``) every rank calls ``search`` on the same model; the greedy methods' candidates
     are spread over the ranks, rank 0 alone writes the state, and every rank returns the same plan.
-    ``generic_batches`` (packed plain text, e.g. ``prepare_task(...).text_calibration``) are needed by the greedy methods' final training when
-    ``config.guard.generic_weight`` > 0, as by default (``guards.DEFAULT_GUARD``; ``generic_weight=0`` is the paper's
-    training on ``batches`` alone); ``data_info`` goes into the plan's provenance."""
+    ``generic_batches`` (packed plain text, e.g. ``prepare_task(...).text_calibration``) are needed by the greedy
+    methods' final training when ``config.guard.generic_weight`` > 0, as by default (``ScalarGuard()``;
+    ``generic_weight=0`` or ``guard=ScalarGuard.paper()`` is the paper's training on ``batches`` alone);
+    ``data_info`` goes into the plan's provenance."""
     _check_inputs(model, batches, similarity_batches, generic_batches, state_path, progress)
     config = _config(config, settings)
     n_layers = model.config.num_hidden_layers
@@ -75,7 +63,7 @@ def search(model: nn.Module, batches: list[dict], config: SearchConfig | None = 
     if greedy and config.guard.generic_weight and not generic_batches:
         raise ArgumentError(
             f"search: generic_weight={config.guard.generic_weight:g} (the final scalars' training mixes in generic "
-            f"text{', the default' if config.guard == DEFAULT_GUARD else ''}) needs generic_batches=: packed plain "
+            f"text{', the default' if config.guard == ScalarGuard() else ''}) needs generic_batches=: packed plain "
             "text, e.g. prepare_task(...).text_calibration; or pass generic_weight=0 for the paper's training on the "
             "task's batches alone")
     ranks = distributed.current()  # a torchrun's ranks share the candidates (distributed.py); rank 0's data

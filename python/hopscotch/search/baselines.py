@@ -1,7 +1,8 @@
 """The baselines: LLM-Drop (attention / MLP / block / joint drop, one-shot or iterative), ShortGPT and random.
 
-LLM-Drop's steps are pure functions of the similarity scores (``similarity.py`` measures them; ``methods.py``
-runs the steps, recording each with every score it looked at for the plan's provenance).
+LLM-Drop's and ShortGPT's steps are pure functions of the similarity scores (``similarity.py`` measures them;
+``methods.py`` runs the steps, recording each, named for its method, with every score it looked at for the plan's
+provenance).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Iterable
 
 from .similarity import ModuleScores
 
-__all__ = ["LLM_DROP_TARGETS", "candidate_scores", "llm_drop_step", "rank_candidates", "select_random", "split_blocks"]
+__all__ = ["LLM_DROP_TARGETS", "candidate_scores", "drop_step", "rank_candidates", "select_random", "split_blocks"]
 
 LLM_DROP_TARGETS = ("attn", "mlp", "block", "joint")
 
@@ -40,16 +41,17 @@ def split_blocks(chosen: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
     return attn, mlp
 
 
-def llm_drop_step(scores: dict[tuple[str, int], float], chosen: list[tuple[str, int]], num_skip: int,
-                  iterative: bool, step: int) -> dict:
-    """The modules LLM-Drop drops at ``step`` given ``scores`` (``candidate_scores``) and the modules already
-    ``chosen``: the most similar one (iterative: rescored after each drop), or all ``num_skip`` at once (one-shot).
-    Returns the step's log entry: its name, the modules picked (``[kind, index]``) and every score."""
+def drop_step(scores: dict[tuple[str, int], float], chosen: list[tuple[str, int]], num_skip: int,
+              iterative: bool, name: str) -> dict:
+    """The modules a similarity method (LLM-Drop, ShortGPT) drops at a step given ``scores`` (``candidate_scores``)
+    and the modules already ``chosen``: the most similar one (iterative: rescored after each drop), or all
+    ``num_skip`` at once (one-shot). Returns the step's log entry: its ``name``, the modules picked (``[kind,
+    index]``) and every score."""
     ranked = rank_candidates(scores, exclude=chosen)
     if not ranked:
         raise ValueError(f"only {len(chosen)} modules can be dropped; num_skip={num_skip}")
     picks = ranked[:1] if iterative else ranked[: num_skip - len(chosen)]
-    return {"name": f"llm_drop_{step}", "picked": [list(p) for p in picks],
+    return {"name": name, "picked": [list(p) for p in picks],
             "scores": {f"{k}{i}": round(v, 6) for (k, i), v in scores.items()}}
 
 

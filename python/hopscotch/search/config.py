@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from .baselines import LLM_DROP_TARGETS
 from .fields import ConfigError, check_fields, setting
-from .guards import DEFAULT_GUARD, ScalarGuard
+from .guards import ScalarGuard
 from .objectives import OBJECTIVES
 
 __all__ = ["METHODS", "GREEDY_METHODS", "SIMILARITY_METHODS", "ConfigError", "FastConfig", "SearchConfig"]
@@ -82,7 +82,8 @@ class SearchConfig:
     objective: str = setting(
         "nll", "what the scalars are trained to lower: nll of the batches' labels (the model's own answers for "
         "self-distill), or kl to the original model's next-token distribution", choices=OBJECTIVES, cli=False)
-    seed: int = setting(0, "seed of the data orders (and of random's blocks)")
+    seed: int = setting(0, "seed of the search: its data orders and screening batches, and random's blocks (not of "
+                        "the task's split into calibration and evaluation items)")
     lr: float = setting(1e-2, "Adam lr when scoring candidates", lambda v: v > 0, "a positive learning rate",
                         used_by=GREEDY_METHODS)
     candidate_epochs: int = setting(
@@ -99,8 +100,7 @@ class SearchConfig:
     iterative: bool = setting(False, "llm-drop: rescore after each drop", used_by=("llm-drop",))
     fast: FastConfig = setting(FastConfig(), "hopscotch-fast: screening, shortlist and budget",
                                used_by=("hopscotch-fast",))
-    # The default guard is guards.DEFAULT_GUARD (the evidence for it is there); ScalarGuard() is the paper's training.
-    guard: ScalarGuard = setting(DEFAULT_GUARD, "guards on the final scalars' training (all 0: the paper's, "
+    guard: ScalarGuard = setting(ScalarGuard(), "guards on the final scalars' training (all 0: the paper's, "
                                  "task data only)", used_by=GREEDY_METHODS)
 
     def __post_init__(self):

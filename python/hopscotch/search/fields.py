@@ -1,15 +1,18 @@
-"""How a search setting is declared and checked: ``setting(default, help, check, expected, ...)`` on a field of a
-frozen dataclass, and ``check_fields`` in its ``__post_init__`` (``config.py`` and ``guards.py`` use them).
+"""How a setting is declared and checked: ``setting(default, help, check, expected, ...)`` on a field of a frozen
+dataclass, and ``check_fields`` in its ``__post_init__`` (``config.py``, ``guards.py`` and ``tasks.TaskConfig`` use
+them).
 
-The field's annotation gives its type (int, float, str, bool, or a nested settings dataclass); ``check`` and
-``expected`` its range; ``choices`` its allowed strings. A bad value raises ``ConfigError`` naming the owner, the
-setting, the value and what was expected; the command line rewrites it as ``--flag VALUE: expected ...``.
+The field's annotation gives its type (int, float, str, bool, one of these or None, or a nested settings
+dataclass); ``check`` and ``expected`` its range; ``choices`` its allowed strings. A bad value raises
+``ConfigError`` naming the owner, the setting, the value and what was expected; the command line rewrites it as
+``--flag VALUE: expected ...``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from typing import Any, Callable
 
@@ -42,7 +45,13 @@ def setting(default: Any, help: str, check: Callable[[Any], bool] | None = None,
         "short": short, "cli": cli})
 
 
-_KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "True or False"}
+_KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "True or False", type(None): "None"}
+
+
+def _kind_text(kind) -> str:
+    """What a value of the annotation ``kind`` is, in words (``bool | None``: "True or False, or None")."""
+    parts = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    return ", or ".join(_KINDS.get(k, getattr(k, "__name__", str(k))) for k in parts)
 
 
 def check_fields(obj) -> None:
@@ -65,7 +74,7 @@ def check_fields(obj) -> None:
         else:
             ok = isinstance(value, kind)
         if not ok:
-            raise ConfigError(owner, f.name, value, _KINDS.get(kind, kind.__name__))
+            raise ConfigError(owner, f.name, value, _kind_text(kind))
         if kind is float and not math.isfinite(value):
             raise ConfigError(owner, f.name, value, meta["expected"] or _KINDS[float])
         if kind is float and not isinstance(value, float):

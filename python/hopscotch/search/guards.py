@@ -14,8 +14,9 @@ training; every setting at zero is the paper's training, exactly:
   after each epoch (and before the first) are scored on them, and the best are kept.
 
 The final batch size (``final_batch_size``, a search setting of its own) is the fourth lever the comparison
-looks at. A search's default is ``DEFAULT_GUARD`` (generic weight 1.5, chosen by that comparison: docs/RESULTS.md,
-"Guards on the scalars"); ``ScalarGuard()`` or ``generic_weight=0`` gives the paper's training back.
+looks at. ``ScalarGuard()`` is what a search ships with: generic weight 1.5, chosen by that comparison
+(docs/RESULTS.md, "Guards on the scalars", where its figures are); ``ScalarGuard.paper()`` (every guard off) is the
+paper's training.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ import torch
 
 from .fields import check_fields, setting
 
-__all__ = ["DEFAULT_GUARD", "GenericText", "ScalarGuard"]
+__all__ = ["GenericText", "ScalarGuard"]
 
 
 @dataclass(frozen=True)
 class ScalarGuard:
-    """The guards of one final training; ``ScalarGuard()`` (all 0) is the paper's training."""
+    """The guards of one final training: ``ScalarGuard()`` is the search's default (generic weight 1.5),
+    ``ScalarGuard.paper()`` the paper's training (every guard off)."""
 
     generic_weight: float = setting(
-        0.0, "weight of the next-token loss on generic text (packed Wikipedia, as many tokens as each step's task "
-        "batch) added to each step's loss of the final scalars (0 = off: the paper's training, task data only)",
+        1.5, "weight of the next-token loss on generic text (packed Wikipedia, as many tokens as each step's task "
+        "batch) added to each step's loss of the final scalars (0 = off: with --pull and --holdout 0, the paper's "
+        "training, task data only)",
         lambda v: v >= 0, "0 or more (0 = off)")
     pull: float = setting(
         0.0, "weight of a pull of the final scalars toward 1 (sum of (s - 1)^2) added to each step's loss (0 = off)",
@@ -46,6 +49,11 @@ class ScalarGuard:
 
     def __post_init__(self):
         check_fields(self)
+
+    @classmethod
+    def paper(cls) -> "ScalarGuard":
+        """Every guard off: the paper's final training, on the task's batches alone."""
+        return cls(generic_weight=0.0, pull=0.0, holdout=0.0)
 
     @property
     def off(self) -> bool:
@@ -58,15 +66,6 @@ class ScalarGuard:
     def describe(self) -> str:
         on = [f"{k}={v:g}" for k, v in self.as_dict().items() if v]
         return ", ".join(on) or "none (the paper's training)"
-
-
-# A search's default guard (SearchConfig.guard): the task loss plus 1.5 times the next-token loss on generic text.
-# Of the guards compared at k = 4 on ARC-Easy, BoolQ and HellaSwag (docs/RESULTS.md, "Guards on the scalars";
-# experiments/results/scalar_guards.txt), generic weight 1.5 keeps Wikipedia perplexity not significantly worse than
-# iterative LLM-Drop's on all three while keeping over 70% of the paper training's lead on held-out task loss; 2 gives
-# more perplexity back but keeps only 69% of ARC-Easy's lead; weights 1 and 0.5 (first measured with the earlier,
-# costlier scheme of a whole generic batch per step) left HellaSwag's significantly worse.
-DEFAULT_GUARD = ScalarGuard(generic_weight=1.5)
 
 
 class GenericText:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..patch import is_patched, patch_model, reset_scalars, set_skips, unpatch_model
 from ..patch.patcher import get_scalars
-from .baselines import candidate_scores, llm_drop_step, split_blocks
+from .baselines import candidate_scores, drop_step, split_blocks
 from .config import SearchConfig
 from .distributed import LOCAL, Ranks
 from .objectives import teacher_logprobs
@@ -19,7 +19,7 @@ from .runner import GreedyRunner
 from .similarity import similarity_scores
 from .state import SearchState
 from .strategies import FaithfulStrategy, ScreenStrategy
-from .train import PassCounter, TokenPassCost, batch_tokens, full_forward_passes, rebatch, train_final_scalars
+from .train import PassCounter, TokenPassCost, batch_tokens, full_forward_passes, train_final_scalars
 
 __all__ = ["run_hopscotch", "run_similarity", "TOKEN_PASS_UNIT"]
 
@@ -35,14 +35,10 @@ def run_hopscotch(model: nn.Module, batches: list[dict], config: SearchConfig, s
     patch_model(model)
     set_skips(model)
     reset_scalars(model)
-    final_batches = rebatch(batches, config.final_batch_size) if config.final_batch_size else batches
     teacher = teacher_logprobs(model, batches) if config.objective == "kl" else None
-    runner = GreedyRunner(model, batches, state, objective=config.objective, lr=config.lr, seed=config.seed,
-                          candidate_epochs=config.candidate_epochs, teacher=teacher, progress=progress,
-                          ranks=ranks)
+    runner = GreedyRunner(model, batches, state, config, teacher=teacher, progress=progress, ranks=ranks)
     if config.method == "hopscotch-fast":
-        strategy = ScreenStrategy(runner, config.fast, final_epochs=config.final_epochs,
-                                  final_generic=bool(config.guard.generic_weight))
+        strategy = ScreenStrategy(runner)
     else:
         strategy = FaithfulStrategy(runner)
     log = runner.run(strategy, config.num_skip)
@@ -51,7 +47,7 @@ def run_hopscotch(model: nn.Module, batches: list[dict], config: SearchConfig, s
         counter.forward += full_forward_passes(runner.cost, batches)
     final = state.finished(f"final/k{config.num_skip}")
     if final is None:
-        final = _final_scalars(model, final_batches, runner.chosen, config, teacher, generic, progress)
+        final = _final_scalars(runner, generic)
         # every rank trains them; rank 0's record is kept (and written)
         state.record(ranks.broadcast(final, "the final scalars"))
         final = state.finished(f"final/k{config.num_skip}")
@@ -62,14 +58,13 @@ def run_hopscotch(model: nn.Module, batches: list[dict], config: SearchConfig, s
     return runner.chosen, torch.tensor(final["scalars"]), prov
 
 
-def _final_scalars(model, final_batches, chosen, config, teacher, generic, progress) -> dict:
-    """The final scalars' training for the chosen blocks, as a state record (what the guard did, when on)."""
+def _final_scalars(runner: GreedyRunner, generic: list[dict] | None) -> dict:
+    """The final scalars' training for the runner's chosen blocks, as a state record (what the guard did, when
+    on)."""
+    model, config = runner.model, runner.config
     work, t0, info = PassCounter(), time.perf_counter(), {}
-    # the teacher is per batch: train_final_scalars recomputes it when the final batches differ
-    losses = train_final_scalars(model, final_batches, chosen, objective=config.objective, epochs=config.final_epochs,
-                                 lr=config.final_lr, seed=config.seed, counter=work, progress=progress,
-                                 teacher=teacher if config.final_batch_size == 0 else None,
-                                 guard=config.guard, generic=generic, info=info)
+    losses = train_final_scalars(model, runner.batches, runner.chosen, config, generic=generic, teacher=runner.teacher,
+                                 counter=work, info=info, progress=runner.progress)
     record = {"name": f"final/k{config.num_skip}", "losses": losses, "scalars": get_scalars(model).tolist(),
               "passes": [work.forward, work.backward], "seconds": round(time.perf_counter() - t0, 2)}
     if not config.guard.off:
@@ -90,7 +85,8 @@ def run_similarity(model: nn.Module, batches: list[dict], config: SearchConfig, 
     log: list[dict] = []
     scores = None
     while len(chosen) < config.num_skip:
-        entry = state.finished(f"llm_drop_{len(log)}")
+        name = f"{config.method.replace('-', '_')}_{len(log)}"  # llm_drop_0, shortgpt_0, ...
+        entry = state.finished(name)
         if entry is None:
             passes = 0.0
             if scores is None or iterative:
@@ -98,7 +94,7 @@ def run_similarity(model: nn.Module, batches: list[dict], config: SearchConfig, 
                 scores = candidate_scores(similarity_scores(model, batches, dropped_attn=attn, dropped_mlp=mlp,
                                                             progress=progress), target)
                 passes = score_passes
-            entry = {**llm_drop_step(scores, chosen, config.num_skip, iterative, len(log)), "passes": passes}
+            entry = {**drop_step(scores, chosen, config.num_skip, iterative, name), "passes": passes}
             state.record(entry)
             entry = state.finished(entry["name"])
         chosen.extend((k, int(i)) for k, i in entry["picked"])

@@ -5,14 +5,14 @@ The paper's rule (arXiv 2506.03303): at each step, for every attention block not
 the candidate by its mean training loss over the last epoch; skip the best (ties: the lower block); repeat to
 ``num_skip``. Every candidate of a step sees the same batch order, seeded by (seed, step).
 
-``GreedyRunner`` owns what the steps share: the patched model, the search state, the token-pass counter, each
-step's data order, the blocks chosen so far, the last winner's scalars and the ranks (``distributed.py``: a step's
-candidates are trained side by side on the ranks of a torchrun). A strategy (``strategies.py``) is an object with
-one method, ``step(step, remaining, entry)``, that returns the candidates it trained (their records, from
-``runner.train``); the runner skips the best of them. Every trained candidate and every screening is written
-to the state before the next starts (docs/ARCHITECTURE.md §2.6) and every decision depends only on recorded
-results, so a resumed search reaches the same plan. Steps do not depend on ``num_skip``: a state written by a
-search for k blocks serves a later search for fewer or more.
+``GreedyRunner`` owns what the steps share: the patched model, the config, the search state, the token-pass counter,
+each step's data order, the blocks chosen so far, the last winner's scalars and the ranks (``distributed.py``: a
+step's candidates are trained side by side on the ranks of a torchrun). A strategy (``strategies.py``) is an object
+with one method, ``step(step, remaining, entry)``, that returns the candidates it trained (their records, from
+``runner.train``); the runner skips the best of them. Every trained candidate and every screening is written to the
+state before the next starts (docs/ARCHITECTURE.md §2.6) and every decision depends only on recorded results, so a
+resumed search reaches the same plan. Steps do not depend on ``num_skip``: a state written by a search for k blocks
+serves a later search for fewer or more.
 """
 
 from __future__ import annotations
@@ -24,21 +24,20 @@ import torch
 from torch import nn
 
 from ..patch import SCALAR_NAMES, get_scalars, patched_layers, reset_scalars, set_scalars
+from ..progress import Progress
+from .config import SearchConfig
 from .distributed import LOCAL, Ranks
 from .screening import screen_candidates, set_attention_skips
 from .state import SearchState
 from .train import PassCounter, TokenPassCost, train_schedule
 
-__all__ = ["GreedyRunner", "Strategy", "candidate_seed", "step_schedule"]
-
-
-def candidate_seed(seed: int, step: int, candidate: int) -> int:
-    return (seed * 1_000_003 + step * 1009 + candidate) % (2**31)
+__all__ = ["GreedyRunner", "Strategy", "step_schedule"]
 
 
 def step_schedule(seed: int, step: int, n_batches: int, epochs: int = 1) -> list[list[int]]:
-    """The batch order of every candidate of step ``step``: seeded by (seed, step), never by the candidate."""
-    gen = torch.Generator().manual_seed(candidate_seed(seed, step, 0x5EED))
+    """The batch order of every candidate of step ``step``: seeded by (seed, step), never by the candidate, so
+    the candidates of a step are compared on the same batches in the same order."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + step * 1009 + 0x5EED) % (2**31))
     return [torch.randperm(n_batches, generator=gen).tolist() for _ in range(epochs)]
 
 
@@ -56,13 +55,14 @@ def _last_epoch_loss(sums: list[list[float]]) -> float:
 
 
 class GreedyRunner:
-    """The model, state, token-pass counter and data order that a greedy search's steps share."""
+    """The model, config, state, token-pass counter and data order that a greedy search's steps share (the
+    config's ``objective``, ``lr``, ``seed`` and ``candidate_epochs`` steer the candidates' training; strategies
+    read the rest)."""
 
-    def __init__(self, model: nn.Module, batches: list[dict], state: SearchState, *, objective: str, lr: float,
-                 seed: int, candidate_epochs: int, teacher: list | None = None, progress: bool = False,
-                 ranks: Ranks = LOCAL):
-        self.model, self.batches, self.state, self.teacher, self.ranks = model, batches, state, teacher, ranks
-        self.objective, self.lr, self.seed, self.epochs, self.progress = objective, lr, seed, candidate_epochs, progress
+    def __init__(self, model: nn.Module, batches: list[dict], state: SearchState, config: SearchConfig, *,
+                 teacher: list | None = None, progress: bool = False, ranks: Ranks = LOCAL):
+        self.model, self.batches, self.state, self.config = model, batches, state, config
+        self.teacher, self.progress, self.ranks = teacher, progress, ranks
         self.cost = TokenPassCost.of(model)
         self.counter = PassCounter()
         self.num_layers = len(patched_layers(model))
@@ -70,7 +70,7 @@ class GreedyRunner:
         self.scalars = torch.ones(self.num_layers, len(SCALAR_NAMES))  # the last winner's: screening runs at them
 
     def schedule(self, step: int) -> list[list[int]]:
-        return step_schedule(self.seed, step, len(self.batches), self.epochs)
+        return step_schedule(self.config.seed, step, len(self.batches), self.config.candidate_epochs)
 
     def train(self, step: int, candidates: list[int]) -> dict[int, dict]:
         """Every candidate of ``candidates`` of step ``step`` trained from fresh scalars (or its record, when a run
@@ -88,8 +88,8 @@ class GreedyRunner:
         set_attention_skips(self.model, self.chosen + [c])
         reset_scalars(self.model)
         work, t0 = PassCounter(), time.perf_counter()
-        sums, _ = train_schedule(self.model, self.batches, self.schedule(step), objective=self.objective,
-                                 lr=self.lr, teacher=self.teacher, counter=work, cost=self.cost,
+        sums, _ = train_schedule(self.model, self.batches, self.schedule(step), objective=self.config.objective,
+                                 lr=self.config.lr, teacher=self.teacher, counter=work, cost=self.cost,
                                  desc=f"step {step} candidate {c}", progress=self.progress)
         return {"name": f"step{step}/cand{c}", "sums": sums, "passes": [work.forward, work.backward],
                 "scalars": get_scalars(self.model).tolist(), "seconds": round(time.perf_counter() - t0, 2),
@@ -105,8 +105,8 @@ class GreedyRunner:
         if rec is None:
             set_scalars(self.model, self.scalars)
             work, t0 = PassCounter(), time.perf_counter()
-            scores = screen_candidates(self.model, batches, candidates, objective=self.objective, teacher=teacher,
-                                       counter=work, chosen=self.chosen, cost=self.cost)
+            scores = screen_candidates(self.model, batches, candidates, objective=self.config.objective,
+                                       teacher=teacher, counter=work, chosen=self.chosen, cost=self.cost)
             rec = {"name": name, "scores": {str(c): v for c, v in scores.items()},
                    "passes": [work.forward, 0.0], "seconds": round(time.perf_counter() - t0, 2)}
             # every rank screens; rank 0's record is kept, so every rank decides alike
@@ -118,11 +118,7 @@ class GreedyRunner:
     def run(self, strategy: Strategy, num_skip: int) -> list[dict]:
         """``num_skip`` greedy steps of ``strategy``; returns the step log (``self.chosen`` holds the picks)."""
         log: list[dict] = []
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=num_skip, desc=strategy.label)
+        bar = Progress(num_skip, strategy.label, enabled=self.progress, every_step=True, unit="steps")
         for step in range(num_skip):
             t0 = time.perf_counter()
             remaining = [c for c in range(self.num_layers) if c not in self.chosen]
@@ -135,9 +131,6 @@ class GreedyRunner:
             entry.update({"scores": {str(c): round(r["loss"], 6) for c, r in trained.items()}, "picked": pick,
                           "passes_so_far": round(self.counter.total), "seconds": round(time.perf_counter() - t0, 2)})
             log.append(entry)
-            if bar:
-                bar.update()
-                bar.set_postfix(picked=pick, loss=f"{trained[pick]['loss']:.4f}")
-        if bar:
-            bar.close()
+            bar.update(picked=pick, loss=f"{trained[pick]['loss']:.4f}")
+        bar.close()
         return log

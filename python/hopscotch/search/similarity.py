@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..arch import base_model, decoder_layers
+from ..progress import track
 from ..utils import model_device
 
 __all__ = ["ModuleScores", "similarity_scores"]
@@ -107,12 +108,7 @@ def similarity_scores(model: nn.Module, batches: Iterable[dict], *, dropped_attn
             handles.append(layer.self_attn.register_forward_hook(attn_post(i)))
             handles.append(layer.mlp.register_forward_hook(mlp_post(i)))
             handles.append(layer.register_forward_hook(layer_post(i), with_kwargs=True))
-        it = batches
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(batches, desc="similarity scores", leave=False)
-        for batch in it:
+        for batch in track(batches, "similarity scores", enabled=progress, leave=False, unit="batch"):
             ids = batch["input_ids"].to(device)
             mask = batch.get("attention_mask")
             mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device).bool()

@@ -5,15 +5,18 @@ verbatim) and digests of its inputs (model, data). It is written whole (temporar
 file is made. Every finished step is then appended as one line and fsync'ed before the search goes on, so a kill
 at any moment leaves every finished step on disk and at most a partial last line, which the next run drops. A
 search started again with the same config and inputs replays the finished steps and continues from the first
-unfinished one; every step is seeded by (seed, step, candidate), so it reaches the same plan.
+unfinished one. Every decision depends only on recorded results and on data orders seeded by the search's seed and
+the step (``runner.step_schedule``: every candidate of a step sees the same order, never one of its own), so it
+reaches the same plan.
 
 A resumed search compares configs by ``SearchConfig.identity()`` (the settings that steer the recorded work) and
-the input digests. A state written by an older hopscotch (one JSON object, format 1) is resumed when it maps onto
-a config exactly, and converted to this format; otherwise it is refused, saying what differs.
+the input digests. This format is the first one hopscotch releases (docs/ARCHITECTURE.md §4); a file in any other
+is refused, naming its format.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,16 +26,24 @@ from ..atomic import atomic_write_text
 from ..errors import HopscotchError
 from .config import ConfigError, SearchConfig
 
-__all__ = ["SearchState", "StateMismatchError", "FORMAT", "read_steps"]
+__all__ = ["SearchState", "StateMismatchError", "FORMAT", "data_digest", "read_steps"]
 
 FORMAT = "hopscotch-search-state/2"
-_FORMAT_1 = "hopscotch-search-state/1"
 _AFRESH = "delete it or choose another state file (--state, state_path) to start afresh"
 
 
 class StateMismatchError(HopscotchError, ValueError):
-    """A state file that this search cannot resume: another search's, an unreadable one, or an old one that does
-    not map exactly onto the settings of today."""
+    """A state file that this search cannot resume: another search's, or an unreadable one."""
+
+
+def data_digest(batches: list[dict]) -> str:
+    """A short hash of batches (token ids, attention mask and labels): the state file refuses other data."""
+    h = hashlib.sha256()
+    for b in batches:
+        for key in ("input_ids", "attention_mask", "labels"):
+            if key in b:
+                h.update(b[key].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _normal(value: Any) -> Any:
@@ -63,17 +74,14 @@ class SearchState:
             state = cls(config, inputs, path=path)
             state._write_whole()
             return state
-        old_config, old_inputs, steps, converted = _read(path, config, repair=True)
+        old_config, old_inputs, steps = _read(path)
         mine, theirs = {**config.identity(), **_normal(inputs)}, {**old_config.identity(), **old_inputs}
         if _normal(mine) != _normal(theirs):
             diff = sorted(k for k in set(mine) | set(theirs) if _normal(mine.get(k)) != _normal(theirs.get(k)))
             details = "; ".join(f"{k}: {theirs.get(k)!r} in the file, {mine.get(k)!r} now" for k in diff)
             raise StateMismatchError(f"search state {path} was written by a search with other settings ({details}); "
                                      + _AFRESH)
-        state = cls(old_config, old_inputs, steps, path)
-        if converted:
-            state._write_whole()
-        return state
+        return cls(old_config, old_inputs, steps, path)
 
     # ---- recording -----------------------------------------------------------------------------------------
     def record(self, step: dict[str, Any]) -> None:
@@ -102,40 +110,34 @@ class SearchState:
 
 
 def read_steps(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The finished steps of the state file at ``path`` (either format) as they stand, for reading a search's work
+    """The finished steps of the state file at ``path`` as they stand, for reading a search's work
     (studies, tests); a line being appended is left alone."""
-    return _parse(Path(path), repair=False)[2]
+    return _parse(Path(path), repair=False)[1]
 
 
-def _read(path: Path, current: SearchConfig, *, repair: bool) -> tuple[SearchConfig, dict, list[dict], bool]:
-    """(config, inputs, steps, converted from format 1) of the state at ``path``."""
-    fmt, head, steps = _parse(path, repair)
-    if fmt == _FORMAT_1:
-        return (*_map_format_1(path, head.get("settings", {}), current), steps, True)
+def _read(path: Path) -> tuple[SearchConfig, dict, list[dict]]:
+    """(config, inputs, steps) of the state at ``path``; a partial last line is cut off the file."""
+    head, steps = _parse(path, repair=True)
     try:
         config = SearchConfig.from_dict(head["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise StateMismatchError(f"search state {path} has a config this hopscotch cannot read ({exc}); " + _AFRESH) \
             from None
-    return config, head.get("inputs", {}), steps, False
+    return config, head.get("inputs", {}), steps
 
 
-def _parse(path: Path, repair: bool) -> tuple[str, dict, list[dict]]:
-    """(format, header, steps) of the state file at ``path``. A partial last line (a search killed while
+def _parse(path: Path, repair: bool) -> tuple[dict, list[dict]]:
+    """(header, steps) of the state file at ``path``. A partial last line (a search killed while
     appending) is skipped, and with ``repair`` cut off the file, so that the next record starts clean."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise StateMismatchError(f"search state {path} cannot be read ({exc})") from None
-    if not raw.startswith(b'{"format": "' + FORMAT.encode()):
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateMismatchError(f"search state {path} is not valid JSON ({exc}); " + _AFRESH) from None
-        fmt = data.get("format") if isinstance(data, dict) else None
-        if fmt != _FORMAT_1:
-            raise StateMismatchError(f"{path} is not a hopscotch search state (format {fmt!r}); " + _AFRESH)
-        return fmt, data, list(data.get("steps", []))
+    if not raw.startswith(b'{"format": "' + FORMAT.encode() + b'"'):
+        found = _found_format(raw)
+        raise StateMismatchError((f"search state {path} is in format {found!r}; this hopscotch reads {FORMAT!r} only; "
+                                  if found else f"{path} is not a hopscotch search state (no header of format "
+                                  f"{FORMAT!r}); ") + _AFRESH)
     whole = raw[:raw.rfind(b"\n") + 1]  # what follows the last newline is a line being (or killed while) appended
     records = []
     for i, line in enumerate(whole.split(b"\n")[:-1]):
@@ -146,46 +148,16 @@ def _parse(path: Path, repair: bool) -> tuple[str, dict, list[dict]]:
                 from None
     if repair and len(whole) < len(raw):
         os.truncate(path, len(whole))
-    return FORMAT, records[0], records[1:]
+    return records[0], records[1:]
 
 
-# ---- format 1 (one JSON object: settings and steps), written before SearchConfig ------------------------------
-_OLD_TOP = ("method", "objective", "seed", "lr", "final_lr", "final_epochs", "final_batch_size", "candidate_epochs",
-            "target", "iterative")
-_OLD_FAST = ("screen_fraction", "refine", "refine_fraction", "shortlist", "max_shortlist", "margin", "budget_ratio",
-             "budget_k")
-_OLD_INPUTS = ("model", "data", "similarity_data")
-
-
-def _map_format_1(path: Path, old: dict, current: SearchConfig) -> tuple[SearchConfig, dict]:
-    """The config and inputs a format-1 state's settings mean today, when they mean exactly one."""
-    def refuse(reason: str):
-        raise StateMismatchError(f"search state {path} was written by an older hopscotch and cannot be resumed "
-                                 f"exactly: {reason}; " + _AFRESH)
-
-    fast = old.get("fast") or {}
-    if fast.get("strategy", "screen") != "screen":
-        refuse(f"its fast search used the {fast['strategy']} strategy, which was retired")
-    if fast.get("probe_fraction", 1.0) != 1.0:
-        refuse(f"its fast search probed widened shortlists (probe_fraction {fast['probe_fraction']}), which was "
-               "retired")
-    if old.get("method") == "hopscotch-fast" and old.get("candidate_epochs", 1) != 1:
-        refuse(f"its fast search probed widened shortlists on one of its {old['candidate_epochs']} candidate "
-               "epochs, which was retired")
-    missing = [k for k in _OLD_TOP + ("model", "data") if k not in old]
-    if old.get("method") == "hopscotch-fast":
-        missing += [f"fast.{k}" for k in _OLD_FAST if k not in fast]
-    if missing:
-        refuse("it does not record " + ", ".join(missing))
-    values = {k: old[k] for k in _OLD_TOP}
-    values["final_batch_size"] = values["final_batch_size"] or 0  # None: the calibration batches as given
-    if old["method"] == "hopscotch-fast":
-        values["fast"] = {k: fast[k] for k in _OLD_FAST}
-        values["fast"]["budget_ratio"] = values["fast"]["budget_ratio"] or 0.0  # None: no budget
-    values["num_skip"] = old.get("num_skip", current.num_skip)  # greedy states serve any k
-    values["guard"] = {}  # format 1 predates the guards: its final training was the paper's (ScalarGuard())
-    try:
-        config = SearchConfig.from_dict(values)
-    except ConfigError as exc:
-        refuse(str(exc))
-    return config, {k: old[k] for k in _OLD_INPUTS if k in old}
+def _found_format(raw: bytes) -> str | None:
+    """The ``format`` a JSON file names (its first line's, or the whole file's), or None."""
+    for text in (raw.split(b"\n", 1)[0], raw):
+        try:
+            head = json.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(head, dict) and isinstance(head.get("format"), str):
+            return head["format"]
+    return None

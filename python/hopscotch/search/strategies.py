@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import torch
 
-from .config import FastConfig
 from .objectives import loss_positions
 from .runner import GreedyRunner
 from .screening import screen_cost
@@ -57,11 +56,12 @@ class ScreenStrategy:
 
     label = "hopscotch fast search"
 
-    def __init__(self, runner: GreedyRunner, fast: FastConfig, *, final_epochs: int, final_generic: bool = False):
+    def __init__(self, runner: GreedyRunner):
+        config, fast = runner.config, runner.config.fast
         self.runner, self.fast = runner, fast
         batches, teacher = runner.batches, runner.teacher
         nb = len(batches)
-        perm = torch.randperm(nb, generator=torch.Generator().manual_seed(runner.seed)).tolist()
+        perm = torch.randperm(nb, generator=torch.Generator().manual_seed(config.seed)).tolist()
         n_screen = max(1, round(fast.screen_fraction * nb))
         n_refine = min(nb - n_screen, round(fast.refine_fraction * nb)) if fast.refine else 0
         screen_idx, refine_idx = sorted(perm[:n_screen]), sorted(perm[n_screen:n_screen + n_refine])
@@ -77,10 +77,10 @@ class ScreenStrategy:
         if fast.budget_ratio:
             # the final training's epoch, and with the generic guard as many tokens of generic text, each a loss
             epoch = runner.cost.epoch(batches)
-            if final_generic:
+            if config.guard.generic_weight:
                 tokens = sum(batch_tokens(b) for b in batches)
                 epoch += runner.cost.forward(tokens, tokens) * (1 + BACKWARD_FACTOR)
-            self.reserve = final_epochs * epoch * (1 - 1 / fast.budget_ratio) / fast.budget_k
+            self.reserve = config.final_epochs * epoch * (1 - 1 / fast.budget_ratio) / fast.budget_k
 
     def step(self, step: int, remaining: list[int], entry: dict) -> dict[int, dict]:
         run, fs = self.runner, self.fast
@@ -90,7 +90,7 @@ class ScreenStrategy:
         ranked = sorted(remaining, key=lambda c: (screen[c], c))
         finalists = min(fs.shortlist, len(ranked))
         avail = self._available(remaining)
-        one = max(run.cost.epoch(run.batches, run.chosen + [c]) for c in remaining) * run.epochs
+        one = max(run.cost.epoch(run.batches, run.chosen + [c]) for c in remaining) * run.config.candidate_epochs
         rec = self._refine(step, ranked, finalists, one, avail)
         if rec is not None:
             avail -= rec["passes"][0]
@@ -121,7 +121,8 @@ class ScreenStrategy:
         run, ratio = self.runner, self.fast.budget_ratio
         if not ratio:
             return float("inf")
-        faithful_step = sum(run.cost.epoch(run.batches, run.chosen + [c]) for c in remaining) * run.epochs
+        epochs = run.config.candidate_epochs
+        faithful_step = sum(run.cost.epoch(run.batches, run.chosen + [c]) for c in remaining) * epochs
         self.allowance += faithful_step / ratio - self.reserve
         return self.allowance - run.counter.total
 

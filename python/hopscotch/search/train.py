@@ -20,9 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ArgumentError, check_arg
 from ..patch import is_patched, patch_model, patched_layers, reset_scalars, set_skips
 from ..patch.patcher import training_context
-from .guards import GenericText, ScalarGuard
+from ..progress import Progress
+from .config import SearchConfig
+from .guards import GenericText
 from .objectives import batch_loss, loss_positions, teacher_logprobs
 
 __all__ = ["PassCounter", "TokenPassCost", "batch_tokens", "frozen_base", "rebatch", "scalar_parameters",
@@ -187,11 +190,7 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
     sums: dict[int, list[float]] = {}
     was_training = model.training
     model.eval()  # no dropout: the scalars are fitted to the deterministic model
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(flat), desc=desc or "train scalars", leave=False)
+    bar = Progress(len(flat), desc or "train scalars", enabled=progress, leave=False, unit="batches")
     try:
         # offloaded weights (accelerate): read again for the backward, never all held (patch/offload.py)
         with frozen_base(model), torch.enable_grad(), training_context(model):
@@ -209,12 +208,9 @@ def train_schedule(model: nn.Module, batches: list[dict], schedule: list[list[in
                     fwd = cost.forward(batch_tokens(batch), n, 0, skipped)
                     counter.forward += fwd
                     counter.backward += BACKWARD_FACTOR * fwd
-                if bar:
-                    bar.update()
-                    bar.set_postfix(loss=f"{acc[0] / max(acc[1], 1):.4f}")
+                bar.update(loss=f"{acc[0] / max(acc[1], 1):.4f}")
     finally:
-        if bar:
-            bar.close()
+        bar.close()
         model.train(was_training)
     return [[e, v[0], v[1]] for e, v in sorted(sums.items())], opt.state_dict()
 
@@ -236,52 +232,62 @@ def full_forward_passes(cost: TokenPassCost, batches: list[dict]) -> float:
     return sum(cost.forward(batch_tokens(b), int(loss_positions(b).sum())) for b in batches)
 
 
-def train_final_scalars(model: nn.Module, batches: list[dict], attention, *, objective: str = "nll", epochs: int = 3,
-                        lr: float = 3e-3, seed: int = 0, teacher: list | None = None,
-                        counter: PassCounter | None = None, desc: str | None = "final scalars",
-                        progress: bool = False, guard: ScalarGuard | None = None, generic: list[dict] | None = None,
-                        info: dict | None = None) -> list[float]:
-    """Hopscotch's final scalars for a fixed set of skipped attention blocks (defaults: the search's).
+def train_final_scalars(model: nn.Module, batches: list[dict], attention, config: SearchConfig | None = None, *,
+                        generic: list[dict] | None = None, teacher: list | None = None,
+                        counter: PassCounter | None = None, info: dict | None = None,
+                        progress: bool = False) -> list[float]:
+    """Hopscotch's final scalars for a fixed set of skipped attention blocks, trained as ``config`` says: its
+    ``objective``, ``final_epochs``, ``final_lr``, ``final_batch_size``, ``seed`` and ``guard`` (default
+    ``SearchConfig()``, the search's defaults: its guard mixes in generic text, so ``generic`` is needed;
+    ``config.replace(guard=ScalarGuard.paper())`` is the paper's training on ``batches`` alone).
 
     The model is patched if it is not. The scalars start at 1 with the blocks ``attention`` skipped (nothing
-    else), then Adam runs ``epochs`` epochs over ``batches`` with the data order seeded by ``seed +
-    FINAL_SEED_OFFSET``; the model is left with the trained scalars. For the ``kl`` objective ``teacher`` is the unpatched model's log-probs on these batches;
-    when it is None it is computed here (its forward passes are added to ``counter``). Returns each epoch's
-    mean training loss (empty when ``epochs`` is 0 or nothing is skipped). The search's final step and any
-    experiment that trains scalars for blocks chosen another way (e.g. LLM-Drop's) share this recipe.
+    else), then Adam runs ``final_epochs`` epochs over ``batches`` (the calibration batches, regrouped into batches
+    of ``final_batch_size`` rows when it is not 0) with the data order seeded by ``seed + FINAL_SEED_OFFSET``; the
+    model is left with the trained scalars. For the ``kl`` objective ``teacher`` is the unpatched model's log-probs
+    on ``batches`` (used only when they are not regrouped); when it is None it is computed here (its forward passes
+    are added to ``counter``). Returns each epoch's mean training loss (empty when ``final_epochs`` is 0 or nothing
+    is skipped). The search's final step and any experiment that trains scalars for blocks chosen another way
+    (e.g. LLM-Drop's) share this recipe.
 
-    ``guard`` (``guards.ScalarGuard``; None or all zero: the paper's training, unchanged) adds a pull toward 1, a
-    generic-text term over ``generic`` (packed text batches, needed when ``generic_weight`` > 0), or early
-    stopping on held-out rows; ``info``, when given, receives what the guard did (held-out losses per epoch, the
-    epoch kept).
+    The guard (``guards.ScalarGuard``) adds a generic-text term over ``generic`` (packed text batches, e.g.
+    ``prepare_task(...).text_calibration``), a pull toward 1, or early stopping on held-out rows; ``info``, when
+    given, receives what the guard did (held-out losses per epoch, the epoch kept).
     """
+    config = SearchConfig() if config is None else config
+    check_arg(isinstance(config, SearchConfig), "train_final_scalars", "config", config, "a SearchConfig or None")
     attention = sorted(int(i) for i in attention)
-    guard = guard or ScalarGuard()
-    if guard.generic_weight and not generic:
-        raise ValueError("ScalarGuard(generic_weight > 0) needs generic text batches (generic=...)")
+    if config.guard.generic_weight and not generic:
+        raise ArgumentError(
+            f"train_final_scalars: generic_weight={config.guard.generic_weight:g} (the guard mixes generic text into "
+            "the training) needs generic=: packed plain text batches, e.g. prepare_task(...).text_calibration; or "
+            "pass config.replace(guard=ScalarGuard.paper()) for the paper's training")
     if not is_patched(model):
         patch_model(model)
     reset_scalars(model)
-    if epochs <= 0 or not attention:
+    if config.final_epochs <= 0 or not attention:
         set_skips(model, attention=attention)
         return []
-    if objective == "kl" and teacher is None:
+    if config.final_batch_size:
+        batches, teacher = rebatch(batches, config.final_batch_size), None  # a teacher is per batch
+    if config.objective == "kl" and teacher is None:
         set_skips(model)  # the original model
         teacher = teacher_logprobs(model, batches)
         if counter is not None:
             counter.forward += full_forward_passes(TokenPassCost.of(model), batches)
     set_skips(model, attention=attention)
-    if guard.off:
-        return train_scalars(model, batches, objective=objective, epochs=epochs, lr=lr,
-                             seed=seed + FINAL_SEED_OFFSET, teacher=teacher, counter=counter, desc=desc,
-                             progress=progress)
-    return _guarded_training(model, batches, objective, epochs, lr, seed + FINAL_SEED_OFFSET, teacher, counter,
-                             desc, progress, guard, generic or [], info if info is not None else {})
+    if config.guard.off:
+        return train_scalars(model, batches, objective=config.objective, epochs=config.final_epochs,
+                             lr=config.final_lr, seed=config.seed + FINAL_SEED_OFFSET, teacher=teacher,
+                             counter=counter, desc="final scalars", progress=progress)
+    return _guarded_training(model, batches, teacher, config, counter, progress=progress, generic=generic or [],
+                             info=info if info is not None else {})
 
 
-def _guarded_training(model, batches, objective, epochs, lr, seed, teacher, counter, desc, progress, guard,
-                      generic, info) -> list[float]:
-    """train_scalars with a guard's terms, epoch by epoch (the optimizer state carried across epochs)."""
+def _guarded_training(model, batches, teacher, config: SearchConfig, counter: PassCounter | None, *, progress: bool,
+                      generic: list[dict], info: dict) -> list[float]:
+    """train_scalars with the config's guard terms, epoch by epoch (the optimizer state carried across epochs)."""
+    guard, epochs, seed = config.guard, config.final_epochs, config.seed + FINAL_SEED_OFFSET
     cost = TokenPassCost.of(model)
     skipped = _skipped_attention(model)
     train_idx, held_idx = list(range(len(batches))), []
@@ -318,7 +324,7 @@ def _guarded_training(model, batches, objective, epochs, lr, seed, teacher, coun
             for i in held_idx:
                 b = batches[i]
                 n = int(loss_positions(b).sum())
-                total += batch_loss(model, b, objective, teacher[i] if teacher is not None else None).item() * n
+                total += batch_loss(model, b, config.objective, teacher[i] if teacher is not None else None).item() * n
                 weight += n
                 if counter is not None:
                     counter.forward += cost.forward(batch_tokens(b), n, 0, skipped)
@@ -329,9 +335,9 @@ def _guarded_training(model, batches, objective, epochs, lr, seed, teacher, coun
     if best is not None:
         held.append(best[0])
     for e in range(epochs):
-        sums, state = train_schedule(model, train, [schedule[e]], objective=objective, lr=lr, teacher=train_teacher,
-                                     optimizer_state=state, counter=counter, cost=cost, desc=desc,
-                                     progress=progress, extra_loss=extra)
+        sums, state = train_schedule(model, train, [schedule[e]], objective=config.objective, lr=config.final_lr,
+                                     teacher=train_teacher, optimizer_state=state, counter=counter, cost=cost,
+                                     desc="final scalars", progress=progress, extra_loss=extra)
         losses += [s / max(w, 1) for _, s, w in sums]
         if held_idx:
             held.append(held_loss())
