@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="fp32", choices=DTYPES, help="ExecuTorch's --dtype-override (default fp32)")
     p.add_argument("--summary", action="store_true", help="print each .pte's pte_summary as a JSON line")
     args = p.parse_args(argv)
+    # ExecuTorch's export logs its phases (as its export_llama command does); on stderr, the summaries on stdout
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(filename)s:%(lineno)s] %(message)s",
+                        stream=sys.stderr, force=True)
     for d in args.dirs:
         out = lower(d, args.context, args.dtype)
         if args.summary:
