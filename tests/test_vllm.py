@@ -29,10 +29,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hopscotch import SkipPlan, apply_plan, export_model, unpatch_model
+from hopscotch import SkipPlan, export_model
 from hopscotch.export import formats
 from hopscotch.testing import tiny_model
 from tests.helpers import DATA
+from tests.helpers.runtime_testing import patched_greedy, smollm2_with_prompts
 from tests.helpers.vllm_testing import VllmFailed, need_vllm, post_json, run_vllm, vllm_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine,
@@ -48,24 +49,6 @@ README_PLAN = DATA / "smollm2_learned_plan"  # attention blocks 6 7 25 29
 SERVE_ARGS = ("--trust-remote-code", "--dtype", "float32", "--max-model-len", "512", "--enforce-eager")
 
 
-def _reference(model, plan, prompts: list[list[int]]) -> list[dict]:
-    """The patched model's greedy tokens and the log-softmax of its logits at each chosen token."""
-    apply_plan(model, plan)
-    refs = []
-    try:
-        with torch.no_grad():
-            for ids in prompts:
-                x = torch.tensor([ids])
-                out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                     output_logits=True, return_dict_in_generate=True)
-                tokens = out.sequences[0, len(ids):].tolist()
-                logprobs = [torch.log_softmax(step[0].double(), -1)[t].item() for step, t in zip(out.logits, tokens)]
-                refs.append({"tokens": tokens, "logprobs": logprobs})
-    finally:
-        unpatch_model(model)
-    return refs
-
-
 def _files(d: Path) -> dict[str, str]:
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
             if p.is_file()}
@@ -75,15 +58,8 @@ def _files(d: Path) -> dict[str, str]:
 def smollm2_vllm(tmp_path_factory):
     """Exports of the packaged SmolLM2, the patched model's references for them, and vLLM's runs (memoised)."""
     need_vllm()  # before loading anything: skip (or fail under HOPSCOTCH_REQUIRE_VLLM=1) at once
-    from hopscotch.models import load_model
-
-    try:
-        model, tok = load_model(None)
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    model, tok, prompts = smollm2_with_prompts(PROMPTS)
     d = tmp_path_factory.mktemp("vllm")
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True,
-                                       return_dict=True)["input_ids"] for p in PROMPTS]
     g = torch.Generator().manual_seed(3)
     plans = {"readme": SkipPlan.load(README_PLAN),
              # layer 0 skipped entirely (attention and MLP): what vLLM's DeciLM model accepts at the bottom
@@ -97,8 +73,9 @@ def smollm2_vllm(tmp_path_factory):
                                                   tokenizer=tok)}
     return {"model": model, "tok": tok, "dir": d, "prompts": prompts, "plans": plans, "exports": exports,
             "files": {k: _files(v) for k, v in exports.items()},
-            "refs": {"readme": _reference(model, plans["readme"], prompts),
-                     "layer0": _reference(model, plans["layer0"], prompts[:1])},  # the serve test's one request
+            "refs": {"readme": patched_greedy(model, plans["readme"], prompts, NEW_TOKENS),
+                     # the serve test's one request
+                     "layer0": patched_greedy(model, plans["layer0"], prompts[:1], NEW_TOKENS)},
             "runs": {}}
 
 
@@ -172,7 +149,7 @@ def test_vllm_tensor_parallel_2_on_cpu(tmp_path):
     plan = SkipPlan.for_model(model, [2, 4], [], 0.9 + 0.2 * torch.rand(6, 4, generator=g), method="test")
     out = export_model(model, plan, tmp_path / "tiny-decilm", format="decilm")
     prompts = [torch.randint(3, 97, (12,), generator=g).tolist() for _ in range(4)]
-    refs = _reference(model, plan, prompts)
+    refs = patched_greedy(model, plan, prompts, NEW_TOKENS)
     run = run_vllm(out, prompts, max_tokens=NEW_TOKENS, max_model_len=64, tensor_parallel_size=2,
                    skip_tokenizer_init=True, work_dir=tmp_path)  # the tiny model has no tokenizer
     assert "world_size=2" in run["log"]

@@ -28,7 +28,13 @@ formats:
              their float16 scales, nothing requantized (docs/QUANTIZATION.md). The tokenizer and chat
              template come from the GGUF model (--model x.gguf, or the packaged SmolLM2); Llama-layer models
              without biases, attention block 0 kept, no MLP skips unless the layer's attention is skipped
-             too."""
+             too.
+  executorch ExecuTorch's Llama checkpoint (model.pth, params.json with layer_types "skip_attention": no
+             projections and no KV cache for a skipped attention block) and, with --executorch-python
+             (the python of a venv with executorch: scripts/install_executorch.sh) or
+             $HOPSCOTCH_EXECUTORCH_PYTHON, model.pte made by ExecuTorch's own Llama export there (KV cache
+             of --executorch-context tokens, XNNPACK). Without one, the command that makes it is printed.
+             Llama-layer models without biases, default RoPE, attention skips only (no MLP skips)."""
 
 
 def register(sub) -> None:
@@ -43,10 +49,24 @@ def register(sub) -> None:
                    help="dtype of the written weights (default: as loaded); gguf: f32, f16, bf16, q8_0, q4_0, q4_1, "
                         "q5_0, q5_1, or source (the loaded GGUF's own quantized blocks, scalars folded into them)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    p.add_argument("--executorch-python", metavar="PYTHON", default=None,
+                   help="--format executorch: the python of a venv with executorch; model.pte is written with it "
+                        "(default $HOPSCOTCH_EXECUTORCH_PYTHON; neither: model.pth + params.json only)")
+    p.add_argument("--executorch-context", type=int, default=2048, metavar="N",
+                   help="--format executorch: the .pte's KV-cache capacity in tokens (default 2048)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out that hopscotch wrote (an earlier export); refused for any other directory, "
                         "the working directory, or one that holds an input (the plan, the model)")
     p.set_defaults(handler=run)
+
+
+def _executorch_how(path: Path, context: int) -> str:
+    from ..export.executorch_export import PTE, lower_command
+
+    if (path / PTE).is_file():
+        return f"ExecuTorch's runtime (executorch.runtime, or its C++ llama runner) on {path / PTE}"
+    cmd = " ".join(lower_command("EXECUTORCH_VENV/bin/python", [path], context=context))
+    return f"ExecuTorch, once {PTE} is written (no ExecuTorch python was given):\n  {cmd}"
 
 
 def run(args) -> int:
@@ -92,17 +112,23 @@ def run(args) -> int:
         raise CliError(f"--plan {args.plan}: --format {args.format} cannot represent this model with this plan "
                        f"exactly: {'; '.join(problems)}; use --format hopscotch or vanilla")
     gguf_tokenizer = args.model if gguf else None  # the GGUF file the model was loaded from (None: the packaged)
+    extra = {}
+    if args.format == "executorch":
+        extra = {"executorch_python": args.executorch_python, "executorch_context": args.executorch_context}
     with about("--out", out, "write", refusals=False):
         path = export_model(model, plan, out, format=args.format, tokenizer=tok, overwrite=args.overwrite,
-                            max_shard_size=max_shard_size, dtype=save_dtype, gguf_tokenizer=gguf_tokenizer)
+                            max_shard_size=max_shard_size, dtype=save_dtype, gguf_tokenizer=gguf_tokenizer, **extra)
     files = [path.name] if gguf else sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     size = path.stat().st_size if gguf else sum(
         p.stat().st_size for p in path.glob("*.safetensors") if not p.name.startswith("hopscotch_plan"))
+    if args.format == "executorch":
+        size = (path / "model.pth").stat().st_size
     how = {"hopscotch": "hopscotch.from_pretrained(dir)",
-           "decilm": f"vllm serve {path} --trust-remote-code (served by vLLM in CI, docs/ENGINES.md) or "
-                     "hopscotch.models.load_model(dir)",
+           "decilm": f"vllm serve {path} --trust-remote-code or mlx_lm.generate --model {path} (vLLM and MLX "
+                     "run it in CI, docs/ENGINES.md) or hopscotch.models.load_model(dir)",
            "vanilla": "transformers.AutoModelForCausalLM.from_pretrained(dir)",
-           "gguf": "llama.cpp (llama-cli -m FILE, llama-server, llama-cpp-python)"}[args.format]
+           "gguf": "llama.cpp (llama-cli -m FILE, llama-server, llama-cpp-python)",
+           "executorch": _executorch_how(path, args.executorch_context)}[args.format]
     emit(args, {"out": str(path), "format": args.format, "files": files, "weight_bytes": size},
          f"wrote {args.format} {'file' if gguf else 'checkpoint'} to {path} ({size / 1e6:.1f} MB"
          f"{'' if gguf else ' of weights'}, {len(files)} files)\n"

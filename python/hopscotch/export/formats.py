@@ -11,11 +11,16 @@ from ..plan import SkipPlan
 from .fold import norm_eps, stream_scale_range
 
 __all__ = ["FORMATS", "ExportError", "HOPSCOTCH_CONFIG_KEY", "HOPSCOTCH_FORMAT", "PLAN_SUBDIR", "check_format",
-           "decilm_config",
-           "decilm_problems", "export_plan_path", "format_problems", "gguf_problems", "hopscotch_config",
-           "llama_layer_problems", "rope_settings", "warn_single_eps"]
+           "decilm_config", "decilm_problems", "executorch_problems", "export_plan_path", "format_problems",
+           "gguf_problems", "hopscotch_config", "llama_layer_problems", "mlx_problems", "rope_settings",
+           "warn_single_eps"]
 
-FORMATS = ("hopscotch", "decilm", "vanilla", "gguf")
+FORMATS = ("hopscotch", "decilm", "vanilla", "gguf", "executorch")
+# mlx-lm's RoPE variants (mlx_lm/models/rope_utils.py: initialize_rope), which its DeciLM model builds from the
+# export's rope_scaling; anything else raises "Unsupported RoPE type" when MLX loads the export.
+MLX_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+# mlx-lm's DeciLM activations (mlx_lm/models/nemotron-nas.py: _ACT2FN)
+MLX_ACTIVATIONS = ("silu", "relu", "gelu", "gelu_new", "gelu_fast")
 HOPSCOTCH_CONFIG_KEY = "hopscotch"
 # The version of the config entry a format="hopscotch" export carries: 2, the first released (0.1.0), which holds
 # every stream-reading norm's eps; the only one read.
@@ -73,10 +78,45 @@ def llama_layer_problems(config) -> list[str]:
     return problems
 
 
-def decilm_problems(config, plan: SkipPlan) -> list[str]:
-    """What the decilm format (as vLLM's DeciLM loader, ``nemotron_nas.py``, reads it) cannot express for this
-    model and plan (empty: it can)."""
+def mlx_problems(config) -> list[str]:
+    """What mlx-lm's DeciLM model (``nemotron-nas``, which loads a decilm export) cannot run as transformers does:
+    it derives the head size from hidden_size / num_attention_heads, and knows a fixed set of RoPE variants and
+    activations. (It runs a skipped attention block 0, MLP-only skips and MLP-first layers: tests/test_mlx.py.)"""
+    problems = []
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim is not None and head_dim * config.num_attention_heads != config.hidden_size:
+        problems.append(f"head_dim {head_dim} (mlx-lm's DeciLM model uses hidden_size / num_attention_heads = "
+                        f"{config.hidden_size / config.num_attention_heads:g})")
+    rope = rope_settings(config)[1]
+    if rope["rope_type"] not in MLX_ROPE_TYPES:
+        problems.append(f"rope_type {rope['rope_type']!r} (mlx-lm knows {', '.join(MLX_ROPE_TYPES)})")
+    elif rope["rope_type"] != "default" and "factor" not in rope:
+        problems.append(f"rope_type {rope['rope_type']!r} without a factor (mlx-lm requires one)")
+    if getattr(config, "hidden_act", "silu") not in MLX_ACTIVATIONS:
+        problems.append(f"hidden_act {config.hidden_act!r} (mlx-lm's DeciLM model knows {', '.join(MLX_ACTIVATIONS)})")
+    return problems
+
+
+def executorch_problems(config, plan: SkipPlan) -> list[str]:
+    """What ExecuTorch's Llama model (``executorch.examples.models.llama``, built from the executorch format's
+    params.json) cannot express for this model and plan (empty: it can)."""
     problems = llama_layer_problems(config)
+    if getattr(config, "hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {config.hidden_act!r} (ExecuTorch's Llama FFN is SiLU-gated)")
+    rope_type = rope_settings(config)[1]["rope_type"]
+    if rope_type != "default":
+        problems.append(f"rope_type {rope_type!r} (only default RoPE is written: ExecuTorch's transformers-style "
+                        "rotary, use_hf_rope, has no scaling of this kind)")
+    if plan.skipped_mlp:
+        problems.append(f"skipped MLP blocks {plan.skipped_mlp} (ExecuTorch's construct_transformer builds every "
+                        "layer's FFN: its per-layer mlp_type is not read there)")
+    return problems
+
+
+def decilm_problems(config, plan: SkipPlan) -> list[str]:
+    """What the decilm format (as vLLM's DeciLM loader, ``nemotron_nas.py``, and mlx-lm's read it) cannot express
+    for this model and plan (empty: it can)."""
+    problems = llama_layer_problems(config) + mlx_problems(config)
     hidden, inter = config.hidden_size, config.intermediate_size
     if _find_multiple(int(2 * (1.5 * inter / hidden) * hidden / 3), 256) != inter:
         problems.append(f"intermediate_size {inter} (not a multiple of 256, which ffn_mult cannot express)")
@@ -124,12 +164,15 @@ def format_problems(format: str, config, plan: SkipPlan) -> list[str]:
         return decilm_problems(config, plan)
     if format == "gguf":
         return gguf_problems(config, plan)
+    if format == "executorch":
+        return executorch_problems(config, plan)
     if format in ("hopscotch", "vanilla"):
         return []  # any supported architecture (arch.check_supported) with any valid plan
     raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
 
 
-_FORMAT_NAMES = {"decilm": "the decilm format", "gguf": "llama.cpp's deci architecture (format='gguf')"}
+_FORMAT_NAMES = {"decilm": "the decilm format", "gguf": "llama.cpp's deci architecture (format='gguf')",
+                 "executorch": "ExecuTorch's Llama model (format='executorch')"}
 
 
 def check_format(format: str, config, plan: SkipPlan) -> None:

@@ -8,6 +8,8 @@ Formats:
   ``vanilla``    the original architecture with skipped blocks kept and their output projection zeroed: stock
                  ``AutoModelForCausalLM.from_pretrained`` loads it, same outputs, no speed gain.
   ``gguf``       one llama.cpp file, its DeciLM ("deci") architecture (``gguf_export.py``).
+  ``executorch`` ExecuTorch's Llama checkpoint and params (``layer_types``: ``skip_attention``), and with an
+                 ExecuTorch python its ``model.pte`` (``executorch_export.py``).
 In every format the scalars are folded into the weights (``fold.py``); the hopscotch format also writes each
 norm's eps (exact), the others keep the one eps of the model (exact up to it). The checkpoint is written to a temporary
 directory next to ``out_dir`` and renamed at the end: an interrupted export leaves nothing half-written.
@@ -32,7 +34,8 @@ from ..atomic import finish_directory, start_directory
 from ..plan import SkipPlan
 from .checks import check_export_args
 from .fold import folded_weights
-from .formats import FORMATS, PLAN_SUBDIR, ExportError, decilm_config, hopscotch_config, warn_single_eps
+from .formats import (FORMATS, PLAN_SUBDIR, ExportError, check_format, decilm_config, hopscotch_config,
+                      warn_single_eps)
 from .gguf_export import export_gguf
 
 __all__ = ["export_model", "ExportError", "FORMATS"]
@@ -68,9 +71,32 @@ def _write_shards(tensors: dict[str, torch.Tensor], materialize, out: Path, max_
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def _export_executorch(model, plan, out_dir: Path, tokenizer, overwrite, dtype, python, context) -> Path:
+    from . import executorch_export as et
+
+    check_format("executorch", causal_lm(model).config, plan)  # before anything is written
+    python = et.find_python(python)
+    et.check_context(context)
+    warn_single_eps(plan, "executorch")
+    tmp = _prepare_out_dir(out_dir, overwrite)
+    try:
+        params = et.write_checkpoint(model, plan, tmp, dtype)
+        plan.save(tmp / PLAN_SUBDIR)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if python is not None:
+            et.lower_exports(python, [tmp], context=context, dtype=params["dtype"])
+        _finish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
 def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: str = "hopscotch", tokenizer=None,
                  overwrite: bool = False, max_shard_size: int | str = "5GB",
-                 dtype: torch.dtype | str | None = None, gguf_tokenizer: str | os.PathLike | None = None) -> Path:
+                 dtype: torch.dtype | str | None = None, gguf_tokenizer: str | os.PathLike | None = None,
+                 executorch_python: str | os.PathLike | None = None, executorch_context: int = 2048) -> Path:
     """Write ``model`` with ``plan`` (skips and scalars, folded into the weights) to ``out_dir``; returns it.
 
     ``model`` is the loaded HF model (patched or not: its own weights are read, never changed). ``dtype`` casts
@@ -78,6 +104,9 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
     ``format="gguf"`` writes one file, ``out_dir`` ending in ``.gguf`` (see ``gguf_export.export_gguf``: ``dtype``
     may also be ``"q8_0"``, ``"q4_0"`` ... or ``"source"``; ``gguf_tokenizer`` is the GGUF file whose tokenizer
     is carried over).
+    ``format="executorch"`` writes ``model.pth`` + ``params.json``, and ``model.pte`` by ExecuTorch's Llama export
+    run with ``executorch_python`` (default ``$HOPSCOTCH_EXECUTORCH_PYTHON``; neither: no .pte), its KV cache
+    ``executorch_context`` tokens long.
     """
     if not isinstance(format, str) or format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -94,6 +123,9 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
     config = lm.config
     if format == "decilm":
         new_config = decilm_config(config, plan)  # refuses what it cannot represent, before anything is written
+    if format == "executorch":
+        return _export_executorch(model, plan, Path(out_dir), tokenizer, overwrite, dtype, executorch_python,
+                                  executorch_context)
     sd, fold = folded_weights(model, plan, keep_skipped=format == "vanilla")
 
     def materialize(name: str) -> torch.Tensor:
