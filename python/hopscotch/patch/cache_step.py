@@ -85,7 +85,8 @@ class CacheStep:
         """Rotate q in place and write the rotated k and v into their slots of ``layer``'s cache block (one
         kernel), then SDPA of q over the block's cached keys and values; returns [B, T, Hq, D]."""
         block = self.cache.layers[layer.cache_index]
-        self.rope.rotate_into_cache(q, k, v, block.key_buffer, block.value_buffer, self.slots_on(q.device))
+        self.rope.rotate_into_cache(q, k, v, block.key_buffer, block.value_buffer, self.slots_on(q.device),
+                                    layer.attention_type)
         window = block.sliding_window
         key = (window, block.device)
         if key not in self._masks:
