@@ -52,12 +52,17 @@ def _set_norm_eps(model, entry: dict) -> None:
 
     base = base_model(model)
     layers = list(base.layers)
-    for name in ("input_layernorm", "post_attention_layernorm"):
+    for name in (n for n in eps if n != "norm"):  # the stream-reading norms (fold.norm_eps)
         if len(eps[name]) != len(layers):
             raise ExportError(f"norm_eps[{name!r}] has {len(eps[name])} entries for {len(layers)} layers")
         for layer, e in zip(layers, eps[name]):
-            getattr(layer, name).variance_epsilon = float(e)
-    base.norm.variance_epsilon = float(eps["norm"])
+            _set_eps(getattr(layer, name), e)
+    _set_eps(base.norm, eps["norm"])
+
+
+def _set_eps(norm, eps) -> None:
+    """A Llama-style norm's ``variance_epsilon``, a Gemma norm's ``eps``."""
+    setattr(norm, "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps", float(eps))
 
 
 def _build_skipped(path: Path, config, skipped_attention, skipped_mlp, dtype):
