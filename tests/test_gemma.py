@@ -92,3 +92,50 @@ def test_patch_refuses_what_it_does_not_implement(name, value):
     setattr(model.config, name, value)
     with pytest.raises(UnsupportedModelError, match=name):
         patch_model(model)
+
+
+def test_sliding_blocks_hold_about_two_windows_and_cached_equals_uncached_past_them():
+    """Window 5: a sliding block's buffers hold max(2 * 5, 4 + prompt) tokens whatever the length (its last 4 keys
+    move to the front when full); a global block holds the whole capacity. Greedy tokens equal recomputation."""
+    from hopscotch import patch_model, set_skips
+    from hopscotch.hf_compat import output_cache
+    from hopscotch.patch import kv_cache_bytes
+    from tests.helpers.model_testing import greedy_without_cache, left_padded_batch
+
+    model = tiny_model("gemma3", num_layers=6)  # sliding blocks 0, 1, 3, 4; global 2, 5
+    patch_model(model)
+    set_skips(model, attention=[1, 5])
+    ids, mask = left_padded_batch(97, [7, 3, 6])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0,
+                             return_dict_in_generate=True)
+        assert torch.equal(out.sequences, greedy_without_cache(model, ids, mask, 40))
+    cache = output_cache(out)
+    assert cache.capacity == 7 + 40 - 1
+    held = {b.layer_idx: b.key_buffer.shape[2] for b in cache.layers}
+    assert held == {0: 11, 2: 46, 3: 11, 4: 11}  # max(2 * 5, 4 + 7)
+    per_token = 2 * 3 * 1 * 16 * 4  # keys and values: batch 3, 1 KV head, head_dim 16, float32
+    assert kv_cache_bytes(cache) == per_token * (3 * 11 + 46)
+    assert all(b.offset > 0 for b in cache.layers if b.sliding_window)  # they did slide
+
+
+def test_window_buffers_refuse_what_they_cannot_serve():
+    from hopscotch import patch_model
+    from hopscotch.hf_compat import cache_kwargs
+    from hopscotch.patch import CacheCapacityError, CacheMismatchError, HopscotchCache
+
+    model = tiny_model("gemma3")
+    patch_model(model)
+    cache = HopscotchCache()
+    ids = torch.randint(3, 97, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model(ids, **cache_kwargs(cache), use_cache=True)  # 20 tokens: buffers of 4 + 20 slots
+        for _ in range(5):  # the first step slides: positions 20.. are held
+            model(ids[:, :1], **cache_kwargs(cache), use_cache=True)
+    assert [b.offset for b in cache.layers if b.sliding_window] == [20] * 4
+    with pytest.raises(CacheCapacityError, match=r"cannot crop to 23 tokens: .*window_buffers=False"):
+        cache.crop(23)
+    cache.crop(24)  # the 4 keys before position 24 are still held
+    assert cache.get_seq_length() == 24
+    with pytest.raises(CacheMismatchError, match=r"compiled step .*window_buffers=False"):
+        cache.check_layout(cache.kept)
