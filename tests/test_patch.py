@@ -31,7 +31,15 @@ def test_patched_without_skips_is_the_original_model(arch, dtype):
         patch_model(model)
         out = model(ids).logits.float()
         gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False)
-    torch.testing.assert_close(out, ref, **LOGIT_TOL[dtype])
+    if arch == "gemma3" and dtype != torch.float32:
+        # Four norms per layer, each scaling by ~2 on these random weights: HF's own half-precision logits are
+        # ~0.25 off the float64 model's. The patched model (whose norms multiply by (1 + w) rounded to the dtype)
+        # must be as close to float64 as HF is, within a factor 2.
+        with torch.no_grad():
+            truth = tiny_model(arch, dtype=torch.float64)(ids).logits.float()
+        assert (out - truth).abs().max() <= 2 * (ref - truth).abs().max()
+    else:
+        torch.testing.assert_close(out, ref, **LOGIT_TOL[dtype])
     if dtype == torch.float32:  # low precision can flip a near-tie argmax on random weights
         assert torch.equal(gen, ref_gen)
 

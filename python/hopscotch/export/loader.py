@@ -24,8 +24,6 @@ from .info import mark_export
 
 __all__ = ["from_pretrained", "load_decilm"]
 
-_NORMS = ("input_layernorm", "post_attention_layernorm")  # the per-layer norms norm_eps lists
-
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
@@ -73,9 +71,10 @@ def _check_entry(entry, cfg_path: Path) -> dict:
         raise ExportError(f"{cfg_path}: hopscotch export format {fmt!r}; this version reads format "
                           f"{HOPSCOTCH_FORMAT} (written by another hopscotch version: export the model again)")
     eps = entry.get("norm_eps")
-    if not isinstance(eps, dict) or not all(isinstance(eps.get(k), list) for k in _NORMS) or "norm" not in eps:
-        raise ExportError(f"{cfg_path}: its {HOPSCOTCH_CONFIG_KEY!r} entry lacks norm_eps (a list per "
-                          f"{' and '.join(_NORMS)}, and norm)")
+    layer_norms = [k for k in eps if k != "norm"] if isinstance(eps, dict) else []
+    if not layer_norms or "norm" not in eps or not all(isinstance(eps[k], list) for k in layer_norms):
+        raise ExportError(f"{cfg_path}: its {HOPSCOTCH_CONFIG_KEY!r} entry lacks norm_eps (a list per stream-reading "
+                          "norm of the layers, e.g. input_layernorm, and norm)")
     return entry
 
 
@@ -85,12 +84,17 @@ def _set_norm_eps(model, eps: dict, cfg_path: Path) -> None:
 
     base = base_model(model)
     layers = list(base.layers)
-    for name in _NORMS:
+    for name in (n for n in eps if n != "norm"):  # the stream-reading norms (fold.norm_eps)
         if len(eps[name]) != len(layers):
             raise ExportError(f"{cfg_path}: norm_eps[{name!r}] has {len(eps[name])} entries for {len(layers)} layers")
         for layer, e in zip(layers, eps[name]):
-            getattr(layer, name).variance_epsilon = float(e)
-    base.norm.variance_epsilon = float(eps["norm"])
+            _set_eps(getattr(layer, name), e)
+    _set_eps(base.norm, eps["norm"])
+
+
+def _set_eps(norm, eps) -> None:
+    """A Llama-style norm's ``variance_epsilon``, a Gemma norm's ``eps``."""
+    setattr(norm, "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps", float(eps))
 
 
 def _build_skipped(path: Path, config, skipped_attention, skipped_mlp, dtype):

@@ -56,13 +56,14 @@ class CacheStep:
                 torch._assert_async(new.all(), "attention_mask marks a new token of an unpadded batch as padding; "
                                                 "a HopscotchCache records padding at a sequence's first forward")
         self._masks: dict[tuple, tuple] = {}
-        self._slots_on: dict[torch.device, torch.Tensor] = {device: self.slots}
+        self._slots_on: dict[tuple, torch.Tensor] = {(device, 0): self.slots}
 
-    def slots_on(self, device: torch.device) -> torch.Tensor:
-        """The slots on ``device`` (a model dispatched across devices: one copy per device)."""
-        if device not in self._slots_on:
-            self._slots_on[device] = self.slots.to(device)
-        return self._slots_on[device]
+    def slots_on(self, device: torch.device, offset: int = 0) -> torch.Tensor:
+        """The slots on ``device`` (a model dispatched across devices: one copy per device) in a buffer that
+        starts at position ``offset`` (a window-sized block's: ``sliding.py``)."""
+        if (device, offset) not in self._slots_on:
+            self._slots_on[(device, offset)] = self.slots.to(device) - offset if offset else self.slots.to(device)
+        return self._slots_on[(device, offset)]
 
     def positions(self) -> torch.Tensor:
         """Position ids when the caller gives none: the slot of each token, [1, tokens]."""
@@ -76,23 +77,27 @@ class CacheStep:
                                  cache.pad_mask if cache.padded else None)
             return mask.to(device), False, 0, None
         start, end = self.start, self.end
+        lo = 0 if window is None else max(0, start - window + 1)  # the first key a query of this forward reads
         if not cache.padded and T == 1:  # a decode step: a view of the keys it may read, no mask
-            return None, False, 0 if window is None else max(0, end - window), end
-        mask, causal = masks.plan(start, end, end, window, cache.pad_mask[:, :end] if cache.padded else None, device)
-        return mask, causal, 0, end
+            return None, False, lo, end
+        mask, causal = masks.plan(start, end, end - lo, window, cache.pad_mask[:, :end] if cache.padded else None,
+                                  device)
+        return mask, causal, lo, end
 
     def attend(self, layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Rotate q in place and write the rotated k and v into their slots of ``layer``'s cache block (one
         kernel), then SDPA of q over the block's cached keys and values; returns [B, T, Hq, D]."""
         block = self.cache.layers[layer.cache_index]
-        self.rope.rotate_into_cache(q, k, v, block.key_buffer, block.value_buffer, self.slots_on(q.device))
+        self.rope.rotate_into_cache(q, k, v, block.key_buffer, block.value_buffer,
+                                    self.slots_on(q.device, block.offset), layer.attention_type)
         window = block.sliding_window
         key = (window, block.device)
         if key not in self._masks:
             self._masks[key] = self._plan(window, block.device)
         mask, causal, lo, hi = self._masks[key]
         keys, values = block.key_buffer, block.value_buffer
-        if hi is not None:
+        if hi is not None:  # slots of positions lo..hi-1 (a window-sized block's buffer starts at its offset)
+            lo, hi = lo - block.offset, hi - block.offset
             keys, values = keys[:, :, lo:hi], values[:, :, lo:hi]
         scaling = layer.self_attn.scaling
         if mask is None:  # flash attention, GQA native

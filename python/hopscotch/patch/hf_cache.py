@@ -92,7 +92,7 @@ class TransformersCacheStep:
 
     def attend(self, layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         attn = layer.self_attn
-        q, k = self.rope.rotate(q, k, q.device)
+        q, k = self.rope.rotate(q, k, q.device, layer.attention_type)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         # The cache appends (torch.cat) or copies what it is given: contiguous, or CUDA's cat takes its slow path.
         k, v = self.cache.update(k.contiguous(), v.contiguous(), layer.cache_index)

@@ -1,11 +1,13 @@
 """HopscotchCache: the KV cache a patched model owns (docs/ARCHITECTURE.md §2.2, §2.9).
 
-One pair of preallocated, contiguous buffers ``[batch, kv_heads, capacity, head_dim]`` per *kept* attention block;
-a skipped block allocates nothing. The rotated keys and the values of a forward are written straight into their
-slots by one kernel (``hopscotch_ext.rotary_embedding_kv_cache``), and attention reads a view of the filled part:
-no op copies the filled part of the cache at a decode step. Capacity grows by doubling (one copy, amortised over
-the steps that fill it), never past ``max_capacity``; ``generate()`` sizes it for its own ``max_length`` up front,
-so a generation never grows it. Nothing is reserved for the model's ``max_position_embeddings``.
+One pair of preallocated, contiguous buffers ``[batch, kv_heads, capacity, head_dim]`` per *kept* attention block; a
+skipped block allocates nothing, and a sliding-window block only about two windows (``sliding.py``; not with
+``window_buffers=False``, which a compiled step needs). The rotated keys and the values of a forward are written
+straight into their slots by one kernel (``hopscotch_ext.rotary_embedding_kv_cache``), and attention reads a view of
+the filled part: no op copies the filled part of the cache at a decode step. Capacity grows by doubling (one copy,
+amortised over the steps that fill it), never past ``max_capacity``; ``generate()`` sizes it for its own
+``max_length`` up front, so a generation never grows it. Nothing is reserved for the model's
+``max_position_embeddings``.
 
 The filled length is kept twice: a Python int (the eager forward slices with it) and a 0-d device tensor (a forward
 traced by ``torch.compile`` reads and advances only the tensor, so the length can change from step to step without
@@ -28,6 +30,7 @@ from transformers.cache_utils import Cache
 
 from ..errors import HopscotchError
 from ..hf_compat import init_cache_base
+from .sliding import fit_window
 
 __all__ = ["CacheCapacityError", "CacheMismatchError", "HopscotchCache", "KVBlock", "kv_cache_bytes"]
 
@@ -67,6 +70,8 @@ class KVBlock:
         self.device = device
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
+        self.compact = False  # window-sized buffers (sliding.py), holding positions offset.. at slots 0..
+        self.offset = 0
 
     @property
     def is_sliding(self) -> bool:
@@ -81,12 +86,14 @@ class KVBlock:
 
     @property
     def keys(self) -> torch.Tensor | None:
-        """The filled part of the key buffer, ``[batch, kv_heads, length, head_dim]`` (a view)."""
-        return None if self.key_buffer is None else self.key_buffer[:, :, :self._owner.get_seq_length()]
+        """The filled part of the key buffer, ``[batch, kv_heads, length, head_dim]`` (a view; a window-sized
+        block's from position ``offset``)."""
+        return None if self.key_buffer is None else self.key_buffer[:, :, :self._owner.get_seq_length() - self.offset]
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self.value_buffer is None else self.value_buffer[:, :, :self._owner.get_seq_length()]
+        length = self._owner.get_seq_length() - self.offset
+        return None if self.value_buffer is None else self.value_buffer[:, :, :length]
 
     def get_seq_length(self) -> int:
         return self._owner.get_seq_length()
@@ -117,13 +124,16 @@ class HopscotchCache(Cache):
 
     is_compileable = False  # generate() must not build 4-D masks or compile for it: the patched forward does that
 
-    def __init__(self, capacity: int | None = None, max_capacity: int | None = None):
+    def __init__(self, capacity: int | None = None, max_capacity: int | None = None, window_buffers: bool = True):
         init_cache_base(self)  # transformers' Cache fields, whatever the installed release calls them (hf_compat)
         self.initial_capacity = _check_size("capacity", capacity)
         self.max_capacity = _check_size("max_capacity", max_capacity)
         if capacity is not None and max_capacity is not None and capacity > max_capacity:
             raise ValueError(f"HopscotchCache(capacity={capacity}, max_capacity={max_capacity}): capacity must not "
                              "exceed max_capacity")
+        if not isinstance(window_buffers, bool):
+            raise ValueError(f"HopscotchCache(window_buffers={window_buffers!r}): expected True or False")
+        self.window_buffers = window_buffers
         self.layers: list[KVBlock] = []
         self.kept: tuple[int, ...] | None = None
         self.capacity = 0
@@ -151,6 +161,8 @@ class HopscotchCache(Cache):
         if self.kept == kept and [b.spec() for b in self.layers] == specs:
             return
         self.layers = [KVBlock(self, *spec) for spec in specs]
+        for block in self.layers:
+            block.compact = self.window_buffers and block.is_sliding
         self.kept = kept
         self.capacity = 0
         self._batch = 0
@@ -160,6 +172,9 @@ class HopscotchCache(Cache):
     def check_layout(self, kept: tuple[int, ...]) -> None:
         """For a compiled step: the cache must already be laid out for these kept blocks and allocated (with no kept
         block, every attention skipped, there is nothing to allocate)."""
+        if any(block.compact for block in self.layers):
+            raise CacheMismatchError("a compiled step attends over the whole capacity, which window-sized buffers do "
+                                     "not hold: make the cache with HopscotchCache(capacity=..., window_buffers=False)")
         if self.kept != kept or (kept and not self.capacity):
             raise CacheMismatchError(
                 f"a compiled step needs a HopscotchCache already laid out and allocated for the kept attention blocks "
@@ -171,6 +186,10 @@ class HopscotchCache(Cache):
         keep = self._length if self.capacity else 0
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: writable in any mode
             for block in self.layers:
+                if block.compact:  # sized per forward (sliding.fit_window)
+                    if not keep:
+                        block.key_buffer = block.value_buffer = None
+                    continue
                 shape = (batch, block.kv_heads, capacity, block.head_dim)
                 for name in ("key_buffer", "value_buffer"):
                     # zeros, not empty: a compiled step attends over the whole capacity (masked), and 0 * NaN of
@@ -198,7 +217,7 @@ class HopscotchCache(Cache):
         if self.max_capacity is not None and needed > self.max_capacity:
             raise CacheCapacityError(f"this forward needs {needed} cached tokens ({start} held + {new_tokens} new) "
                                      f"but the cache holds at most max_capacity={self.max_capacity}")
-        allocated = self.layers[0].key_buffer is not None and self.capacity > 0
+        allocated = self.capacity > 0
         same = allocated and self._batch == batch
         if start > 0 and not same:
             raise CacheCapacityError(f"the cache holds a batch of {self._batch} sequences; this forward has "
@@ -220,6 +239,9 @@ class HopscotchCache(Cache):
         if needed > self.capacity:
             cap = max(2 * self.capacity, needed)
             self._allocate(batch, cap if self.max_capacity is None else min(cap, self.max_capacity))
+        for block in self.layers:
+            if block.compact:
+                fit_window(block, start, new_tokens, batch, self.capacity)
         return start
 
     # ---- length ------------------------------------------------------------------------------------------
@@ -300,12 +322,18 @@ class HopscotchCache(Cache):
         self._host_valid = True
         if self._length_t is not None:
             self._length_t.zero_()
+        for block in self.layers:
+            block.offset = 0
 
     def crop(self, max_length: int) -> None:
         """Keep the first ``max_length`` tokens (a negative value removes that many from the end)."""
         n = self.get_seq_length()
-        keep = n + max_length if max_length < 0 else min(n, max_length)
-        self._length = max(keep, 0)
+        keep = max(n + max_length if max_length < 0 else min(n, max_length), 0)
+        lost = [b.layer_idx for b in self.layers if b.compact and b.offset > max(0, keep - b.sliding_window + 1)]
+        if lost:
+            raise CacheCapacityError(f"cannot crop to {keep} tokens: the window-sized buffers of sliding blocks {lost} "
+                                     "no longer hold the keys before it (use HopscotchCache(window_buffers=False))")
+        self._length = keep
         if self._length_t is not None:
             self._length_t.fill_(self._length)
 

@@ -3,6 +3,9 @@
     h1  = b_att * Attn(Norm(h))  + s_att * h        (h1 = h exactly when the attention block is skipped)
     out = b_mlp * MLP(Norm(h1))  + s_mlp * h1       (out = h1 exactly when the MLP block is skipped)
 
+A family with sandwich norms (Gemma 3) has a norm after each block too; it belongs to the block, whose output is
+then ``PostNorm(Attn(PreNorm(h)))`` (``arch.NormLayout``; docs/ARCHITECTURE.md §2.8).
+
 A layer does not add its own residuals: its ``forward`` leaves each block's output (the "delta") pending on the
 residual stream (``stack.Stream``), and the *next* RMSNorm that reads the stream applies it and normalises in one
 ``add_rms_norm``, across the layer boundary (the last one with the model's final norm). Which kernel runs
@@ -17,6 +20,7 @@ from torch import nn
 
 import hopscotch_ext
 
+from ..arch import NormLayout, norm_params
 from ..plan import SCALAR_NAMES
 from .fuse import FusedLinear, can_fuse
 
@@ -46,15 +50,16 @@ class HopscotchDecoderLayer(nn.Module):
     _hopscotch_layer = True
 
     def __init__(self, original: nn.Module, layer_idx: int, attention_type: str, sliding_window: int | None,
-                 fuse_silu: bool):
+                 fuse_silu: bool, norms: NormLayout = NormLayout()):
         super().__init__()
+        self.norms = norms
         self.layer_idx = layer_idx
         self.attention_type = attention_type
         self.sliding_window = sliding_window  # keys a query attends to in a sliding-window block; None: all
         self.self_attn = original.self_attn
         self.mlp = original.mlp
-        self.input_layernorm = original.input_layernorm
-        self.post_attention_layernorm = original.post_attention_layernorm
+        for name in norms.attention_norms() + norms.mlp_norms():  # under their own names: state-dict keys unchanged
+            setattr(self, name, getattr(original, name))
         device = next((p.device for p in original.parameters() if p.device.type != "meta"), torch.device("cpu"))
         for name in SCALAR_NAMES:  # float32 whatever the model dtype: they are trained
             setattr(self, name, nn.Parameter(torch.ones((), dtype=torch.float32, device=device)))
@@ -94,17 +99,17 @@ class HopscotchDecoderLayer(nn.Module):
         self.__dict__["_gate_up"] = None
 
     def free_attention(self) -> None:
-        """Release the weights of this (skipped) attention block and of the norm in front of it."""
+        """Release the weights of this (skipped) attention block and of its norms."""
         self.__dict__["_qkv"] = None
-        for name in ("self_attn", "input_layernorm"):
+        for name in ("self_attn",) + self.norms.attention_norms():
             setattr(self, name, FreedBlock("attention", self.layer_idx))
             setattr(self._original, name, getattr(self, name))
         self.attn_freed = True
 
     def free_mlp(self) -> None:
-        """Release the weights of this (skipped) MLP block and of the norm in front of it."""
+        """Release the weights of this (skipped) MLP block and of its norms."""
         self.__dict__["_gate_up"] = None
-        for name in ("mlp", "post_attention_layernorm"):
+        for name in ("mlp",) + self.norms.mlp_norms():
             setattr(self, name, FreedBlock("mlp", self.layer_idx))
             setattr(self._original, name, getattr(self, name))
         self.mlp_freed = True
@@ -114,12 +119,22 @@ class HopscotchDecoderLayer(nn.Module):
     def forward(self, stream, run) -> None:
         """Advance the residual ``stream`` (``stack.Stream``) through this layer's kept blocks; ``run`` is the
         forward's shared ``stack.StackRun`` (cache, masks, rotary table). A skipped block does nothing at all."""
+        norms = self.norms
         if not self.attn_skipped:
-            x = stream.norm(self.input_layernorm)
-            stream.pending = (self.attention(x, run), self.attn_scale, self.attn_residual_scale)
+            x = stream.norm(getattr(self, norms.attn_pre))
+            stream.pending = (self._post_norm(self.attention(x, run), norms.attn_post), self.attn_scale,
+                              self.attn_residual_scale)
         if not self.mlp_skipped:
-            x = stream.norm(self.post_attention_layernorm)
-            stream.pending = (self.mlp_block(x), self.mlp_scale, self.mlp_residual_scale)
+            x = stream.norm(getattr(self, norms.mlp_pre))
+            stream.pending = (self._post_norm(self.mlp_block(x), norms.mlp_post), self.mlp_scale,
+                              self.mlp_residual_scale)
+
+    def _post_norm(self, out: torch.Tensor, name: str | None) -> torch.Tensor:
+        """A block's output through its post-block norm (sandwich-norm families), else as it is."""
+        if name is None:
+            return out
+        w, eps = norm_params(getattr(self, name))
+        return hopscotch_ext.rms_norm(out, w, eps)
 
     # ---- blocks ----------------------------------------------------------------------------------------
 
@@ -137,15 +152,16 @@ class HopscotchDecoderLayer(nn.Module):
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         q, k, v = q.view(bsz, seq, -1, hd), k.view(bsz, seq, -1, hd), v.view(bsz, seq, -1, hd)
-        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary
-            q = hopscotch_ext.rms_norm(q, attn.q_norm.weight, attn.q_norm.variance_epsilon)
-            k = hopscotch_ext.rms_norm(k, attn.k_norm.weight, attn.k_norm.variance_epsilon)
+        if hasattr(attn, "q_norm"):  # Qwen3, Gemma 3: RMSNorm over each head before the rotary
+            q = hopscotch_ext.rms_norm(q, *norm_params(attn.q_norm))
+            k = hopscotch_ext.rms_norm(k, *norm_params(attn.k_norm))
         out = run.step.attend(self, q, k, v)  # [B, T, Hq, D]
         return attn.o_proj(out.reshape(bsz, seq, -1))
 
     def mlp_block(self, x: torch.Tensor) -> torch.Tensor:
         """MLP(x) for normed input x: silu(gate) * up in one fused op over the concatenated gate|up weight where
-        the projections allow it (plain nn.Linear, SiLU), else the modules one by one."""
+        the projections allow it (plain nn.Linear, SiLU), else the modules one by one (the model's activation:
+        Gemma's tanh GELU)."""
         mlp = self.mlp
         if self._use_fused(self._gate_up):
             h = hopscotch_ext.silu_gate_up(x, self._gate_up.weight, self._gate_up.bias)

@@ -87,7 +87,8 @@ class onloaded:
 
 
 # What a patched layer reads without calling it as a module (the norms' weights).
-DIRECT_READS = ("input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm")
+DIRECT_READS = ("input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm",
+                "pre_feedforward_layernorm", "post_feedforward_layernorm")
 
 
 class OffloadedLayerHooks:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import (UnsupportedModelError, base_model, causal_lm, check_supported, layer_attention_type,
-                    layer_sliding_window)
+                    layer_sliding_window, norm_layout)
 from ..errors import PlanError, as_index_list, check_arg
 from ..limits import check_skip_lists
 from .fuse import is_plain_weight
@@ -123,10 +123,12 @@ def patch_model(model: nn.Module) -> nn.Module:
     if hasattr(base, "_hopscotch_state"):
         return model
     config = base.config
-    fuse_silu = getattr(config, "hidden_act", "silu") in _SILU
+    # Gemma names its activation hidden_activation (tanh GELU: the MLP's own modules, unfused)
+    fuse_silu = (getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", "silu")) in _SILU
+    norms = norm_layout(model_type)
     originals = list(base.layers)
     layers = [HopscotchDecoderLayer(layer, i, layer_attention_type(config, i), layer_sliding_window(config, i),
-                                    fuse_silu) for i, layer in enumerate(originals)]
+                                    fuse_silu, norms) for i, layer in enumerate(originals)]
     saved_forward = base.__dict__.get("forward")  # an instance-level forward (e.g. an accelerate hook), if any
     for i, layer in enumerate(layers):
         base.layers[i] = layer

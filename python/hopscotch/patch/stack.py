@@ -20,6 +20,7 @@ import hopscotch_ext
 
 from transformers.cache_utils import DynamicCache
 
+from ..arch import norm_params
 from ..hf_compat import check_forward_kwargs, model_output, pop_cache
 from .cache_step import CacheStep
 from .hf_cache import TransformersCacheStep, compact_cache
@@ -48,7 +49,7 @@ class Stream:
 
     def norm(self, norm_module) -> torch.Tensor:
         """Apply the pending block output and return the normalised stream (on ``norm_module``'s device)."""
-        w, eps = norm_module.weight, norm_module.variance_epsilon
+        w, eps = norm_params(norm_module)
         if self.residual.device != w.device:  # model dispatched across devices
             self.residual = self.residual.to(w.device)
         if self.pending is None:

@@ -77,7 +77,7 @@ class UncachedStep:
 
     def attend(self, layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         attn = layer.self_attn
-        q, k = self.rope.rotate(q, k, q.device)
+        q, k = self.rope.rotate(q, k, q.device, layer.attention_type)
         return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self._plan(layer, q.device),
                     attn.scaling, attn.attention_dropout if layer.training else 0.0)
 
