@@ -71,9 +71,11 @@ def test_cached_equals_uncached_past_the_sliding_window_with_blocks_skipped(gemm
 
 
 def test_a_k1_search_runs(gemma3, tmp_path):
-    """The CLI end to end on the packaged name (LLM-Drop: no training, so it stays minutes on CPU)."""
+    """The CLI end to end on the packaged name (LLM-Drop scoring the task's own batches, no evaluation: no training
+    and no Wikipedia pass, so it stays short on CPU; the study runs the full evaluation)."""
     cmd = [sys.executable, "-m", "hopscotch", "search", "--model", "gemma3", "--method", "llm-drop", "--num-skip",
-           "1", "--calibration", "4", "--evaluation", "8", "--no-speed", "--quiet", "--json", "--out",
+           "1", "--similarity-data", "task", "--calibration", "4", "--evaluation", "8", "--no-eval", "--no-speed",
+           "--quiet", "--json", "--out",
            str(tmp_path / "plan.json")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-2000:]
