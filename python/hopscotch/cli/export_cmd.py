@@ -34,7 +34,10 @@ formats:
              (the python of a venv with executorch: scripts/install_executorch.sh) or
              $HOPSCOTCH_EXECUTORCH_PYTHON, model.pte made by ExecuTorch's own Llama export there (KV cache
              of --executorch-context tokens, XNNPACK). Without one, the command that makes it is printed.
-             Llama-layer models without biases, default RoPE, attention skips only (no MLP skips)."""
+             Llama-layer models without biases, default RoPE, attention skips only (no MLP skips).
+  gptq       a GPTQ checkpoint (--model DIR, e.g. from gptqmodel) with the scalars folded into the output
+             projections' float16 scales: the packed 4-bit weights are copied, nothing is requantized; loads
+             where the source does (GPTQModel.load), skipped blocks' o_proj zero (docs/QUANTIZATION.md)."""
 
 
 def register(sub) -> None:
@@ -44,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--plan", metavar="PLAN.json", required=True, help="the plan to apply (from `hopscotch search`)")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="output directory (must be empty or absent); a NAME.gguf file for --format gguf")
-    p.add_argument("--format", default="hopscotch", choices=FORMATS)
+    p.add_argument("--format", default="hopscotch", choices=(*FORMATS, "gptq"))
     p.add_argument("--save-dtype", default=None,
                    help="dtype of the written weights (default: as loaded); gguf: f32, f16, bf16, q8_0, q4_0, q4_1, "
                         "q5_0, q5_1, or source (the loaded GGUF's own quantized blocks, scalars folded into them)")
@@ -99,6 +102,8 @@ def run(args) -> int:
             save_dtype = parse_dtype(args.save_dtype) if args.save_dtype else None
         except ValueError as exc:
             raise CliError(f"--save-dtype: {exc}") from None
+    if args.format == "gptq":
+        return _export_gptq(args, out)
     plan_json = Path(args.plan) if Path(args.plan).suffix == ".json" else Path(args.plan) / "plan.json"
     check_cli_destination(out, overwrite=args.overwrite, gguf=gguf,
                           inputs={"plan": args.plan, "plan's scalars": plan_json.with_suffix(".safetensors"),
@@ -134,4 +139,24 @@ def run(args) -> int:
          f"{'' if gguf else ' of weights'}, {len(files)} files)\n"
          f"skipped attention blocks {plan.skipped_attention or '-'}, MLP blocks {plan.skipped_mlp or '-'}\n"
          f"load it with {how}")
+    return 0
+
+
+def _export_gptq(args, out: Path) -> int:
+    """--format gptq: fold the plan into the GPTQ checkpoint --model; no model is loaded."""
+    from ..export.gptq import export_gptq, fold_error
+
+    if args.model is None:
+        raise CliError("--format gptq folds the plan into a GPTQ checkpoint: give its directory as --model DIR")
+    if args.save_dtype:
+        raise CliError(f"--save-dtype {args.save_dtype!r}: --format gptq keeps the checkpoint's own types")
+    plan = load_plan_arg("--plan", args.plan)
+    with about("--out", out, "write", refusals=False):
+        path = export_gptq(args.model, plan, out, overwrite=args.overwrite)
+    err = fold_error(args.model, plan, path)
+    emit(args, {"out": str(path), "format": "gptq", "fold_error": err},
+         f"wrote gptq checkpoint to {path}: the scalars folded into the o_proj / down_proj scales "
+         f"({err['dtype']}; largest rounding {err['max_rel']:.2g} of a scale, bound {err['bound']:.2g})\n"
+         f"skipped attention blocks {plan.skipped_attention or '-'}, MLP blocks {plan.skipped_mlp or '-'}\n"
+         "load it with GPTQModel.load(dir) (the source checkpoint's loader)")
     return 0
