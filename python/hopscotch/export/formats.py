@@ -89,6 +89,8 @@ def mlx_problems(config) -> list[str]:
     it derives the head size from hidden_size / num_attention_heads, and knows a fixed set of RoPE variants and
     activations. (It runs a skipped attention block 0, MLP-only skips and MLP-first layers: tests/test_mlx.py.)"""
     problems = []
+    if config.model_type not in _LLAMA:  # refused by llama_layer_problems; its rotary settings are its own
+        return problems
     head_dim = getattr(config, "head_dim", None)
     if head_dim is not None and head_dim * config.num_attention_heads != config.hidden_size:
         problems.append(f"head_dim {head_dim} (mlx-lm's DeciLM model uses hidden_size / num_attention_heads = "

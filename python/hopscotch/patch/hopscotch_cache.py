@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache
 
 from ..errors import HopscotchError
 from ..hf_compat import init_cache_base
-from .sliding import fit_window
+from .sliding import fit_window, static_address as _static
 
 __all__ = ["CacheCapacityError", "CacheMismatchError", "HopscotchCache", "KVBlock", "kv_cache_bytes"]
 
@@ -368,10 +368,6 @@ class HopscotchCache(Cache):
         return sum(block.allocated_bytes() for block in self.layers)
 
 
-def _static(t: torch.Tensor) -> torch.Tensor:
-    """A buffer a compiled (CUDA-graph) step writes in place keeps its address: tell the compiler not to copy it."""
-    torch._dynamo.mark_static_address(t)
-    return t
 
 
 def kv_cache_bytes(cache) -> int:

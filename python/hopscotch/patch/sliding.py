@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fit_window", "window_size"]
+__all__ = ["fit_window", "static_address", "window_size"]
+
+
+def static_address(t: torch.Tensor) -> torch.Tensor:
+    """A buffer a compiled (CUDA-graph) step writes in place keeps its address: tell the compiler not to copy it."""
+    torch._dynamo.mark_static_address(t)
+    return t
 
 
 def window_size(window: int, tokens: int, limit: int) -> int:
@@ -23,14 +29,12 @@ def window_size(window: int, tokens: int, limit: int) -> int:
 
 
 def _new(block, batch: int, size: int, keep: slice | None, kept: int) -> None:
-    from .hopscotch_cache import _static
-
     shape = (batch, block.kv_heads, size, block.head_dim)
     for name in ("key_buffer", "value_buffer"):
         new = torch.zeros(shape, dtype=block.dtype, device=block.device)
         if kept:
             new[:, :, :kept].copy_(getattr(block, name)[:, :, keep])
-        setattr(block, name, _static(new))
+        setattr(block, name, static_address(new))
 
 
 def fit_window(block, start: int, tokens: int, batch: int, limit: int) -> None:
