@@ -71,7 +71,7 @@ def _write_shards(tensors: dict[str, torch.Tensor], materialize, out: Path, max_
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def _export_executorch(model, plan, out_dir: Path, tokenizer, overwrite, dtype, python, context) -> Path:
+def _export_executorch(model, plan, out_dir: Path, *, tokenizer, overwrite, dtype, python, context) -> Path:
     from . import executorch_export as et
 
     check_format("executorch", causal_lm(model).config, plan)  # before anything is written
@@ -124,8 +124,8 @@ def export_model(model, plan: SkipPlan, out_dir: str | os.PathLike, *, format: s
     if format == "decilm":
         new_config = decilm_config(config, plan)  # refuses what it cannot represent, before anything is written
     if format == "executorch":
-        return _export_executorch(model, plan, Path(out_dir), tokenizer, overwrite, dtype, executorch_python,
-                                  executorch_context)
+        return _export_executorch(model, plan, Path(out_dir), tokenizer=tokenizer, overwrite=overwrite, dtype=dtype,
+                                  python=executorch_python, context=executorch_context)
     sd, fold = folded_weights(model, plan, keep_skipped=format == "vanilla")
 
     def materialize(name: str) -> torch.Tensor:
