@@ -68,7 +68,8 @@ def write_tables(rows, speeds, paired, tasks, ks, args, meta) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = "both_orders" if args.scheme == "int8" else f"both_orders_{args.scheme}"
     parts = [f"# Hopscotch and quantization, both orders (SmolLM2-135M-Instruct, torchao {args.scheme} weight-only)",
-             "", f"Made by `python experiments/both_orders.py --ks {','.join(map(str, ks))} --scheme {args.scheme}` "
+             "", f"Made by `python experiments/both_orders.py --ks {','.join(map(str, ks))} --scheme {args.scheme} "
+             f"--evaluation {args.evaluation} --wiki-blocks {args.wiki_blocks}` "
              f"(calibration {args.calibration} items, evaluation {args.evaluation} items per task, "
              f"{args.wiki_blocks} Wikipedia blocks of 256 tokens). Intervals: 95% percentile bootstrap over items. "
              "p: paired tests on the same items (paired bootstrap for losses, exact McNemar for accuracy). "
