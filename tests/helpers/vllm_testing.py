@@ -112,7 +112,8 @@ def _run(cmd: list[str], log: Path, timeout: float, env: dict[str, str]) -> int:
 
 
 def run_vllm(model_dir, prompts: list[list[int]], *, max_tokens: int = 32, max_model_len: int = 512,
-             tensor_parallel_size: int = 1, skip_tokenizer_init: bool = False, work_dir=None) -> dict:
+             tensor_parallel_size: int = 1, skip_tokenizer_init: bool = False, work_dir=None,
+             dtype: str = "float32") -> dict:
     """Greedy generation by vLLM's offline engine on an export directory, loaded as written; see vllm_worker.py.
     With ``tensor_parallel_size`` > 1 each rank's threads are bound to a core of their own (vLLM's automatic
     binding wants a NUMA node per rank)."""
@@ -126,7 +127,7 @@ def run_vllm(model_dir, prompts: list[list[int]], *, max_tokens: int = 32, max_m
         job, out, log = tmp / "job.json", tmp / "out.json", tmp / "vllm.log"
         job.write_text(json.dumps({"model": str(model_dir), "prompts": prompts, "max_tokens": max_tokens,
                                    "max_model_len": max_model_len, "tensor_parallel_size": tensor_parallel_size,
-                                   "skip_tokenizer_init": skip_tokenizer_init}))
+                                   "skip_tokenizer_init": skip_tokenizer_init, "dtype": dtype}))
         rc = _run([str(python), str(WORKER), str(job), str(out)], log, ENGINE_TIMEOUT_S, env)
         if rc != 0:
             raise VllmFailed(f"vLLM on {model_dir} exited with {rc}; the end of its log:\n{_tail(log)}",

@@ -3,8 +3,8 @@ standard library. tests/helpers/vllm_testing.py starts it as
 ``<vllm python> tests/helpers/vllm_worker.py JOB.json OUT.json``.
 
 JOB.json: ``{"model": export dir, "prompts": [[token ids], ...], "max_tokens": n, "max_model_len": n,
-"tensor_parallel_size": n, "skip_tokenizer_init": bool}``. vLLM loads the directory as it was written
-(``LLM(model=dir, trust_remote_code=True)``, float32),
+"tensor_parallel_size": n, "skip_tokenizer_init": bool, "dtype": optional, default "float32"}``. vLLM loads the
+directory as it was written (``LLM(model=dir, trust_remote_code=True)``, float32 unless the job names a dtype),
 generates greedily from the token ids (no tokenizer involved) and OUT.json receives, per prompt, the generated
 ``tokens`` and ``logprobs`` (vLLM's log-probability of each generated token: its raw logits' log-softmax), plus
 ``kv_blocks`` / ``block_size`` and the versions. A failing load or generation exits non-zero; the traceback
@@ -23,7 +23,8 @@ def main(job_path: str, out_path: str) -> int:
 
     with open(job_path) as f:
         job = json.load(f)
-    llm = LLM(model=job["model"], trust_remote_code=True, dtype="float32", max_model_len=job["max_model_len"],
+    llm = LLM(model=job["model"], trust_remote_code=True, dtype=job.get("dtype", "float32"),
+              max_model_len=job["max_model_len"],
               enforce_eager=True, seed=0, enable_prefix_caching=False,
               tensor_parallel_size=job["tensor_parallel_size"], skip_tokenizer_init=job["skip_tokenizer_init"])
     params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True, logprobs=0)
