@@ -26,6 +26,10 @@ def test_script_imports(name, monkeypatch, tmp_path):
     # experiments/common.py sets a default results folder in the environment: keep it from the other tests
     monkeypatch.setenv("HOPSCOTCH_RESULTS_DIR", str(tmp_path))
     monkeypatch.setattr(sys, "argv", [name])
-    for mod in [m for m in sys.modules if m in SCRIPTS]:
-        monkeypatch.delitem(sys.modules, mod)
-    importlib.import_module(name)
+    before = {m: sys.modules.pop(m) for m in SCRIPTS if m in sys.modules}
+    try:
+        importlib.import_module(name)
+    finally:  # the scripts' modules (their `common` among them) leave with the test: benchmarks/ has a `common` too
+        for m in SCRIPTS:
+            sys.modules.pop(m, None)
+        sys.modules.update(before)
