@@ -186,7 +186,13 @@ GPTQ_DIR = os.environ.get("HOPSCOTCH_GPTQ_DIR")
 @pytest.mark.skipif(not GPTQ_DIR, reason="HOPSCOTCH_GPTQ_DIR (a GPTQ SmolLM2, benchmarks/gptq_checkpoint.py) not set")
 def test_gptqmodel_loads_the_folded_checkpoint_with_the_patched_tokens(tmp_path):
     """Searched on the GPTQ weights (k = 2, Wikipedia calibration), folded, loaded by gptqmodel: greedy tokens
-    equal to the patched GPTQ model's, with and without the skipped blocks' computation."""
+    equal to the patched GPTQ model's, with and without the skipped blocks' computation, up to bfloat16 ties.
+
+    gptqmodel's CPU kernel runs in bfloat16, where the patched model (scalars as separate multiplications) and the
+    folded one (scalars inside the dequantized weight) round differently: on 2026-12-06 the tokens parted on 2 of 3
+    prompts, each time where the two best logits were within one bfloat16 step in both models. So where the tokens
+    part, both models' top-2 logits must be within 2 bfloat16 steps of each other, and every logit within 8 steps
+    of the other model's (measured: up to 4.4); equal tokens elsewhere."""
     gptqmodel = pytest.importorskip("gptqmodel")
     from transformers import AutoTokenizer
 
@@ -217,9 +223,24 @@ def test_gptqmodel_loads_the_folded_checkpoint_with_the_patched_tokens(tmp_path)
                                        do_sample=False)[0, ids.shape[1]:].tolist())
         return toks
 
+    def agree_up_to_ties(m, got, want):
+        for p, g, w in zip(prompts, got, want):
+            if g == w:
+                continue
+            ids = tok(p, return_tensors="pt")["input_ids"]
+            part = next(i for i, (x, y) in enumerate(zip(g, w)) if x != y)
+            prefix = torch.cat([ids[0], torch.tensor(w[:part])]).unsqueeze(0)
+            with torch.no_grad():
+                la, lb = (mm(prefix).logits[0, -1].float() for mm in (model, m))
+            step = 2.0 ** (torch.floor(torch.log2(la.abs().max())) - 7)  # one bfloat16 step at the top logit
+            for lg in (la, lb):
+                top = lg.topk(2).values
+                assert top[0] - top[1] <= 2 * step, (p, part, top.tolist(), float(step))
+            assert (la - lb).abs().max() <= 8 * step, (p, part, float((la - lb).abs().max()), float(step))
+
     apply_plan(model, plan)
     want = greedy(model)
     thin = load(out)
-    assert greedy(thin) == want
+    agree_up_to_ties(thin, greedy(thin), want)
     apply_plan(thin, SkipPlan.for_model(thin, skipped_attention=plan.skipped_attention))
-    assert greedy(thin) == want
+    agree_up_to_ties(thin, greedy(thin), want)
