@@ -63,8 +63,9 @@ STEPS="$OUT/steps.txt"  # "<name> <ok|FAIL|skip> <detail>", read by gpu_suite_ve
 rm -f "$OUT/decode.csv"  # the bench appends: the verdict must judge this run's rows only
 failed=0
 suite_start=$(date +%s)
-# Default caps (seconds), summing to 580 on the GPU (the whole suite's expected time is about 460 s); the H100 run took versions 0, build 38, ops 16 (it crashed),
-# memcheck 19, racecheck 7, decode-ok 54, decode 68 for a third of this grid.
+# Default caps (seconds), summing to 580 on the GPU; the whole suite is expected to take about 460 s. The H100 run
+# (2026-12-06, before the versions and mlp steps) took build 38, ops 16 (it crashed), memcheck 19, racecheck 7,
+# decode-ok 54, decode 68 for a third of this grid.
 if [ "$SMOKE" = 0 ]; then
   : "${TIMEOUT_versions:=30}" "${TIMEOUT_build:=70}" "${TIMEOUT_ops:=60}" "${TIMEOUT_memcheck:=50}"
   : "${TIMEOUT_racecheck:=25}" "${TIMEOUT_decode_ok:=70}" "${TIMEOUT_decode:=230}" "${TIMEOUT_mlp:=45}"
@@ -243,17 +244,7 @@ VERDICT_ARGS=(--shape "$SHAPE" --dtype "$DTYPE" --device "$DEVICE")
   "$PY" benchmarks/gpu_suite_table.py "$OUT/decode.csv" 2>&1
   echo
   echo "decode MLP (silu_gate_up), fused op against F.linear + silu * up, from $OUT/mlp.csv:"
-  "$PY" - "$OUT/mlp.csv" <<'PYEOF' 2>&1
-import csv, sys
-try:
-    rows = list(csv.DictReader(open(sys.argv[1])))
-except OSError as exc:
-    sys.exit(f"  no rows ({exc.strerror})")
-for r in rows:
-    if r["provider"] == "hopscotch":
-        print(f"  {r['dtype']:<9} hidden {r['hidden']:>5} tokens {r['tokens']:>3}: {float(r['ms_median']) * 1e3:8.1f} us, "
-              f"x{float(r['speedup_vs_eager_ref']):.2f} of F.linear + silu * up, {float(r['gbs']):.0f} GB/s")
-PYEOF
+  "$PY" benchmarks/gpu_suite_table.py --mlp "$OUT/mlp.csv" 2>&1
   echo
   echo "$(date -u +%FT%TZ)  device: $NAME  total $(( $(date +%s) - suite_start )) s  failed steps: $failed"
   echo

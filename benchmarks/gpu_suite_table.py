@@ -1,7 +1,9 @@
-"""The short decode table gpu_suite.sh prints last: tokens/s per (context, batch), each provider and k as a ratio
-to HF eager measured in the same run.
+"""The short tables gpu_suite.sh prints last: decode tokens/s per (context, batch), each provider and k as a ratio
+to HF eager measured in the same run; with --mlp, the fused decode MLP op against F.linear + silu * up per token
+count (benchmarks/bench_ops.py's rows).
 
     python benchmarks/gpu_suite_table.py benchmarks/results/gpu_suite/<device>/decode.csv
+    python benchmarks/gpu_suite_table.py --mlp benchmarks/results/gpu_suite/<device>/mlp.csv
 """
 
 from __future__ import annotations
@@ -34,7 +36,21 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
+def mlp_table(path: str) -> str:
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["provider"] == "hopscotch"]
+    except OSError as exc:
+        return f"{path}: no rows ({exc.strerror})"
+    return "\n".join(f"  {r['dtype']:<9} hidden {r['hidden']:>5} tokens {r['tokens']:>3}: "
+                     f"{float(r['ms_median']) * 1e3:8.1f} us, x{float(r['speedup_vs_eager_ref']):.2f} of "
+                     f"F.linear + silu * up, {float(r['gbs']):.0f} GB/s" for r in rows) or f"{path}: no rows"
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/gpu_suite_table.py DECODE.csv")
-    print(table(sys.argv[1]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--mlp":
+        print(mlp_table(sys.argv[2]))
+    elif len(sys.argv) == 2:
+        print(table(sys.argv[1]))
+    else:
+        sys.exit("usage: python benchmarks/gpu_suite_table.py [--mlp] CSV")
