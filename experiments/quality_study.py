@@ -4,6 +4,7 @@
     python experiments/quality_study.py --estimate     # the full study's run time, extrapolated from the smoke run's timings
     python experiments/quality_study.py                # the full study (a day or more on 2 CPU cores; resumable)
     python experiments/quality_study.py --report       # CSVs and plots from the rows finished so far
+    python experiments/quality_study.py --model gemma3 ...   # the second model, Gemma 3 270M: to experiments/results/gemma3/
 
 Design (SmolLM2-135M-Instruct, fp32):
 - methods: hopscotch (faithful), hopscotch-fast, llm-drop (one-shot), llm-drop-iterative, shortgpt (whole layers),
@@ -64,8 +65,14 @@ METHODS = {  # label -> search() arguments (cheap ones first, the faithful searc
     "llm-drop-iterative": dict(method="llm-drop", target="attn", iterative=True),
     "shortgpt": dict(method="shortgpt"),
     "hopscotch-fast": dict(method="hopscotch-fast", guard=PAPER),
+    # what `hopscotch search` ships: the fast search with the package's default guard (ScalarGuard()); not in
+    # the SmolLM2 study's rows (scalar_guards.py compares the guards there), run on request (--methods)
+    "hopscotch-fast-guarded": dict(method="hopscotch-fast"),
     "hopscotch": dict(method="hopscotch", guard=PAPER),
 }
+DEFAULT_METHODS = ("random", "llm-drop", "llm-drop-iterative", "shortgpt", "hopscotch-fast", "hopscotch")
+# --model: the packaged models by name (hopscotch.models.load_model), each with the name its tables carry
+MODEL_NAMES = {None: "SmolLM2-135M-Instruct", "gemma3": "Gemma 3 270M"}
 TASKS = ("arc_easy", "boolq", "hellaswag")
 METRICS = ("eval_loss", "acc", "acc_norm", "wiki_ppl")
 SMOKE = dict(tasks="arc_easy,boolq", calibration=2, evaluation=6, ks="1", fold_k=1, seeds=2, wiki_blocks=2,
@@ -76,7 +83,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--ks", default="1,2,4,6,8")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--model", default=None,
+                   help="the model: default the packaged SmolLM2 (results in <out>/), 'gemma3' for the packaged "
+                        "Gemma 3 270M (results in <out>/gemma3/), or an HF model directory (<out>/<its name>/)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"methods, some of {', '.join(METHODS)} (default: {', '.join(DEFAULT_METHODS)})")
+    p.add_argument("--no-transfer", action="store_true",
+                   help="skip the transfer matrix (every plan at --fold-k evaluated on the other tasks)")
     p.add_argument("--calibration", type=int, default=32, help="calibration items per fold (default 32)")
     p.add_argument("--evaluation", type=int, default=1000, help="evaluation items (all there are if fewer)")
     p.add_argument("--seeds", type=int, default=3, help="calibration folds at --fold-k (default 3)")
@@ -102,10 +115,13 @@ def parse_args(argv=None):
                    help="write the CSVs, summary and plots from the rows finished so far; run nothing")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    args.out_given = args.out != str(RESULTS_DIR)
     if args.smoke or args.estimate:
         for k, v in SMOKE.items():
             setattr(args, k, v)
         args.out = str(Path(args.out) / "study_smoke")
+    if args.model is not None and not args.out_given:
+        args.out = str(Path(args.out) / Path(args.model).name)
     args.work = Path(args.work or Path(args.out) / "study_work")
     return args
 
@@ -142,7 +158,7 @@ class Study:
         (self.work / "plans").mkdir(parents=True, exist_ok=True)
         self.rows_path = self.work / "rows.jsonl"
         self.rows = read_rows(self.rows_path, lambda r: r["key"])
-        self.model, self.tok = (None, None) if args.report else load_model(None)
+        self.model, self.tok = (None, None) if args.report else load_model(args.model)
         self.data = {}
         self.progress = not args.quiet
 
@@ -171,6 +187,7 @@ class Study:
 
     # ---- rows --------------------------------------------------------------------------------------------
     def record(self, row):
+        row["n_layers"] = self.model.config.num_hidden_layers
         self.rows[row["key"]] = row
         append_row(self.rows_path, row)
         print(json.dumps({k: row[k] for k in ("key", "skipped", *[m for m in METRICS if m in row])}), flush=True)
@@ -241,7 +258,7 @@ class Study:
                              "eval": task, "skipped": [], **self.evaluate(key, task, None)})
             for method in methods:
                 self.search_and_evaluate(task, 0, method, k_seeds)
-        for task in tasks:  # transfer at k_seeds, fold 0
+        for task in tasks if not a.no_transfer else ():  # transfer at k_seeds, fold 0
             for method in methods:
                 plan = SkipPlan.load(self.work / "plans" / f"{task}_f0_{method}_k{k_seeds}.json")
                 for other in tasks:
@@ -273,6 +290,8 @@ class Study:
         data = self.task_data(task, fold)
         kw = dict(METHODS[method])
         state = self.work / f"{task}_f{fold}_{method}.state.json" if kw["method"].startswith("hopscotch") else None
+        if "guard" not in kw and kw["method"].startswith("hopscotch"):  # the default guard mixes in generic text
+            kw["generic_batches"] = data.text_calibration
         unpatch_model(self.model)
         t0 = time.perf_counter()
         plan = search(self.model, data.calibration, num_skip=k, objective=data.objective, seed=fold,
@@ -333,10 +352,13 @@ class Study:
                                 flat[f"{m}_p_vs_hopscotch"] = round(c["p_value"], 5)
                     w.writerow(flat)
             print(f"wrote {out / name}")
-        (out / "study.md").write_text(study_markdown(self.rows, self.paired, tasks, ks, methods, k_seeds, meta))
+        name = MODEL_NAMES.get(self.args.model, str(self.args.model))
+        (out / "study.md").write_text(study_markdown(self.rows, self.paired, tasks, ks, methods, k_seeds, meta,
+                                                     model=name))
         print(f"wrote {out / 'study.md'}")
         self.summary(tasks, methods, k_seeds)
-        plot_study(self.rows, out, tasks, methods, k_seeds, self.args.calibration)
+        layers = {r["n_layers"] for r in self.rows.values() if "n_layers" in r} or {30}  # SmolLM2's older rows
+        plot_study(self.rows, out, tasks, methods, k_seeds, self.args.calibration, model=name, n_layers=max(layers))
 
     def summary(self, tasks, methods, k_seeds):
         print(f"\nk={k_seeds} across calibration folds (mean, and min..max over folds), per task:")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 
-ORDER = ("hopscotch", "hopscotch-fast", "llm-drop", "llm-drop-iterative", "shortgpt", "random")
-LABELS = {"hopscotch": "hopscotch", "hopscotch-fast": "hopscotch-fast", "llm-drop": "llm-drop",
+ORDER = ("hopscotch", "hopscotch-fast", "hopscotch-fast-guarded", "llm-drop", "llm-drop-iterative", "shortgpt",
+         "random")
+LABELS = {"hopscotch": "hopscotch", "hopscotch-fast": "hopscotch-fast",
+          "hopscotch-fast-guarded": "hopscotch-fast, default guard", "llm-drop": "llm-drop",
           "llm-drop-iterative": "llm-drop iterative", "shortgpt": "shortgpt (whole layers)", "random": "random"}
 
 
@@ -144,9 +146,9 @@ def sweep_table(rows, paired, task, methods, ks):
     return "\n".join(lines)
 
 
-def study_markdown(rows, paired, tasks, ks, methods, k_seeds, meta=None) -> str:
+def study_markdown(rows, paired, tasks, ks, methods, k_seeds, meta=None, model="SmolLM2-135M-Instruct") -> str:
     """The whole report as markdown (sections for what is finished)."""
-    parts = ["# Quality study (SmolLM2-135M-Instruct)", "",
+    parts = [f"# Quality study ({model})", "",
              "Made by `python experiments/quality_study.py --report` from the rows finished so far. Intervals: 95% "
              "percentile bootstrap over evaluation items (Wikipedia: over 256-token blocks). p: paired test on the "
              "same items (paired bootstrap for losses, exact McNemar for accuracy)."]
@@ -176,7 +178,7 @@ def study_markdown(rows, paired, tasks, ks, methods, k_seeds, meta=None) -> str:
     return "\n".join(parts) + "\n"
 
 
-def plot_study(rows, out, tasks, methods, k_seeds, calibration):
+def plot_study(rows, out, tasks, methods, k_seeds, calibration, model="SmolLM2-135M-Instruct", n_layers=30):
     """study_<task>.png (each metric against k, with intervals) and study_transfer.png (accuracy change of each
     plan on each task) under ``out``, from the study's rows."""
     try:
@@ -205,14 +207,14 @@ def plot_study(rows, out, tasks, methods, k_seeds, calibration):
                 y = [p[1] for p in pts]
                 err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=method)
-            ax.set_xlabel("blocks skipped (of 30)")
+            ax.set_xlabel(f"blocks skipped (of {n_layers})")
             ax.set_title(label, fontsize=10)
             ax.grid(alpha=0.3)
             if m == "wiki_ppl":
                 ax.set_yscale("log")
         if axes[0].get_legend_handles_labels()[0]:
             axes[0].legend(fontsize=8)
-        fig.suptitle(f"SmolLM2-135M-Instruct calibrated on {task} ({calibration} items); "
+        fig.suptitle(f"{model} calibrated on {task} ({calibration} items); "
                      "95% bootstrap intervals over evaluation items", fontsize=11)
         fig.tight_layout()
         fig.savefig(out / f"study_{task}.png", dpi=100)
