@@ -22,12 +22,9 @@ Rows go to benchmarks/results/vllm.csv with the vLLM version, the CPU, git commi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,28 +72,11 @@ def _vllm_python(venv: str | None) -> Path:
 
 def _run_engine(python: Path, job: dict, work: Path, kv_space_gib: float) -> dict:
     """One fresh vLLM engine on ``job``; its own process group, killed whatever happens."""
-    job_path, out_path, log = work / "job.json", work / "out.json", work / "engine.log"
-    job_path.write_text(json.dumps(job))
-    out_path.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-                "VLLM_CPU_KVCACHE_SPACE": f"{kv_space_gib:g}"})
-    with open(log, "w") as f:
-        proc = subprocess.Popen([str(python), __file__, "--engine-side", str(job_path), str(out_path)], stdout=f,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=ENGINE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        rc = "timed out"
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if rc != 0 or not out_path.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-        raise SystemExit(f"bench_vllm: vLLM on {job['model']} failed ({rc}); the end of its log:\n{tail}")
-    return json.loads(out_path.read_text())
+    from ondevice import run_engine  # benchmarks/ondevice.py (it imports plan_costs from here)
+
+    return run_engine(python, __file__, job, work, env={"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+                                                         "VLLM_CPU_KVCACHE_SPACE": f"{kv_space_gib:g}"},
+                      timeout=ENGINE_TIMEOUT_S, what=f"vLLM on {job['model']}")
 
 
 def plan_costs(model, plan) -> dict:
