@@ -1,8 +1,7 @@
 """A GPTQ checkpoint with the scalars folded into its scales (``export/gptq.py``): nothing requantized.
 
-The first tests build GPTQ checkpoints of tiny Llamas here (round-to-nearest 4-bit codes in GPTQ's packing:
-qweight [in/8, out] and qzeros [groups, out/8] int32, the zero point stored minus one, float16 scales
-[groups, out]) and dequantize them with this file's own reader, so they need no GPTQ library. The fold's error
+The first tests build GPTQ checkpoints of tiny Llamas (tests/helpers/gptq_testing.py: round-to-nearest 4-bit codes
+in GPTQ's packing) and dequantize them with that module's own reader, so they need no GPTQ library. The fold's error
 bound: a weight is ``s (q - z)``; scaling s by f and rounding it to float16 errs by at most 2^-11 |f s|, so each
 folded weight is within 2^-11 of its exact value, relative, and a skipped block's is exactly zero.
 
@@ -24,62 +23,16 @@ from hopscotch.export.fold import folded_weights
 from hopscotch.export.gptq import export_gptq, fold_error
 from hopscotch.plan import PlanError
 from hopscotch.testing import tiny_model
+from tests.helpers.gptq_testing import LINEARS, unpack as _unpack, write_checkpoint
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 GROUP = 32
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-           "mlp.up_proj", "mlp.down_proj")
 FP16_ROUNDING = 2.0 ** -11
 
 
-def _pack(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """GPTQ (format v1) tensors of ``weight`` [out, in]: 4-bit round-to-nearest per input group of GROUP."""
-    out_f, in_f = weight.shape
-    w = weight.double().T.reshape(in_f // GROUP, GROUP, out_f)
-    lo, hi = w.amin(1), w.amax(1)
-    scales = ((hi - lo) / 15).clamp(min=1e-4).half()
-    zeros = (-lo / scales.double()).round().clamp(0, 15)
-    q = (w / scales.double()[:, None] + zeros[:, None]).round().clamp(0, 15).to(torch.int64).reshape(in_f, out_f)
-    shifts = torch.arange(8) * 4
-    qweight = (q.reshape(in_f // 8, 8, out_f) << shifts[None, :, None]).sum(1)
-    z = (zeros.to(torch.int64) - 1).reshape(-1, out_f // 8, 8)  # v1 stores zero - 1
-    qzeros = ((z & 0xF) << shifts[None, None, :]).sum(-1)
-    return {"qweight": _as_int32(qweight), "qzeros": _as_int32(qzeros), "scales": scales,
-            "g_idx": (torch.arange(in_f) // GROUP).to(torch.int32)}
-
-
-def _as_int32(x: torch.Tensor) -> torch.Tensor:
-    return ((x + 2**31) % 2**32 - 2**31).to(torch.int32)  # the packed bits, as int32 stores them
-
-
-def _unpack(t: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The float64 weight [out, in] of GPTQ tensors ``t`` (this file's reader)."""
-    shifts = torch.arange(8) * 4
-    qweight, qzeros = t["qweight"].to(torch.int64), t["qzeros"].to(torch.int64)
-    q = ((qweight[:, None, :] >> shifts[None, :, None]) & 0xF).reshape(-1, qweight.shape[1])
-    z = (((qzeros[:, :, None] >> shifts[None, None, :]) & 0xF) + 1).reshape(qzeros.shape[0], -1)
-    g = t["g_idx"].long()
-    return (t["scales"].double()[g] * (q - z[g]).double()).T
-
-
 def _write_checkpoint(model, path, method="gptq") -> dict[str, torch.Tensor]:
-    """A GPTQ checkpoint of ``model`` at ``path``; returns the dequantized weights by HF name."""
-    path.mkdir()
-    sd, dequant = {}, {}
-    for name, t in model.state_dict().items():
-        module = name.rsplit(".", 1)[0]
-        if module.endswith(LINEARS) and name.endswith(".weight"):
-            packed = _pack(t)
-            sd.update({f"{module}.{k}": v for k, v in packed.items()})
-            dequant[name] = _unpack(packed).float()
-        else:
-            sd[name] = t.contiguous()
-    safetensors_torch.save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_dict()
-    cfg["quantization_config"] = {"quant_method": method, "bits": 4, "group_size": GROUP, "desc_act": False,
-                                  "sym": False, "checkpoint_format": "gptq"}
-    (path / "config.json").write_text(json.dumps(cfg))
-    return dequant
+    """A GPTQ checkpoint of ``model`` at ``path`` (asymmetric, group GROUP); its dequantized weights by HF name."""
+    return write_checkpoint(model, path, GROUP, method=method)
 
 
 def _read(path) -> dict[str, torch.Tensor]:

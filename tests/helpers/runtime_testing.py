@@ -181,7 +181,8 @@ def smollm2_with_prompts(prompts: list[str]):
 
 
 def patched_greedy(model, plan, prompts: list[list[int]], new_tokens: int) -> list[dict]:
-    """The patched model's greedy tokens (float32, its own KV cache) and the log-softmax of its logits at each."""
+    """The patched model's greedy tokens (float32, its own KV cache), the log-softmax of its logits at each, and each
+    step's margin between its two most likely tokens (log-probabilities)."""
     from hopscotch import apply_plan, unpatch_model
 
     apply_plan(model, plan)
@@ -193,9 +194,11 @@ def patched_greedy(model, plan, prompts: list[list[int]], new_tokens: int) -> li
                 out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, do_sample=False,
                                      output_logits=True, return_dict_in_generate=True)
                 tokens = out.sequences[0, len(ids):].tolist()
-                logprobs = [torch.log_softmax(step[0].double(), -1)[t].item() for step, t in zip(out.logits, tokens)]
+                lps = [torch.log_softmax(step[0].double(), -1) for step in out.logits]
                 # generate() stops at the model's end-of-sequence token; a runtime asked for new_tokens goes on
-                refs.append({"tokens": tokens, "logprobs": logprobs, "stopped": len(tokens) < new_tokens})
+                refs.append({"tokens": tokens, "logprobs": [lp[t].item() for lp, t in zip(lps, tokens)],
+                             "margins": [float(lp.topk(2).values.diff().abs()) for lp in lps],
+                             "stopped": len(tokens) < new_tokens})
     finally:
         unpatch_model(model)
     return refs
