@@ -107,14 +107,10 @@ def generation_flops(c: dict, prompt_len: int, new_tokens: int) -> float:
 
 
 def _export_all(model, ks: list[int], out: Path) -> dict:
-    from hopscotch import SkipPlan, export_model
+    from hopscotch import export_model
+    from ondevice import last_k_plans  # benchmarks/ondevice.py (it imports plan_costs from here)
 
-    n = model.config.num_hidden_layers
-    plans = {"full": SkipPlan.for_model(model, [], [], method="none")}
-    for k in ks:
-        if not 0 <= k < n:
-            raise SystemExit(f"bench_vllm: k = {k}: expected 0 <= k < {n}")
-        plans[k] = SkipPlan.for_model(model, list(range(n - k, n)), [], method="last-k")
+    plans = last_k_plans(model, ks)
     return {key: (export_model(model, plan, out / f"{key if key == 'full' else f'thin-k{key}'}", format="decilm",
                                overwrite=True), plan) for key, plan in plans.items()}
 

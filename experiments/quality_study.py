@@ -107,7 +107,8 @@ def parse_args(argv=None):
     p.add_argument("--fold-methods", default=",".join(m for m in METHODS if m != "hopscotch"),
                    help="methods run on the extra calibration folds (default: all but the faithful search)")
     p.add_argument("--work", default=None, help="resumable work folder (default <out>/study_work)")
-    p.add_argument("--out", default=str(RESULTS_DIR), help="where the CSV and plots go")
+    p.add_argument("--out", default=None,
+                   help="where the CSV and plots go (default experiments/results, or its folder named by --model)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, every code path (writes under <out>/study_smoke)")
     p.add_argument("--estimate", action="store_true",
                    help="print the full study's estimated run time from the smoke run's timings")
@@ -115,13 +116,14 @@ def parse_args(argv=None):
                    help="write the CSVs, summary and plots from the rows finished so far; run nothing")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.out_given = args.out != str(RESULTS_DIR)
+    out = Path(args.out or RESULTS_DIR)
     if args.smoke or args.estimate:
         for k, v in SMOKE.items():
             setattr(args, k, v)
-        args.out = str(Path(args.out) / "study_smoke")
-    if args.model is not None and not args.out_given:
-        args.out = str(Path(args.out) / Path(args.model).name)
+        out = out / "study_smoke"
+    if args.model is not None and args.out is None:
+        out = out / Path(args.model).name
+    args.out = str(out)
     args.work = Path(args.work or Path(args.out) / "study_work")
     return args
 
