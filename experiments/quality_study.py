@@ -292,13 +292,12 @@ class Study:
         data = self.task_data(task, fold)
         kw = dict(METHODS[method])
         state = self.work / f"{task}_f{fold}_{method}.state.json" if kw["method"].startswith("hopscotch") else None
-        if "guard" not in kw and kw["method"].startswith("hopscotch"):  # the default guard mixes in generic text
-            kw["generic_batches"] = data.text_calibration
         unpatch_model(self.model)
         t0 = time.perf_counter()
         plan = search(self.model, data.calibration, num_skip=k, objective=data.objective, seed=fold,
                       final_epochs=a.final_epochs, state_path=state, data_info=data.info,
-                      similarity_batches=data.text_calibration, progress=self.progress, **kw)
+                      similarity_batches=data.text_calibration, generic_batches=data.text_calibration,
+                      progress=self.progress, **kw)  # generic text: read only where a guard mixes it in
         seconds = time.perf_counter() - t0
         plan.save(self.work / "plans" / f"{task}_f{fold}_{method}_k{k}.json")
         prov = plan.provenance

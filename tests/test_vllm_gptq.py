@@ -12,8 +12,8 @@ tied. Each prompt's tokens may part from the reference's only at a step whose re
 margin is below TIE (where bfloat16's rounding can flip them; that prompt's comparison stops there); before it,
 the log-probability vLLM gives each token is within LOGPROB_TOL of the reference's; and at least MIN_STEPS steps
 are compared over all prompts. Measured (2026-12-06): 3 of 4 prompts equal over all 24 tokens, the fourth parts at
-step 4 on a margin of 0.013; the largest log-probability difference 0.106 to 0.111 over two runs. LOGPROB_TOL is bfloat16's noise, not a
-fold check: the fold itself is checked exactly (fold_error: every scale within float16 rounding of its product,
+step 4 on a margin of 0.013; the largest log-probability difference 0.106 to 0.111 over two runs. LOGPROB_TOL is
+bfloat16's noise, not a fold check: the fold itself is checked exactly (fold_error: every scale within float16 rounding of its product,
 every other tensor byte-equal), and a fold left out entirely moves these log-probabilities by up to 2.3.
 
 It skips when vLLM's venv is absent, unless HOPSCOTCH_REQUIRE_VLLM=1 (CI), where it fails.
