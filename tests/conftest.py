@@ -7,6 +7,8 @@ vLLM tests; ``gpu``."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 # Fixtures that load the packaged SmolLM2 (tests/smoke/test_installed.py and test_export_gguf.py define their own).
@@ -50,6 +52,21 @@ def tiny_dir(tmp_path_factory):
     from tests.helpers.cli_testing import save_tiny_llama_dir
 
     return save_tiny_llama_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """mkdir(name) -> a fresh folder for a module's fixture, removed when the module's tests are done (pytest keeps
+    tmp_path_factory's folders to the end of the session: the real models' exports would pile up, several GB)."""
+    made = []
+
+    def mkdir(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mkdir
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -49,14 +49,14 @@ def _kv_shape(model) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def et(tmp_path_factory):
+def et(module_tmp):
     """ExecuTorch's runs of: SmolLM2 with the README plan; a tiny Llama in full, thin (attention block 2 skipped),
     and with attention block 0 skipped. The first three are lowered in one ExecuTorch process (through the test
     cache of .pte files, runtime_testing.lower_cached); the last by export_model(executorch_python=...) itself, as
     a user's export runs. All four run in one ExecuTorch runtime process."""
     python = need_runtime("executorch")  # before loading anything: skip (or fail when required) at once
     model, tok, prompts = smollm2_with_prompts(PROMPTS)
-    d = tmp_path_factory.mktemp("executorch")
+    d = module_tmp("executorch")
     plan = SkipPlan.load(README_PLAN)
     tiny = tiny_model("llama", num_layers=4)
     g = torch.Generator().manual_seed(0)

@@ -233,7 +233,7 @@ def test_tiny_gguf_runs_in_llama_cpp_like_the_patched_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2_gguf(tmp_path_factory):
+def smollm2_gguf(module_tmp):
     """The packaged SmolLM2 exported to f32 GGUF, full and thin (THIN skipped, trained-looking scalars); the
     patched model's logits and 32 greedy tokens for a chat prompt, and the thin model's folded-weight logits."""
     _need_llama_cpp()
@@ -245,7 +245,7 @@ def smollm2_gguf(tmp_path_factory):
         model, tok = load_model(None)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    d = tmp_path_factory.mktemp("gguf")
+    d = module_tmp("gguf")
     g = torch.Generator().manual_seed(1)
     plans = {"full": SkipPlan.for_model(model, []),
              "thin": SkipPlan.for_model(model, THIN, [], 0.9 + 0.2 * torch.rand(30, 4, generator=g), method="test")}

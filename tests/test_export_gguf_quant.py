@@ -63,7 +63,7 @@ def test_block_scaling_refuses_what_it_cannot_fold():
 # ---- the packaged SmolLM2 (Q4_1 blocks, a Q8_0 embedding): dtype="source" ---------------------------------
 
 @pytest.fixture(scope="module")
-def smollm2_source(tmp_path_factory):
+def smollm2_source(module_tmp):
     """SmolLM2 with a 4-block plan (scalars near 1), exported with dtype="source" and q4_0; the patched model's
     greedy tokens on a few prompts."""
     from hopscotch.models import load_model, smollm2_gguf_path
@@ -72,7 +72,7 @@ def smollm2_source(tmp_path_factory):
         model, tok = load_model(None)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    d = tmp_path_factory.mktemp("gguf-quant")
+    d = module_tmp("gguf-quant")
     scalars = 0.9 + 0.2 * torch.rand(model.config.num_hidden_layers, 4, generator=torch.Generator().manual_seed(0))
     plan = SkipPlan.for_model(model, THIN, [], scalars, method="test")
     files = {dt: export_model(model, plan, d / f"thin-{dt}.gguf", format="gguf", dtype=dt)

@@ -40,12 +40,12 @@ README_PLAN = DATA / "smollm2_learned_plan"  # attention blocks 6 7 25 29
 
 
 @pytest.fixture(scope="module")
-def smollm2_mlx(tmp_path_factory):
+def smollm2_mlx(module_tmp):
     """The README plan's decilm export of the packaged SmolLM2, the patched model's reference, MLX's run of it and
     of its 4-bit conversion."""
     need_runtime("mlx")  # before loading anything: skip (or fail under HOPSCOTCH_REQUIRE_MLX=1) at once
     model, tok, prompts = smollm2_with_prompts(PROMPTS)
-    d = tmp_path_factory.mktemp("mlx")
+    d = module_tmp("mlx")
     plan = SkipPlan.load(README_PLAN)
     export = export_model(model, plan, d / "decilm", format="decilm", tokenizer=tok)
     run = run_worker("mlx", {"model": str(export), "prompts": prompts, "max_tokens": NEW_TOKENS,

@@ -19,8 +19,8 @@ PAPER = dict(generic_weight=0, final_epochs=1, progress=False)
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen3"])  # qwen3: per-head q/k norms read directly
-def saved(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp(request.param)
+def saved(request, module_tmp):
+    path = module_tmp(request.param)
     tiny_model(request.param, num_layers=5).save_pretrained(path / "model")
     return request.param, path
 

@@ -55,11 +55,11 @@ def _files(d: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def smollm2_vllm(tmp_path_factory):
+def smollm2_vllm(module_tmp):
     """Exports of the packaged SmolLM2, the patched model's references for them, and vLLM's runs (memoised)."""
     need_vllm()  # before loading anything: skip (or fail under HOPSCOTCH_REQUIRE_VLLM=1) at once
     model, tok, prompts = smollm2_with_prompts(PROMPTS)
-    d = tmp_path_factory.mktemp("vllm")
+    d = module_tmp("vllm")
     g = torch.Generator().manual_seed(3)
     plans = {"readme": SkipPlan.load(README_PLAN),
              # layer 0 skipped entirely (attention and MLP): what vLLM's DeciLM model accepts at the bottom
