@@ -333,6 +333,8 @@ class Study:
         for name, kind in (("study.csv", "main"), ("study_transfer.csv", "transfer")):
             rows = [r for r in self.rows.values() if r["kind"] == kind or (kind == "main" and r["method"] ==
                                                                           "original")]
+            if not rows:  # no transfer rows (--no-transfer): no empty CSV
+                continue
             with (out / name).open("w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=fields + list(meta), extrasaction="ignore")
                 w.writeheader()

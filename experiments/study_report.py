@@ -219,7 +219,10 @@ def plot_study(rows, out, tasks, methods, k_seeds, calibration, model="SmolLM2-1
         fig.tight_layout()
         fig.savefig(out / f"study_{task}.png", dpi=100)
         plt.close(fig)
-    # transfer: accuracy change vs the original, calibrated on rows' task, evaluated on columns' task
+    # transfer: accuracy change vs the original, calibrated on rows' task, evaluated on columns' task (none without
+    # transfer rows, as with --no-transfer: the diagonal alone would pose as a transfer matrix)
+    if not any(r["kind"] == "transfer" for r in rows.values()):
+        return
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
     for ax, method in zip(axes[0], methods):
         grid = [[math.nan] * len(tasks) for _ in tasks]
