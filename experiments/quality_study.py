@@ -34,7 +34,8 @@ command again after an interruption and it continues. An evaluation depends only
 scalars and on the evaluation data, so equal plans share one (``evals/``): LLM-Drop, ShortGPT and random choose
 the same plan whatever the calibration task, a transfer row reuses its plan's Wikipedia perplexity, and a fast
 search that picks the faithful blocks gets the faithful plan.
-Writes <out>/study.csv, <out>/study_transfer.csv, <out>/study.md (tables), <out>/study_<task>.png, <out>/study_transfer.png.
+Writes <out>/study.csv, <out>/study.md (tables), <out>/study_<task>.png, and where there are transfer rows
+<out>/study_transfer.csv and <out>/study_transfer.png.
 """
 
 from __future__ import annotations
