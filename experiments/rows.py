@@ -4,6 +4,7 @@ finishes, read back (keyed) when a run resumes. Study scripts only; the package'
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import warnings
@@ -38,11 +39,13 @@ def read_rows(path: str | os.PathLike, key: Callable[[dict], Hashable]) -> dict:
 def append_row(path: str | os.PathLike, row: dict) -> None:
     """Append ``row`` to a resumable run's ``path`` as one JSON line, flushed to disk before returning. A last line
     cut short by an interrupted write (unreadable: ``read_rows`` has dropped it) is removed first, one missing only
-    its newline is closed, so the file holds whole lines only."""
+    its newline is closed, so the file holds whole lines only. The file is locked while it is changed, so runs on
+    different tasks may share one work folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     with path.open("r+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # two runs of one study (say, two tasks) may share a work folder
         data = f.read()
         if data and not data.endswith(b"\n"):
             start = data.rfind(b"\n") + 1
