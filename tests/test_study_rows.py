@@ -60,3 +60,28 @@ def test_a_last_row_missing_only_its_newline_is_kept(tmp_path):
     assert set(read_rows(path, lambda r: r["key"])) == {1, 2}
     append_row(path, {"key": 3})
     assert set(read_rows(path, lambda r: r["key"])) == {1, 2, 3}
+
+
+def _append_many(path, who, n):
+    spec = importlib.util.spec_from_file_location("study_rows_child", ROOT / "experiments" / "rows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for i in range(n):
+        mod.append_row(path, {"key": f"{who}-{i}", "pad": "x" * 2000})
+
+
+def test_two_runs_appending_to_one_file_lose_no_row(tmp_path):
+    """Runs on different tasks share one work folder (the faithful searches, one per task, side by side)."""
+    import multiprocessing as mp
+
+    path = tmp_path / "rows.jsonl"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(path), who, 200)) for who in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rows = read_rows(path, lambda r: r["key"])
+    assert len(rows) == 400
+    assert path.read_text().count("\n") == 400
