@@ -45,7 +45,7 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     with path.open("r+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # two runs of one study (say, two tasks) may share a work folder
+        fcntl.flock(f, fcntl.LOCK_EX)
         data = f.read()
         if data and not data.endswith(b"\n"):
             start = data.rfind(b"\n") + 1

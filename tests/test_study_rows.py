@@ -62,12 +62,10 @@ def test_a_last_row_missing_only_its_newline_is_kept(tmp_path):
     assert set(read_rows(path, lambda r: r["key"])) == {1, 2, 3}
 
 
-def _append_many(path, who, n):
-    spec = importlib.util.spec_from_file_location("study_rows_child", ROOT / "experiments" / "rows.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def _append_many(path, who, n, start):  # in a spawned child, which imports this module (and so rows.py) afresh
+    start.wait(60)  # both children write at once, not one after the other's start-up
     for i in range(n):
-        mod.append_row(path, {"key": f"{who}-{i}", "pad": "x" * 2000})
+        append_row(path, {"key": f"{who}-{i}", "pad": "x" * 2000})
 
 
 def test_two_runs_appending_to_one_file_lose_no_row(tmp_path):
@@ -76,7 +74,8 @@ def test_two_runs_appending_to_one_file_lose_no_row(tmp_path):
 
     path = tmp_path / "rows.jsonl"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(str(path), who, 200)) for who in ("a", "b")]
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_append_many, args=(str(path), who, 200, start)) for who in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:
